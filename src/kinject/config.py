@@ -1,0 +1,235 @@
+"""Typed configuration.  Every section is a pydantic model; unknown keys are errors.
+
+A config file is YAML; :func:`load_config` reads it into :class:`EvalConfig` (or any other
+section model) and names the offending key and file on error.  The resolved config is saved
+into every run folder (``config.yaml``) so a run can be repeated exactly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from kinject.errors import KinjectError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WorldConfig(Section):
+    """The synthetic knowledge world: fictional people and questions about them."""
+
+    seed: int = Field(0, description="One seed reproduces every person, text and question.")
+    n_known: int = Field(200, ge=1, description="People in the base model's pretraining text.")
+    n_new: int = Field(100, ge=1, description="People only in the knowledge base.")
+    n_updated: int = Field(
+        100, ge=0, description="Known people whose employer and home city changed in the KB."
+    )
+    n_reading: int = Field(
+        100, ge=0, description="Fixed people whose bios appear in pretraining next to questions."
+    )
+    n_dev: int = Field(10, ge=1, description="Known people whose questions form the k-shot dev split.")
+    n_paraphrases: int = Field(
+        10, ge=0, description="Paraphrases per KB document, written in reserved templates."
+    )
+
+
+class TinyModelConfig(Section):
+    """The shape of the locally pretrained Llama-style base model and its BPE tokenizer."""
+
+    vocab_size: int = Field(2048, ge=300)
+    hidden_size: int = Field(256, ge=16)
+    intermediate_size: int = Field(768, ge=16)
+    num_layers: int = Field(4, ge=1)
+    num_heads: int = Field(4, ge=1)
+    max_position_embeddings: int = Field(2048, ge=64)
+
+
+class PretrainConfig(Section):
+    """How the tiny base model is pretrained on the world's pretraining mix."""
+
+    seed: int = 0
+    steps: int = Field(800, ge=1, description="Optimizer steps.")
+    batch_size: int = Field(16, ge=1, description="Blocks per optimizer step.")
+    block_size: int = Field(256, ge=32, description="Tokens per packed training block.")
+    learning_rate: float = Field(2e-3, gt=0)
+    warmup_steps: int = Field(100, ge=0, description="Linear learning-rate warm-up steps.")
+    weight_decay: float = Field(0.1, ge=0)
+    reading_warmup_steps: int = Field(
+        0, ge=0, description="First steps on reading documents only (learn to read first)."
+    )
+    known_bios: int = Field(2, ge=1, description="Biographies of each known person per pass.")
+    known_questions: int = Field(1, ge=0, description="Questions per known fact per pass.")
+    reading_ratio: float = Field(
+        1.0, ge=0, description="Fresh reading documents per known person per pass."
+    )
+    reading_questions_min: int = Field(4, ge=1)
+    reading_questions_max: int = Field(6, ge=1, description="Questions after a reading bio.")
+    max_distractor_bios: int = Field(1, ge=0, description="Other bios beside a reading target's.")
+    answer_loss_only: bool = Field(True, description="Reading documents: loss on answers only.")
+    isolate_documents: bool = Field(True, description="No attention across packed documents.")
+    bf16: bool = Field(True, description="bf16 autocast (CPU or CUDA).")
+    threads: int | None = Field(None, description="torch threads; default: torch's choice.")
+
+
+class ModelSpec(Section):
+    """Any Hugging Face causal LM: a local folder or a hub id."""
+
+    path: str = Field(description="Local folder with config.json and weights, or a hub id.")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1 …")
+    revision: str | None = None
+
+
+class ScoringConfig(Section):
+    batch_size: int = Field(32, ge=1, description="Sequences per forward pass.")
+    bf16_autocast: bool = Field(False, description="Faster; fp32 is exact to lm-eval.")
+
+
+class TaskSpec(Section):
+    """A multiple-choice task: kinject JSONL, or one MMLU subject's test CSV."""
+
+    name: str | None = Field(None, description="Defaults to the file name (mmlu_<subject>).")
+    format: Literal["jsonl", "mmlu_csv"] = "jsonl"
+    path: str
+    dev: str | None = Field(None, description="k-shot examples; MMLU guesses ../dev/<subject>_dev.csv.")
+    style: Literal["letter", "option"] | None = Field(
+        None, description="Prompt style; default letter for MMLU, option for JSONL."
+    )
+    description: str | None = Field(None, description="Text before the k-shot examples.")
+
+
+class EvalConfig(Section):
+    """``kinject eval``: one model, its arms, tasks and shots; every combination is a cell."""
+
+    seed: int = Field(0, description="Seeds the bootstrap.")
+    model: ModelSpec
+    tasks: list[TaskSpec] = Field(min_length=1)
+    arms: list[Literal["base", "oracle"]] = Field(default_factory=lambda: ["base"], min_length=1)
+    corpus: str | None = Field(None, description="Corpus JSONL the oracle arm takes gold documents from.")
+    shots: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    scoring: ScoringConfig = ScoringConfig()
+    bootstrap_resamples: int = Field(1000, ge=100)
+
+    @model_validator(mode="after")
+    def _check(self) -> "EvalConfig":
+        if "oracle" in self.arms and self.corpus is None:
+            raise ValueError("the oracle arm needs 'corpus' (a corpus JSONL with the gold documents)")
+        if any(shots < 0 for shots in self.shots):
+            raise ValueError("shots must be >= 0")
+        return self
+
+    def with_paths_resolved(self, base: Path) -> "EvalConfig":
+        """Paths in the file are relative to the file; the saved config holds absolute ones."""
+
+        def resolve(value: str | None) -> str | None:
+            return None if value is None else str((base / value).resolve())
+
+        model_path = base / self.model.path
+        model = self.model
+        if model_path.exists():  # otherwise a hub id
+            model = self.model.model_copy(update={"path": str(model_path.resolve())})
+        tasks = [
+            task.model_copy(update={"path": resolve(task.path), "dev": resolve(task.dev)})
+            for task in self.tasks
+        ]
+        return self.model_copy(update={"model": model, "tasks": tasks, "corpus": resolve(self.corpus)})
+
+
+T = TypeVar("T", bound=BaseModel)
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The keys valid beside an unknown key at ``loc`` (walking nested sections and lists)."""
+    import typing
+
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = current.model_fields.get(part) if isinstance(current, type) else None
+        if field is None:
+            return []
+        annotation = field.annotation
+        for candidate in (annotation, *typing.get_args(annotation)):
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                current = candidate
+                break
+        else:
+            return []
+    return list(current.model_fields) if isinstance(current, type) else []
+
+
+def _describe(model: type[BaseModel], error: ValidationError, path: Path | None) -> str:
+    import difflib
+
+    errors = error.errors()
+    unknown = [e for e in errors if e["type"] == "extra_forbidden"]
+    first = unknown[0] if unknown else errors[0]  # a typo explains the "missing" key it causes
+    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    where = f"{path}: " if path else ""
+    if first["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(str(first["loc"][-1]), _allowed_keys(model, first["loc"]), 1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return f"{where}unknown key '{key}'{hint}"
+    message = first["msg"].removeprefix("Value error, ")
+    if not first["loc"]:
+        return f"{where}{message}"
+    return f"{where}key '{key}': {message}"
+
+
+def parse_config(model: type[T], data: Any, path: Path | None = None) -> T:
+    """Validate ``data`` into ``model``; a bad or unknown key raises a one-line KinjectError."""
+    try:
+        return model.model_validate(data if data is not None else {})
+    except ValidationError as error:
+        raise KinjectError(_describe(model, error, path)) from None
+
+
+def load_config(model: type[T], path: str | Path) -> T:
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise KinjectError(f"{path}: config file not found") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise KinjectError(f"{path}: not valid YAML ({error})") from None
+    if data is not None and not isinstance(data, dict):
+        raise KinjectError(f"{path}: expected a mapping at the top level")
+    return parse_config(model, data, path)
+
+
+def to_yaml(config: BaseModel) -> str:
+    import yaml
+
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+class DemoConfig(Section):
+    """``kinject demo``: world → tiny base model → evaluation, from one seed."""
+
+    world: WorldConfig = WorldConfig()
+    model: TinyModelConfig = TinyModelConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+    arms: list[Literal["base", "oracle"]] = Field(default_factory=lambda: ["base", "oracle"])
+    splits: list[Literal["known", "new", "updated", "reading", "validation"]] = Field(
+        default_factory=lambda: ["known", "new", "updated"]
+    )
+    shots: list[int] = Field(default_factory=lambda: [0])
+    scoring: ScoringConfig = ScoringConfig(batch_size=64)
+    bootstrap_resamples: int = Field(1000, ge=100)
+
+
+QUICK_DEMO = {
+    "world": {"n_known": 12, "n_new": 8, "n_updated": 4, "n_reading": 4, "n_dev": 2, "n_paraphrases": 2},
+    "model": {"vocab_size": 600, "hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 2},
+    "pretrain": {"steps": 6, "batch_size": 4, "block_size": 64, "warmup_steps": 2, "reading_warmup_steps": 2},
+    "bootstrap_resamples": 200,
+}

@@ -1,0 +1,42 @@
+"""Corpus documents in kinject's JSONL format: ``{"id", "text", "title"?, "source"?, "meta"?}``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kinject.errors import DataError
+from kinject.fileio import read_jsonl
+
+
+@dataclass(frozen=True)
+class Document:
+    id: str
+    text: str
+    title: str | None = None
+    source: str | None = None
+    meta: dict = field(default_factory=dict)
+
+
+def load_corpus_jsonl(path: str | Path) -> dict[str, Document]:
+    path = Path(path)
+    documents: dict[str, Document] = {}
+    lines: dict[str, int] = {}
+    for line, obj in read_jsonl(path):
+        for key in obj:
+            if key not in ("id", "text", "title", "source", "meta"):
+                raise DataError(path, line, key, "unknown field")
+        for key in ("id", "text"):
+            if not isinstance(obj.get(key), str) or not obj[key]:
+                raise DataError(path, line, key, "missing or not a non-empty string")
+        for key in ("title", "source"):
+            if obj.get(key) is not None and not isinstance(obj[key], str):
+                raise DataError(path, line, key, "expected a string")
+        if not isinstance(obj.get("meta", {}), dict):
+            raise DataError(path, line, "meta", "expected an object")
+        doc_id = obj["id"]
+        if doc_id in documents:
+            raise DataError(path, line, "id", f"duplicate id '{doc_id}' (first on line {lines[doc_id]})")
+        documents[doc_id] = Document(doc_id, obj["text"], obj.get("title"), obj.get("source"), obj.get("meta", {}))
+        lines[doc_id] = line
+    return documents

@@ -1,0 +1,1 @@
+"""Evaluation: arms, the cell runner, statistics and the run folder's tables."""

@@ -1,0 +1,151 @@
+"""Pretraining the tiny base model on the synthetic world, cached by what determines it.
+
+The cache key is a hash of the world config, the model shape, the pretraining config and
+:data:`RECIPE_VERSION`; a second ``kinject demo`` finds the folder and skips training.  A
+killed pretraining resumes from its last checkpoint (``<cache>.partial/``); the finished model
+appears in the cache only once complete (the folder is renamed into place).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from kinject.cache import cache_dir, fingerprint
+from kinject.config import PretrainConfig, TinyModelConfig, WorldConfig, to_yaml
+from kinject.fileio import write_json, write_text
+from kinject.world.build import World, build_world
+
+RECIPE_VERSION = 1  # bump when the pretraining text or loop changes meaning
+
+
+def base_model_dir(world: WorldConfig, model: TinyModelConfig, pretrain: PretrainConfig) -> Path:
+    key = fingerprint(
+        RECIPE_VERSION,
+        world.model_dump(mode="json"),
+        model.model_dump(mode="json"),
+        pretrain.model_dump(mode="json"),
+    )
+    return cache_dir() / "base-models" / f"tiny-llama-{key}"
+
+
+def mix_settings(config: PretrainConfig):
+    from kinject.world.pretraining import MixSettings
+
+    return MixSettings(
+        known_bios=config.known_bios,
+        known_questions=config.known_questions,
+        reading_ratio=config.reading_ratio,
+        reading_questions=(config.reading_questions_min, config.reading_questions_max),
+        max_distractor_bios=config.max_distractor_bios,
+        answer_loss_only=config.answer_loss_only,
+    )
+
+
+def pretrain_base_model(
+    world: World,
+    model_config: TinyModelConfig,
+    config: PretrainConfig,
+    out_dir: Path,
+    show_progress: bool = True,
+) -> Path:
+    """Train tokenizer and model; write a Hugging Face model folder to ``out_dir``."""
+    import torch
+
+    from kinject.models.packing import PackedBlocks
+    from kinject.models.tiny import build_tiny_llama, parameter_count
+    from kinject.models.tokenizer import train_bpe_tokenizer
+    from kinject.training.loop import Schedule, train, write_training_log
+    from kinject.world.build import kb_documents, paraphrases
+    from kinject.world.pretraining import pretraining_documents
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    settings = mix_settings(config)
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    partial.mkdir(parents=True, exist_ok=True)
+
+    def documents(epoch: int):
+        return pretraining_documents(world, config.seed, epoch, settings)
+
+    def reading_documents(epoch: int):
+        # Epoch numbers far from the main stream's, so the warm-up text is its own.
+        return pretraining_documents(world, config.seed, 1_000_000 + epoch, settings, reading_only=True)
+
+    # The vocabulary covers pretraining text, the knowledge base and its paraphrases.
+    vocabulary_text = [d.text for d in documents(0)]
+    vocabulary_text += [d["text"] for d in kb_documents(world)]
+    vocabulary_text += [p for row in paraphrases(world) for p in row["paraphrases"]]
+    tokenizer = train_bpe_tokenizer(vocabulary_text, model_config.vocab_size)
+    model = build_tiny_llama(model_config, tokenizer, seed=config.seed)
+
+    main = PackedBlocks(tokenizer, documents, config.block_size, config.batch_size, config.isolate_documents)
+    warmup = PackedBlocks(
+        tokenizer, reading_documents, config.block_size, config.batch_size, config.isolate_documents
+    )
+
+    def batch_for(step: int):
+        if step < config.reading_warmup_steps:
+            return warmup.batch_for(step)
+        return main.batch_for(step - config.reading_warmup_steps)
+
+    schedule = Schedule(
+        steps=config.steps,
+        learning_rate=config.learning_rate,
+        warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay,
+    )
+    result = train(
+        model, batch_for, schedule, bf16=config.bf16, checkpoint_dir=partial,
+        description="pretraining base model",
+        show_progress=show_progress,
+    )
+    from kinject.models.loading import quiet_transformers
+
+    quiet_transformers()
+    staging = out_dir.with_name(out_dir.name + ".staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    write_text(
+        staging / "kinject_pretrain.yaml",
+        "# how this base model was made (kinject demo)\n"
+        + to_yaml_sections(world.config, model_config, config),
+    )
+    write_training_log(staging / "training_log.jsonl", result)
+    write_json(
+        staging / "pretrain_summary.json",
+        {**result.summary(), "parameters": parameter_count(model), "recipe_version": RECIPE_VERSION},
+    )
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    staging.rename(out_dir)
+    shutil.rmtree(partial)
+    return out_dir
+
+
+def to_yaml_sections(world: WorldConfig, model: TinyModelConfig, pretrain: PretrainConfig) -> str:
+    import yaml
+
+    return yaml.safe_dump(
+        {
+            "world": world.model_dump(mode="json"),
+            "model": model.model_dump(mode="json"),
+            "pretrain": pretrain.model_dump(mode="json"),
+        },
+        sort_keys=False,
+    )
+
+
+def ensure_base_model(
+    world_config: WorldConfig,
+    model_config: TinyModelConfig,
+    config: PretrainConfig,
+    show_progress: bool = True,
+) -> tuple[Path, bool]:
+    """The cached base model folder, pretraining it first if needed; ``(path, was_cached)``."""
+    out_dir = base_model_dir(world_config, model_config, config)
+    if (out_dir / "config.json").exists():
+        return out_dir, True
+    pretrain_base_model(build_world(world_config), model_config, config, out_dir, show_progress)
+    return out_dir, False

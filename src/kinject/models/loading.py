@@ -1,0 +1,44 @@
+"""Loading any Hugging Face causal LM and its tokenizer, from a local folder or a hub id."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kinject.config import ModelSpec
+from kinject.errors import KinjectError
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def quiet_transformers() -> None:
+    """kinject draws its own progress bars; transformers' per-shard bars would interleave."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+
+
+def load_causal_lm(spec: ModelSpec):
+    """``(model, tokenizer)`` in eval mode on the requested device and dtype."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    quiet_transformers()
+    source = spec.path
+    looks_local = source.startswith((".", "/", "~")) or Path(source).exists()
+    if looks_local and not Path(source).expanduser().exists():
+        raise KinjectError(f"model folder '{source}' does not exist")
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[spec.dtype]
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=spec.revision)
+        model = AutoModelForCausalLM.from_pretrained(source, revision=spec.revision, dtype=dtype)
+    except OSError as error:
+        raise KinjectError(f"cannot load model '{source}': {error}") from None
+    model.to(resolve_device(spec.device))
+    model.eval()
+    return model, tokenizer

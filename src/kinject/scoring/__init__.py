@@ -1,0 +1,1 @@
+"""Scoring: log-likelihood of continuations, with lm-evaluation-harness semantics."""

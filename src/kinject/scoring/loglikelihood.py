@@ -1,0 +1,159 @@
+"""Log-likelihood of a continuation given a context, exactly as lm-evaluation-harness computes it.
+
+The semantics copied from ``lm_eval.api.model.TemplateLM`` and ``lm_eval.models.huggingface.HFLM``:
+
+* trailing whitespace of the context moves to the front of the continuation;
+* ``context + continuation`` is encoded whole, the context alone, and the continuation's
+  tokens are the whole encoding's tokens after the context's length (so the BPE merge at the
+  boundary is the one the model would see);
+* an empty context is replaced by the model's prefix token (BOS, else EOS);
+* the model reads ``(context + continuation)[-(max_length + 1):][:-1]`` and the score is the
+  sum of the log-softmax of the continuation tokens; ``is_greedy`` says whether every
+  continuation token was the argmax.
+
+Alignment, for context c0..c3 and continuation k0..k2::
+
+    tokens   c0 c1 c2 c3 k0 k1 k2
+    input    c0 c1 c2 c3 k0 k1          (last token dropped)
+    logits            ^  ^  ^           positions len(input)-3 .. len(input)-1
+    predict           k0 k1 k2
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+DEFAULT_MAX_LENGTH = 2048  # lm-eval's fallback when neither model nor tokenizer says
+
+
+@dataclass(frozen=True)
+class Loglikelihood:
+    logprob: float
+    is_greedy: bool
+
+
+def model_max_length(model, tokenizer) -> int:
+    """The context length lm-eval's HFLM would use for this model."""
+    for attribute in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(model.config, attribute, None)
+        if value:
+            return int(value)
+    limit = getattr(tokenizer, "model_max_length", None)
+    if limit and limit < 1e29:  # transformers' "no limit" sentinel is ~1e30
+        return int(limit)
+    return DEFAULT_MAX_LENGTH
+
+
+class LoglikelihoodScorer:
+    """Scores (context, continuation) pairs with any Hugging Face causal LM."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        batch_size: int = 32,
+        max_length: int | None = None,
+        bf16: bool = False,
+        add_bos_token: bool | None = None,
+    ):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.max_length = max_length or model_max_length(model, tokenizer)
+        self.bf16 = bf16
+        self.add_bos_token = add_bos_token
+
+    # -- tokenization, as lm-eval's HFLM.tok_encode / TemplateLM._encode_pair -----------------
+
+    @property
+    def prefix_token_id(self) -> int:
+        if self.tokenizer.bos_token_id is not None:
+            return self.tokenizer.bos_token_id
+        return self.tokenizer.eos_token_id
+
+    def tok_encode(self, text: str, add_special_tokens: bool | None = None) -> list[int]:
+        kwargs = {}
+        if add_special_tokens is not None:
+            kwargs["add_special_tokens"] = add_special_tokens
+        elif self.add_bos_token is not None:
+            kwargs["add_special_tokens"] = self.add_bos_token
+        if add_special_tokens is None:
+            bos = self.tokenizer.decode(self.prefix_token_id)
+            if bos and text.startswith(bos):
+                kwargs["add_special_tokens"] = False
+        return self.tokenizer.encode(text, **kwargs)
+
+    def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        if context == "":
+            continuation_enc = self.tok_encode(continuation, add_special_tokens=False)
+            if self.prefix_token_id != continuation_enc[0]:
+                return [self.prefix_token_id], continuation_enc
+            return continuation_enc[:1], continuation_enc[1:]
+        n_spaces = len(context) - len(context.rstrip())
+        if n_spaces > 0:
+            continuation = context[-n_spaces:] + continuation
+            context = context[:-n_spaces]
+        whole = self.tok_encode(context + continuation)
+        context_enc = self.tok_encode(context)
+        return context_enc, whole[len(context_enc):]
+
+    # -- scoring -----------------------------------------------------------------------------
+
+    def loglikelihood(
+        self,
+        requests: Sequence[tuple[str, str]],
+        on_batch: Callable[[int], None] | None = None,
+    ) -> list[Loglikelihood]:
+        """Score every request; ``on_batch(n)`` is called after each batch of n requests."""
+        encoded = [self.encode_pair(context, continuation) for context, continuation in requests]
+        return self.loglikelihood_tokens(encoded, on_batch)
+
+    def loglikelihood_tokens(
+        self,
+        encoded: Sequence[tuple[list[int], list[int]]],
+        on_batch: Callable[[int], None] | None = None,
+    ) -> list[Loglikelihood]:
+        import torch
+        import torch.nn.functional as F
+
+        from kinject.training.loop import autocast_context
+
+        device = next(self.model.parameters()).device
+        inputs = []
+        for context_enc, continuation_enc in encoded:
+            if not continuation_enc:
+                raise ValueError("continuation encodes to no tokens")
+            if len(continuation_enc) > self.max_length:
+                raise ValueError(
+                    f"continuation of {len(continuation_enc)} tokens exceeds the model's "
+                    f"maximum length {self.max_length}"
+                )
+            inputs.append((context_enc + continuation_enc)[-(self.max_length + 1):][:-1])
+        # Longest first, as lm-eval does: a batch's padding is bounded by its first item.
+        order = sorted(range(len(inputs)), key=lambda i: -len(inputs[i]))
+        results: list[Loglikelihood | None] = [None] * len(inputs)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.model.eval()
+        with torch.inference_mode():
+            for begin in range(0, len(order), self.batch_size):
+                batch = order[begin:begin + self.batch_size]
+                width = len(inputs[batch[0]])
+                ids = torch.full((len(batch), width), pad, dtype=torch.long)
+                for row, index in enumerate(batch):
+                    ids[row, : len(inputs[index])] = torch.tensor(inputs[index])
+                # Right padding is invisible to a causal model at the real positions.
+                with autocast_context(device.type, self.bf16):
+                    logits = self.model(ids.to(device)).logits
+                logprobs = F.log_softmax(logits.float(), dim=-1)
+                for row, index in enumerate(batch):
+                    continuation = encoded[index][1]
+                    length = len(inputs[index])
+                    span = logprobs[row, length - len(continuation):length]
+                    target = torch.tensor(continuation, device=span.device)
+                    greedy = bool((span.argmax(dim=-1) == target).all())
+                    value = float(span.gather(1, target[:, None]).sum())
+                    results[index] = Loglikelihood(value, greedy)
+                if on_batch is not None:
+                    on_batch(len(batch))
+        return results  # type: ignore[return-value]

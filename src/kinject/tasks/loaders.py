@@ -1,0 +1,157 @@
+"""Task loaders: kinject's multiple-choice JSONL, and MMLU in the original hendrycks CSV layout.
+
+Every bad row fails with a :class:`DataError` naming the file, the line and the field.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+from kinject.errors import DataError
+from kinject.fileio import read_jsonl
+from kinject.tasks.items import MCItem, Task
+
+MMLU_LETTERS = ("A", "B", "C", "D")
+
+
+def _require(obj: dict, key: str, kind: type, path: Path, line: int) -> Any:
+    if key not in obj:
+        raise DataError(path, line, key, "missing")
+    value = obj[key]
+    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        raise DataError(path, line, key, f"expected {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _check_unique(items: list[MCItem], path: Path, lines: list[int]) -> None:
+    seen: dict[str, int] = {}
+    for item, line in zip(items, lines):
+        if item.id in seen:
+            raise DataError(path, line, "id", f"duplicate id '{item.id}' (first on line {seen[item.id]})")
+        seen[item.id] = line
+
+
+def load_mc_jsonl(path: str | Path) -> list[MCItem]:
+    """``{"id", "question", "choices": [...], "answer": int, "subject"?, "doc_ids"?}`` per line."""
+    path = Path(path)
+    items, lines = [], []
+    allowed = {"id", "question", "choices", "answer", "subject", "doc_ids"}
+    for line, obj in read_jsonl(path):
+        for key in obj:
+            if key not in allowed:
+                raise DataError(path, line, key, "unknown field")
+        item_id = _require(obj, "id", str, path, line)
+        if not item_id:
+            raise DataError(path, line, "id", "empty")
+        question = _require(obj, "question", str, path, line)
+        choices = _require(obj, "choices", list, path, line)
+        if len(choices) < 2:
+            raise DataError(path, line, "choices", f"needs at least two choices, has {len(choices)}")
+        for choice in choices:
+            if not isinstance(choice, str):
+                raise DataError(path, line, "choices", "every choice must be a string")
+        answer = _require(obj, "answer", int, path, line)
+        if not 0 <= answer < len(choices):
+            raise DataError(
+                path, line, "answer", f"{answer} is out of range for {len(choices)} choices"
+            )
+        subject = obj.get("subject")
+        if subject is not None and not isinstance(subject, str):
+            raise DataError(path, line, "subject", "expected a string")
+        doc_ids = obj.get("doc_ids", [])
+        if not isinstance(doc_ids, list) or not all(isinstance(d, str) for d in doc_ids):
+            raise DataError(path, line, "doc_ids", "expected a list of strings")
+        items.append(MCItem(item_id, question, tuple(choices), answer, subject, tuple(doc_ids)))
+        lines.append(line)
+    _check_unique(items, path, lines)
+    return items
+
+
+def load_mmlu_csv(path: str | Path, subject: str | None = None) -> list[MCItem]:
+    """Rows ``question,A,B,C,D,answer`` with no header; ids are ``{subject}-{row index}``."""
+    path = Path(path)
+    subject = subject or mmlu_subject(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(path, None, None, "file not found") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise DataError(path, line, None, f"invalid UTF-8 at byte {error.start}") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    items: list[MCItem] = []
+    start = 1
+    for row in reader:
+        line = start
+        start = reader.line_num + 1
+        if not row:
+            continue
+        if len(row) != 6:
+            raise DataError(
+                path, line, None, f"expected 6 columns (question,A,B,C,D,answer), found {len(row)}"
+            )
+        answer = row[5].strip()
+        if answer not in MMLU_LETTERS:
+            raise DataError(path, line, "answer", f"'{row[5]}' is not one of A, B, C, D")
+        items.append(
+            MCItem(
+                id=f"{subject}-{len(items)}",
+                question=row[0],
+                choices=tuple(row[1:5]),
+                answer=MMLU_LETTERS.index(answer),
+                subject=subject,
+            )
+        )
+    return items
+
+
+def mmlu_subject(path: Path) -> str:
+    """``anatomy_test.csv`` → ``anatomy``."""
+    stem = path.stem
+    for suffix in ("_test", "_dev", "_val"):
+        if stem.endswith(suffix):
+            return stem[: -len(suffix)]
+    return stem
+
+
+def mmlu_description(subject: str) -> str:
+    """lm-eval's ``mmlu_{subject}`` description."""
+    return f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n"
+
+
+def mmlu_task(test_csv: str | Path, dev_csv: str | Path | None = None) -> Task:
+    """An MMLU subject: test rows, the dev rows for k-shot, lm-eval's description, letter style."""
+    test_csv = Path(test_csv)
+    subject = mmlu_subject(test_csv)
+    if dev_csv is None:
+        guess = test_csv.parent.parent / "dev" / f"{subject}_dev.csv"
+        dev_csv = guess if guess.exists() else None
+    dev = load_mmlu_csv(dev_csv, subject) if dev_csv is not None else []
+    return Task(
+        name=f"mmlu_{subject}",
+        items=tuple(load_mmlu_csv(test_csv, subject)),
+        dev=tuple(dev),
+        description=mmlu_description(subject),
+        style="letter",
+        source={"format": "mmlu_csv", "path": str(test_csv), "dev": str(dev_csv) if dev_csv else None},
+    )
+
+
+def jsonl_task(
+    name: str, path: str | Path, dev_path: str | Path | None = None, style: str = "option",
+    description: str = "",
+) -> Task:
+    dev = load_mc_jsonl(dev_path) if dev_path is not None else []
+    return Task(
+        name=name,
+        items=tuple(load_mc_jsonl(path)),
+        dev=tuple(dev),
+        description=description,
+        style=style,
+        source={"format": "jsonl", "path": str(path), "dev": str(dev_path) if dev_path else None},
+    )

@@ -1,0 +1,77 @@
+"""Prompt strings, identical to lm-evaluation-harness's for the same task.
+
+* ``letter`` style (lm-eval's ``mmlu`` default task)::
+
+      {question.strip()}\\nA. {c0}\\nB. {c1}\\nC. {c2}\\nD. {c3}\\nAnswer:   + " A" | " B" | …
+
+* ``option`` style (lm-eval's ``arc_easy``, ``sciq`` …)::
+
+      Question: {question}\\nAnswer:                                      + " {choice}"
+
+k-shot (lm-eval's ``first_n`` sampler, ``fewshot_delimiter="\\n\\n"``, ``target_delimiter=" "``)::
+
+      {description}{ex1 text} {ex1 target}\\n\\n … {exk text} {exk target}\\n\\n{text}
+
+Context from an arm (retrieved chunks, the gold document) goes right before the question::
+
+      {description}{examples}\\n\\n{context}\\n\\n{text}
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass
+
+from kinject.tasks.items import MCItem, Task
+
+STYLES = ("letter", "option")
+FEWSHOT_DELIMITER = "\n\n"
+TARGET_DELIMITER = " "
+
+
+def letters(n: int) -> list[str]:
+    return list(string.ascii_uppercase[:n])
+
+
+def item_text(item: MCItem, style: str) -> str:
+    if style == "letter":
+        lines = [item.question.strip()]
+        lines += [f"{letter}. {choice}" for letter, choice in zip(letters(len(item.choices)), item.choices)]
+        return "\n".join(lines) + "\nAnswer:"
+    if style == "option":
+        return f"Question: {item.question}\nAnswer:"
+    raise ValueError(f"unknown prompt style '{style}' (expected one of {', '.join(STYLES)})")
+
+
+def item_choices(item: MCItem, style: str) -> list[str]:
+    """The continuations scored for each option, without the target delimiter."""
+    return letters(len(item.choices)) if style == "letter" else list(item.choices)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    context: str
+    continuations: tuple[str, ...]  # the strings whose log-likelihood is scored
+    choice_texts: tuple[str, ...]  # what acc_norm divides by (lm-eval: len of choice string)
+
+
+def build_prompt(task: Task, item: MCItem, shots: int, context: str | None = None) -> Prompt:
+    if shots > len(task.dev):
+        raise ValueError(
+            f"task '{task.name}' has {len(task.dev)} dev examples; {shots}-shot needs {shots}"
+        )
+    examples = [
+        item_text(example, task.style)
+        + TARGET_DELIMITER
+        + item_choices(example, task.style)[example.answer]
+        for example in task.dev[:shots]
+    ]
+    prefix = task.description + "".join(example + FEWSHOT_DELIMITER for example in examples)
+    if context:
+        prefix += context + FEWSHOT_DELIMITER
+    choices = item_choices(item, task.style)
+    return Prompt(
+        context=prefix + item_text(item, task.style),
+        continuations=tuple(TARGET_DELIMITER + choice for choice in choices),
+        choice_texts=tuple(choices),
+    )

@@ -1,0 +1,1 @@
+"""The synthetic knowledge world: the embedded default dataset (see DESIGN.md)."""

@@ -1,0 +1,101 @@
+"""The command line as a user runs it: real subprocesses, real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+COMMANDS = [[], ["demo"], ["world", "build"], ["eval"], ["table"]]
+
+
+def kinject(*args: str, cwd: Path, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "kinject", *args], cwd=cwd, env=env, capture_output=True, text=True,
+        timeout=600,
+    )
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "top")
+def test_every_command_has_help_with_an_example(tmp_path, command):
+    result = kinject(*command, "--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    if command:
+        assert "Example" in result.stdout
+
+
+def test_help_does_not_import_torch(tmp_path):
+    code = "import sys; from kinject.cli import app; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert result.stdout.strip() == "False"
+
+
+def test_unknown_config_key_is_one_clear_line(tmp_path):
+    config = tmp_path / "eval.yaml"
+    config.write_text("modle: {path: x}\ntasks: [{path: t.jsonl}]\n")
+    result = kinject("eval", "--config", str(config), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: {config}: unknown key 'modle' (did you mean 'model'?)"
+    ]
+
+
+def test_missing_config_and_bad_task_file_are_one_line_errors(tmp_path):
+    result = kinject("eval", "--config", "nope.yaml", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.strip() == "error: nope.yaml: config file not found"
+    (tmp_path / "t.jsonl").write_text('{"id": "a", "question": "q", "choices": ["x"], "answer": 0}\n')
+    (tmp_path / "eval.yaml").write_text("model: {path: gpt2}\ntasks: [{path: t.jsonl}]\n")
+    result = kinject("eval", "--config", "eval.yaml", cwd=tmp_path)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "t.jsonl, line 1, field 'choices': needs at least two choices" in result.stderr
+
+
+def test_world_build_writes_the_world(tmp_path):
+    result = kinject("world", "build", "--out", "w", "--seed", "3", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for name in ("kb.jsonl", "paraphrases.jsonl", "people.jsonl", "tasks/new.jsonl", "tasks/dev.jsonl"):
+        assert (tmp_path / "w" / name).exists()
+    assert "seed: 3" in (tmp_path / "w" / "world.yaml").read_text()
+
+
+def test_eval_command_on_a_local_model_and_table_rebuild(tmp_path, tiny_gpt2_dir):
+    kinject("world", "build", "--out", "w", cwd=tmp_path)
+    (tmp_path / "eval.yaml").write_text(
+        f"model: {{path: {tiny_gpt2_dir}}}\n"
+        "tasks:\n  - {path: w/tasks/updated.jsonl, dev: w/tasks/dev.jsonl}\n"
+        "arms: [base, oracle]\ncorpus: w/kb.jsonl\nshots: [0, 1]\n"
+    )
+    result = kinject("eval", "--config", "eval.yaml", "--out", "run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "updated" in result.stdout and "run folder: run" in result.stdout
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())["cells"]
+    assert {(m["arm"], m["shots"]) for m in metrics} == {("base", 0), ("base", 1), ("oracle", 0), ("oracle", 1)}
+    (tmp_path / "run" / "table.md").unlink()
+    result = kinject("table", "run", cwd=tmp_path)
+    assert result.returncode == 0 and (tmp_path / "run" / "table.md").exists()
+
+
+def test_quick_demo_end_to_end_and_second_run_uses_the_cache(tmp_path):
+    env = {"KINJECT_CACHE_DIR": str(tmp_path / "cache")}
+    first = kinject("demo", "--quick", "--out", "run1", cwd=tmp_path, env_extra=env)
+    assert first.returncode == 0, first.stderr
+    assert "pretrained now" in first.stdout
+    for line in ("closed-book accuracy on known >= 0.80", "oracle-context accuracy on new >= 0.80"):
+        assert line in first.stdout
+    run = tmp_path / "run1"
+    for name in ("config.yaml", "env.json", "records.jsonl", "metrics.json", "table.md", "demo.yaml", "checks.json"):
+        assert (run / name).exists(), name
+    models = list((tmp_path / "cache" / "base-models").iterdir())
+    assert len(models) == 1 and (models[0] / "config.json").exists()
+    assert not list((tmp_path / "cache" / "base-models").glob("*.partial"))
+
+    second = kinject("demo", "--quick", "--out", "run2", cwd=tmp_path, env_extra=env)
+    assert second.returncode == 0, second.stderr
+    assert "(cached)" in second.stdout
+    assert (run / "metrics.json").read_text() == (tmp_path / "run2" / "metrics.json").read_text()

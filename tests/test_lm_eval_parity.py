@@ -1,0 +1,195 @@
+"""kinject's prompts and log-likelihoods against lm-evaluation-harness itself.
+
+Prompts: lm-eval builds its own ``mmlu_<subject>`` task (the real task YAML, only the data
+pointed at the local CSVs converted to the ``cais/mmlu`` layout) and kinject's prompt strings
+must be byte-identical.  Scores: lm-eval's ``HFLM`` and kinject's scorer on the same tiny
+Llama and GPT-2 models must agree to 1e-4 in fp32 with identical predictions.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import MMLU_DIR, MMLU_SUBJECTS
+
+lm_eval = pytest.importorskip("lm_eval")
+
+from kinject.config import WorldConfig  # noqa: E402
+from kinject.scoring.loglikelihood import LoglikelihoodScorer  # noqa: E402
+from kinject.tasks.items import Task  # noqa: E402
+from kinject.tasks.loaders import jsonl_task, mmlu_task  # noqa: E402
+from kinject.tasks.prompts import build_prompt  # noqa: E402
+from kinject.world.build import build_world, write_world  # noqa: E402
+
+OPTION_TASK_YAML = """task: {name}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {test}
+    dev: {dev}
+test_split: test
+fewshot_split: dev
+fewshot_config:
+  sampler: first_n
+output_type: multiple_choice
+doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: answer
+"""
+
+
+def _lm_eval_task(task_dir: Path, name: str, shots: int):
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(include_path=str(task_dir), include_defaults=False)
+    task = manager.load([name])["tasks"][name]
+    task.set_config(key="num_fewshot", value=shots)
+    task.set_fewshot_seed(seed=1234)
+    task.build_all_requests(limit=None, rank=0, world_size=1)
+    return task
+
+
+def _by_doc(task) -> list[list]:
+    """lm-eval's requests grouped per document, choices in order."""
+    docs: dict[int, list] = {}
+    for instance in task.instances:
+        docs.setdefault(instance.doc_id, []).append(instance)
+    return [sorted(docs[i], key=lambda inst: inst.idx) for i in sorted(docs)]
+
+
+@pytest.fixture(scope="module")
+def mmlu_lm_eval_dir(tmp_path_factory) -> Path:
+    """lm-eval tasks that include the real ``mmlu_<subject>.yaml`` with local data."""
+    if not MMLU_DIR.exists():
+        pytest.skip("shared MMLU data not present")
+    from kinject.tasks.loaders import load_mmlu_csv
+
+    base = Path(lm_eval.__file__).parent / "tasks" / "mmlu" / "default"
+    folder = tmp_path_factory.mktemp("lm-eval-tasks")
+    for subject in MMLU_SUBJECTS:
+        files = {}
+        for split in ("test", "dev"):
+            path = folder / f"{subject}_{split}.jsonl"
+            with path.open("w", encoding="utf-8") as handle:
+                for item in load_mmlu_csv(MMLU_DIR / split / f"{subject}_{split}.csv"):
+                    row = {"question": item.question, "subject": subject,
+                           "choices": list(item.choices), "answer": item.answer}
+                    handle.write(json.dumps(row) + "\n")
+            files[split] = path
+        (folder / f"local_mmlu_{subject}.yaml").write_text(
+            f"include: {base / f'mmlu_{subject}.yaml'}\n"
+            f"task: local_mmlu_{subject}\n"
+            "dataset_path: json\n"
+            "dataset_name: null\n"
+            f"dataset_kwargs:\n  data_files:\n    test: {files['test']}\n    dev: {files['dev']}\n"
+        )
+    return folder
+
+
+@pytest.fixture(scope="module")
+def world_option_task(tmp_path_factory) -> tuple[Task, Path]:
+    folder = tmp_path_factory.mktemp("world")
+    world = write_world(build_world(WorldConfig(n_known=6, n_new=4, n_updated=2, n_reading=2, n_dev=2)), folder / "w")
+    task = jsonl_task("new", world / "tasks" / "new.jsonl", world / "tasks" / "dev.jsonl")
+    lm_dir = folder / "lm-eval"
+    lm_dir.mkdir()
+    (lm_dir / "world_new.yaml").write_text(
+        OPTION_TASK_YAML.format(
+            name="world_new", test=world / "tasks" / "new.jsonl", dev=world / "tasks" / "dev.jsonl"
+        )
+    )
+    return task, lm_dir
+
+
+@pytest.mark.parametrize("shots", [0, 5])
+def test_mmlu_prompts_are_byte_identical_to_lm_eval(mmlu_lm_eval_dir, shots):
+    for subject in MMLU_SUBJECTS:
+        ours = mmlu_task(MMLU_DIR / "test" / f"{subject}_test.csv")
+        theirs = _by_doc(_lm_eval_task(mmlu_lm_eval_dir, f"local_mmlu_{subject}", shots))
+        assert len(theirs) == len(ours.items)
+        for item, instances in zip(ours.items, theirs):
+            prompt = build_prompt(ours, item, shots)
+            assert [inst.args for inst in instances] == [
+                (prompt.context, continuation) for continuation in prompt.continuations
+            ]
+
+
+@pytest.mark.parametrize("shots", [0, 5])
+def test_option_prompts_match_lm_eval_multiple_choice_template(world_option_task, shots):
+    task, lm_dir = world_option_task
+    theirs = _by_doc(_lm_eval_task(lm_dir, "world_new", shots))
+    assert len(theirs) == len(task.items)
+    for item, instances in zip(task.items, theirs):
+        prompt = build_prompt(task, item, shots)
+        assert [inst.args for inst in instances] == [
+            (prompt.context, continuation) for continuation in prompt.continuations
+        ]
+
+
+def _requests(mmlu_lm_eval_dir, world_option_task) -> list[tuple[str, str]]:
+    requests = []
+    for shots in (0, 5):
+        for doc in _by_doc(_lm_eval_task(mmlu_lm_eval_dir, "local_mmlu_anatomy", shots))[:6]:
+            requests += [inst.args for inst in doc]
+        task, lm_dir = world_option_task
+        for doc in _by_doc(_lm_eval_task(lm_dir, "world_new", shots))[:6]:
+            requests += [inst.args for inst in doc]
+    requests += [("", " Paris"), ("Answer: ", "Paris")]  # empty context; trailing space
+    return requests
+
+
+@pytest.mark.parametrize("model_fixture", ["tiny_llama_dir", "tiny_gpt2_dir"])
+def test_loglikelihoods_match_lm_eval_hflm(request, model_fixture, mmlu_lm_eval_dir, world_option_task):
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    from kinject.config import ModelSpec
+    from kinject.models.loading import load_causal_lm
+
+    folder = request.getfixturevalue(model_fixture)
+    requests = _requests(mmlu_lm_eval_dir, world_option_task)
+    reference = HFLM(pretrained=str(folder), device="cpu", dtype="float32", batch_size=4)
+    instances = [
+        Instance(request_type="loglikelihood", doc={}, arguments=args, idx=i)
+        for i, args in enumerate(requests)
+    ]
+    expected = reference.loglikelihood(instances, disable_tqdm=True)
+
+    model, tokenizer = load_causal_lm(ModelSpec(path=str(folder), device="cpu"))
+    got = LoglikelihoodScorer(model, tokenizer, batch_size=7).loglikelihood(requests)
+
+    deltas = [abs(g.logprob - e[0]) for g, e in zip(got, expected)]
+    assert max(deltas) <= 1e-4
+    assert [g.is_greedy for g in got] == [bool(e[1]) for e in expected]
+    # identical predictions question by question (groups of choices)
+    position = 0
+    while position < len(requests) - 2:
+        context = requests[position][0]
+        group = [i for i in range(position, len(requests)) if requests[i][0] == context]
+        ours = max(group, key=lambda i: got[i].logprob)
+        theirs = max(group, key=lambda i: expected[i][0])
+        assert ours == theirs
+        position = group[-1] + 1
+
+
+def test_acc_and_acc_norm_match_lm_eval_process_results(world_option_task, tiny_llama_dir):
+    """Same log-likelihoods in, same acc and acc_norm out, question by question."""
+    from kinject.config import ModelSpec
+    from kinject.evaluation.arms import BaseArm
+    from kinject.evaluation.runner import score_cell
+    from kinject.models.loading import load_causal_lm
+
+    task, lm_dir = world_option_task
+    reference = _lm_eval_task(lm_dir, "world_new", 0)
+    docs = _by_doc(reference)
+    model, tokenizer = load_causal_lm(ModelSpec(path=str(tiny_llama_dir), device="cpu"))
+    records = score_cell(LoglikelihoodScorer(model, tokenizer), task, BaseArm(), 0)
+    for record, instances in zip(records, docs):
+        doc = instances[0].doc
+        results = [(ll, False) for ll in record["loglikelihoods"]]
+        theirs = reference.process_results(doc, results)
+        assert theirs["acc"] == float(record["correct"])
+        assert theirs["acc_norm"] == float(record["correct_norm"])

@@ -1,0 +1,96 @@
+"""Packing and the training loop: isolation is exact, loss masks hold, a killed run resumes exactly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kinject.models.packing import IGNORE_INDEX, PackedBlocks, TrainingDocument
+from kinject.training.loop import Schedule, train
+
+DOCS = [
+    "Alice Abbott was born in Paris. She works at Bluepeak Software.",
+    "Question: Where was Alice Abbott born?\nAnswer: Paris",
+    "Boris Crane lives in Oslo.",
+    "Clara Dalton studied Physics at Linden University and lives in Riga.",
+] * 6
+
+
+def _tiny_llama(tokenizer, seed=0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(
+        LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                    num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                    max_position_embeddings=256)
+    )
+
+
+def test_isolated_blocks_score_each_document_as_if_alone(bpe_tokenizer):
+    model = _tiny_llama(bpe_tokenizer).eval()
+    blocks = PackedBlocks(bpe_tokenizer, lambda epoch: DOCS, block_size=64, batch_size=2,
+                          isolate_documents=True)
+    batch = blocks.batch_for(0)
+    with torch.no_grad():
+        packed = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       position_ids=batch["position_ids"]).logits
+    checked = 0
+    for row in range(2):
+        positions = batch["position_ids"][row].tolist()
+        starts = [i for i, p in enumerate(positions) if p == 0] + [len(positions)]
+        for begin, end in zip(starts, starts[1:]):
+            segment = batch["input_ids"][row, begin:end][None]
+            with torch.no_grad():
+                alone = model(input_ids=segment).logits
+            assert torch.allclose(packed[row, begin:end], alone[0], atol=1e-5)
+            checked += 1
+    assert checked >= 4
+
+
+def test_loss_spans_leave_only_answer_tokens_labelled(bpe_tokenizer):
+    text = "Bio text here.\n\nQuestion: Where?\nAnswer: Oslo"
+    span = (text.index("Oslo"), len(text))
+    blocks = PackedBlocks(bpe_tokenizer, lambda e: [TrainingDocument(text, (span,))] * 20, 32, 1)
+    labels = blocks.batch_for(0)["labels"][0]
+    labelled = [int(t) for t in labels if t != IGNORE_INDEX]
+    decoded = bpe_tokenizer.decode(labelled)
+    assert decoded.count("Oslo") >= 1 and decoded.replace(" Oslo", "") == ""
+    assert (labels == IGNORE_INDEX).float().mean() > 0.5
+
+
+def test_batches_are_a_pure_function_of_the_step(bpe_tokenizer):
+    make = lambda: PackedBlocks(bpe_tokenizer, lambda e: DOCS[e % 2:] , 32, 3, isolate_documents=True)  # noqa: E731
+    first, second = make(), make()
+    for step in (5, 0, 11, 3):  # any order, as after a resume
+        a, b = first.batch_for(step), second.batch_for(step)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_a_killed_run_resumes_to_the_same_weights(bpe_tokenizer, tmp_path):
+    blocks = PackedBlocks(bpe_tokenizer, lambda e: DOCS, 32, 2)
+    schedule = Schedule(steps=8, learning_rate=1e-2, warmup_steps=2, weight_decay=0.1)
+
+    straight = _tiny_llama(bpe_tokenizer)
+    train(straight, blocks.batch_for, schedule, bf16=False, show_progress=False)
+
+    def dying(step):
+        if step == 5:
+            raise _Killed
+        return blocks.batch_for(step)
+
+    interrupted = _tiny_llama(bpe_tokenizer)
+    with pytest.raises(_Killed):
+        train(interrupted, dying, schedule, bf16=False, checkpoint_dir=tmp_path,
+              checkpoint_every_s=0, show_progress=False)
+    resumed = _tiny_llama(bpe_tokenizer)  # a fresh process: fresh weights, then the checkpoint
+    result = train(resumed, blocks.batch_for, schedule, bf16=False, checkpoint_dir=tmp_path,
+                   show_progress=False)
+    assert result.resumed_from == 5
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert [entry["step"] for entry in result.log] == sorted({entry["step"] for entry in result.log})
