@@ -11,7 +11,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+def _shared_data() -> Path:
+    """``$KINJECT_SHARED_DATA``, else the nearest ``shared/data`` beside the checkout or above it."""
+    explicit = os.environ.get("KINJECT_SHARED_DATA")
+    if explicit:
+        return Path(explicit)
+    for parent in Path(__file__).resolve().parents:
+        candidate = parent / "shared" / "data"
+        if candidate.is_dir():
+            return candidate
+    return Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+SHARED_DATA = _shared_data()
 MMLU_DIR = SHARED_DATA / "mmlu"
 MMLU_SUBJECTS = ("anatomy", "astronomy", "college_biology", "college_chemistry", "prehistory")
 

@@ -23,10 +23,10 @@ class WorldConfig(Section):
     """The synthetic knowledge world: fictional people and questions about them."""
 
     seed: int = Field(0, description="One seed reproduces every person, text and question.")
-    n_known: int = Field(200, ge=1, description="People in the base model's pretraining text.")
+    n_known: int = Field(150, ge=1, description="People in the base model's pretraining text.")
     n_new: int = Field(100, ge=1, description="People only in the knowledge base.")
     n_updated: int = Field(
-        100, ge=0, description="Known people whose employer and home city changed in the KB."
+        50, ge=0, description="Known people whose employer and home city changed in the KB."
     )
     n_reading: int = Field(
         100, ge=0, description="Fixed people whose bios appear in pretraining next to questions."
@@ -40,9 +40,9 @@ class WorldConfig(Section):
 class TinyModelConfig(Section):
     """The shape of the locally pretrained Llama-style base model and its BPE tokenizer."""
 
-    vocab_size: int = Field(2048, ge=300)
-    hidden_size: int = Field(256, ge=16)
-    intermediate_size: int = Field(768, ge=16)
+    vocab_size: int = Field(2048, ge=300, description="BPE vocabulary (names and values become single tokens).")
+    hidden_size: int = Field(128, ge=16)
+    intermediate_size: int = Field(512, ge=16)
     num_layers: int = Field(4, ge=1)
     num_heads: int = Field(4, ge=1)
     max_position_embeddings: int = Field(2048, ge=64)
@@ -52,27 +52,40 @@ class PretrainConfig(Section):
     """How the tiny base model is pretrained on the world's pretraining mix."""
 
     seed: int = 0
-    steps: int = Field(800, ge=1, description="Optimizer steps.")
+    steps: int = Field(1300, ge=1, description="Optimizer steps.")
     batch_size: int = Field(16, ge=1, description="Blocks per optimizer step.")
     block_size: int = Field(256, ge=32, description="Tokens per packed training block.")
-    learning_rate: float = Field(2e-3, gt=0)
+    learning_rate: float = Field(3e-3, gt=0)
     warmup_steps: int = Field(100, ge=0, description="Linear learning-rate warm-up steps.")
-    weight_decay: float = Field(0.1, ge=0)
+    weight_decay: float = Field(0.01, ge=0)
+    schedule: Literal["cosine", "wsd"] = Field(
+        "wsd", description="wsd: constant after warm-up, linear decay over the last 20%."
+    )
     reading_warmup_steps: int = Field(
-        0, ge=0, description="First steps on reading documents only (learn to read first)."
+        700, ge=0, description="First steps on reading documents only (learn to read first)."
     )
     known_bios: int = Field(2, ge=1, description="Biographies of each known person per pass.")
-    known_questions: int = Field(1, ge=0, description="Questions per known fact per pass.")
+    known_questions: int = Field(4, ge=0, description="Questions per known fact per pass.")
     reading_ratio: float = Field(
         1.0, ge=0, description="Fresh reading documents per known person per pass."
     )
-    reading_questions_min: int = Field(4, ge=1)
-    reading_questions_max: int = Field(6, ge=1, description="Questions after a reading bio.")
+    reading_questions_min: int = Field(6, ge=1)
+    reading_questions_max: int = Field(
+        6, ge=1, description="Questions after a reading bio (at most one per attribute: 6)."
+    )
     max_distractor_bios: int = Field(1, ge=0, description="Other bios beside a reading target's.")
     answer_loss_only: bool = Field(True, description="Reading documents: loss on answers only.")
     isolate_documents: bool = Field(True, description="No attention across packed documents.")
     bf16: bool = Field(True, description="bf16 autocast (CPU or CUDA).")
     threads: int | None = Field(None, description="torch threads; default: torch's choice.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "PretrainConfig":
+        if self.reading_questions_min > self.reading_questions_max:
+            raise ValueError("reading_questions_min is larger than reading_questions_max")
+        if self.reading_warmup_steps > self.steps:
+            raise ValueError("reading_warmup_steps is larger than steps")
+        return self
 
 
 class ModelSpec(Section):

@@ -94,6 +94,7 @@ def pretrain_base_model(
         learning_rate=config.learning_rate,
         warmup_steps=config.warmup_steps,
         weight_decay=config.weight_decay,
+        kind=config.schedule,
     )
     result = train(
         model, batch_for, schedule, bf16=config.bf16, checkpoint_dir=partial,

@@ -22,16 +22,29 @@ from kinject.models.packing import IGNORE_INDEX
 
 @dataclass(frozen=True)
 class Schedule:
+    """Linear warm-up, then ``cosine`` decay, or ``wsd`` (warm-up, stable, decay): constant
+    until the last ``decay_fraction`` of the steps, then a linear decay.  Both end at
+    ``min_lr_ratio`` of the peak.  WSD suits phased training, where a later phase must still
+    learn at full rate."""
+
     steps: int
     learning_rate: float
     warmup_steps: int = 0
     weight_decay: float = 0.0
-    min_lr_ratio: float = 0.1  # cosine decay ends at this fraction of the peak
+    min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
+    kind: str = "cosine"  # cosine | wsd
+    decay_fraction: float = 0.2
 
     def lr_at(self, step: int) -> float:
         if step < self.warmup_steps:
             return self.learning_rate * (step + 1) / self.warmup_steps
+        if self.kind == "wsd":
+            decay_start = self.steps - int(self.decay_fraction * self.steps)
+            if step < decay_start:
+                return self.learning_rate
+            progress = (step - decay_start) / max(1, self.steps - decay_start)
+            return self.learning_rate * (1 - (1 - self.min_lr_ratio) * progress)
         span = max(1, self.steps - self.warmup_steps)
         progress = min(1.0, (step - self.warmup_steps) / span)
         cosine = 0.5 * (1 + math.cos(math.pi * progress))

@@ -1,0 +1,65 @@
+"""Measure the foundation's time budgets and print them against their limits.
+
+    python bench/budgets.py                 # --help startup, demo cold and warm
+    python bench/budgets.py --make-test     # also: clean clone + `make test` (warm pip cache)
+
+Budgets (issue 2): `kinject --help` < 2 s; `kinject demo` cold <= 10 min (world + base model
+pretraining + evaluation, not counting package install), warm (cached base model) <= 2 min;
+`make test` <= 10 min including install on a warm pip cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def timed(command: list[str], cwd: Path, env: dict | None = None) -> tuple[float, str]:
+    started = time.perf_counter()
+    result = subprocess.run(command, cwd=cwd, env={**os.environ, **(env or {})},
+                            capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if result.returncode != 0:
+        sys.exit(f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}")
+    return seconds, result.stdout
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--make-test", action="store_true", help="also time make test in a clean clone")
+    parser.add_argument("--skip-demo", action="store_true")
+    args = parser.parse_args()
+    kinject = str(Path(sys.executable).parent / "kinject")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="kinject-bench-") as scratch:
+        scratch = Path(scratch)
+        seconds, _ = timed([kinject, "--help"], scratch)
+        rows.append(("kinject --help", seconds, 2.0))
+        if not args.skip_demo:
+            env = {"KINJECT_CACHE_DIR": str(scratch / "cache")}
+            seconds, cold_out = timed([kinject, "demo", "--out", "cold"], scratch, env)
+            rows.append(("kinject demo, cold cache", seconds, 600.0))
+            seconds, _ = timed([kinject, "demo", "--out", "warm"], scratch, env)
+            rows.append(("kinject demo, warm cache (new run folder)", seconds, 120.0))
+            print(cold_out)
+        if args.make_test:
+            clone = scratch / "clone"
+            subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+            seconds, _ = timed(["make", "test"], clone)
+            rows.append(("clean clone: make test (install + tests)", seconds, 600.0))
+            shutil.rmtree(clone, ignore_errors=True)
+    print(f"{'what':45s} {'seconds':>9s} {'budget':>8s} {'ratio':>7s}")
+    for name, seconds, budget in rows:
+        print(f"{name:45s} {seconds:9.1f} {budget:8.0f} {seconds / budget:7.2f}")
+
+
+if __name__ == "__main__":
+    main()

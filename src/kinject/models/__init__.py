@@ -1,0 +1,1 @@
+"""Models: the tiny base model, its tokenizer, loading any Hugging Face causal LM, packing."""

@@ -1,0 +1,1 @@
+"""The one training loop every kind of training uses."""
