@@ -75,6 +75,10 @@ class PretrainConfig(Section):
     )
     max_distractor_bios: int = Field(1, ge=0, description="Other bios beside a reading target's.")
     answer_loss_only: bool = Field(True, description="Reading documents: loss on answers only.")
+    quiz_prefix_probability: float = Field(
+        0.3, ge=0, le=1, description="Reading documents led by a k-shot-like quiz."
+    )
+    max_quiz_questions: int = Field(6, ge=1, description="Longest quiz about known people.")
     isolate_documents: bool = Field(True, description="No attention across packed documents.")
     bf16: bool = Field(True, description="bf16 autocast (CPU or CUDA).")
     threads: int | None = Field(None, description="torch threads; default: torch's choice.")
@@ -235,7 +239,7 @@ class DemoConfig(Section):
     splits: list[Literal["known", "new", "updated", "reading", "validation"]] = Field(
         default_factory=lambda: ["known", "new", "updated"]
     )
-    shots: list[int] = Field(default_factory=lambda: [0])
+    shots: list[int] = Field(default_factory=lambda: [0, 5])
     scoring: ScoringConfig = ScoringConfig(batch_size=64)
     bootstrap_resamples: int = Field(1000, ge=100)
 

@@ -16,7 +16,7 @@ from kinject.config import PretrainConfig, TinyModelConfig, WorldConfig, to_yaml
 from kinject.fileio import write_json, write_text
 from kinject.world.build import World, build_world
 
-RECIPE_VERSION = 1  # bump when the pretraining text or loop changes meaning
+RECIPE_VERSION = 2  # bump when the pretraining text or loop changes meaning
 
 
 def base_model_dir(world: WorldConfig, model: TinyModelConfig, pretrain: PretrainConfig) -> Path:
@@ -39,6 +39,8 @@ def mix_settings(config: PretrainConfig):
         reading_questions=(config.reading_questions_min, config.reading_questions_max),
         max_distractor_bios=config.max_distractor_bios,
         answer_loss_only=config.answer_loss_only,
+        quiz_prefix_probability=config.quiz_prefix_probability,
+        max_quiz_questions=config.max_quiz_questions,
     )
 
 

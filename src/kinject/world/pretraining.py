@@ -5,7 +5,7 @@ Three kinds of document, all in the same "Question: …\\nAnswer: …" format th
 * **known** people (known, updated with their *old* values, dev): biographies in main
   templates, and quizzes of questions about them — knowledge the base model stores;
 * **reading** documents: a biography (sometimes among others) followed by questions about
-  it.  Most are about *fresh* people, sampled anew every pass, so they can only be answered
+  it, sometimes led by a quiz about known people (the shape of a k-shot prompt).  Most are about *fresh* people, sampled anew every pass, so they can only be answered
   by reading the context; the fixed ``reading`` split is in every pass.  This is how a model
   trained from scratch learns to use retrieved context at all;
 * **new** people never appear.
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from kinject.models.packing import TrainingDocument
 from kinject.world.build import World
 from kinject.world.people import Person, all_names, random_person, render_bio
-from kinject.world.vocabulary import ATTRIBUTES
+from kinject.world.vocabulary import ATTRIBUTES, Attribute
 
 ANSWER_PREFIX = "\nAnswer: "
 
@@ -36,6 +36,8 @@ class MixSettings:
     reading_questions: tuple[int, int] = (2, 6)  # questions per reading document (range)
     max_distractor_bios: int = 1  # other people's bios beside the target's
     answer_loss_only: bool = True  # reading documents: loss on the answers only
+    quiz_prefix_probability: float = 0.3  # reading documents led by a k-shot-like quiz
+    max_quiz_questions: int = 6  # questions in a quiz about known people
 
 
 class FreshPeople:
@@ -52,12 +54,39 @@ class FreshPeople:
         return random_person(f"fresh-{self.count}", self.rng.choice(self.names), "fresh", self.rng)
 
 
+def _quiz(facts: list[tuple[Person, Attribute, str]]) -> str:
+    lines = []
+    for person, attribute, template in facts:
+        lines.append(qa_text(template.format(name=person.name), person.pretraining_values[attribute.name]))
+    return "\n\n".join(lines)
+
+
+def _random_facts(
+    people: list[Person], count: int, rng: random.Random
+) -> list[tuple[Person, Attribute, str]]:
+    facts = []
+    for _ in range(count):
+        attribute = rng.choice(ATTRIBUTES)
+        template = rng.choice(attribute.test_questions + attribute.reserved_questions)
+        facts.append((rng.choice(people), attribute, template))
+    return facts
+
+
 def _reading_document(
-    target: Person, distractors: list[Person], settings: MixSettings, rng: random.Random
+    target: Person,
+    distractors: list[Person],
+    settings: MixSettings,
+    rng: random.Random,
+    known: list[Person],
 ) -> TrainingDocument:
+    """``[quiz about known people]  bios  questions about the target`` — the shape of a
+    k-shot prompt with retrieved context, so the model reads context behind examples too."""
     people = [target, *distractors]
     rng.shuffle(people)
     parts = [render_bio(p.name, p.female, p.values, rng, variants="all") for p in people]
+    if known and rng.random() < settings.quiz_prefix_probability:
+        count = rng.randint(1, settings.max_quiz_questions)
+        parts.insert(0, _quiz(_random_facts(known, count, rng)))
     attributes = list(ATTRIBUTES)
     rng.shuffle(attributes)
     low, high = settings.reading_questions
@@ -74,23 +103,19 @@ def _reading_document(
 
 def _known_documents(world: World, settings: MixSettings, rng: random.Random) -> list[TrainingDocument]:
     documents = []
-    for person in world.pretrained_people:
+    people = world.pretrained_people
+    for person in people:
         for _ in range(settings.known_bios):
             bio = render_bio(person.name, person.female, person.pretraining_values, rng)
             documents.append(TrainingDocument(bio))
     facts = [
-        (p, a) for p in world.pretrained_people for a in ATTRIBUTES
-        for _ in range(settings.known_questions)
+        (p, a, rng.choice(a.test_questions + a.reserved_questions))
+        for p in people for a in ATTRIBUTES for _ in range(settings.known_questions)
     ]
     rng.shuffle(facts)
-    while facts:  # quizzes of one to four questions, like k-shot prompts
-        size = rng.randint(1, 4)
-        quiz = []
-        for person, attribute in facts[:size]:
-            template = rng.choice(attribute.test_questions + attribute.reserved_questions)
-            answer = person.pretraining_values[attribute.name]
-            quiz.append(qa_text(template.format(name=person.name), answer))
-        documents.append(TrainingDocument("\n\n".join(quiz)))
+    while facts:  # quizzes, like k-shot prompts
+        size = rng.randint(1, settings.max_quiz_questions)
+        documents.append(TrainingDocument(_quiz(facts[:size])))
         facts = facts[size:]
     return documents
 
@@ -102,11 +127,12 @@ def pretraining_documents(
     rng = random.Random(f"kinject-pretrain-{world.config.seed}-{seed}-{epoch}")
     fresh = FreshPeople(world, rng)
     documents = [] if reading_only else _known_documents(world, settings, rng)
+    known = [] if reading_only else world.pretrained_people  # no known facts in a warm-up
     for person in world.split("reading"):
-        documents.append(_reading_document(person, [], settings, rng))
+        documents.append(_reading_document(person, [], settings, rng, known))
     n_fresh = int(settings.reading_ratio * len(world.pretrained_people))
     for _ in range(n_fresh):
         distractors = [fresh() for _ in range(rng.randint(0, settings.max_distractor_bios))]
-        documents.append(_reading_document(fresh(), distractors, settings, rng))
+        documents.append(_reading_document(fresh(), distractors, settings, rng, known))
     rng.shuffle(documents)
     return documents
