@@ -54,6 +54,11 @@ class FreshPeople:
         return random_person(f"fresh-{self.count}", self.rng.choice(self.names), "fresh", self.rng)
 
 
+def _any_question(attribute: Attribute, rng: random.Random) -> str:
+    """Pretraining asks in every phrasing, test and reserved alike."""
+    return rng.choice(attribute.test_questions + attribute.reserved_questions)
+
+
 def _quiz(facts: list[tuple[Person, Attribute, str]]) -> str:
     lines = []
     for person, attribute, template in facts:
@@ -67,7 +72,7 @@ def _random_facts(
     facts = []
     for _ in range(count):
         attribute = rng.choice(ATTRIBUTES)
-        template = rng.choice(attribute.test_questions + attribute.reserved_questions)
+        template = _any_question(attribute, rng)
         facts.append((rng.choice(people), attribute, template))
     return facts
 
@@ -93,8 +98,7 @@ def _reading_document(
     spans = []
     text = "\n\n".join(parts)
     for attribute in attributes[: rng.randint(low, high)]:
-        template = rng.choice(attribute.test_questions + attribute.reserved_questions)
-        text += "\n\n" + qa_text(template.format(name=target.name), "")
+        text += "\n\n" + qa_text(_any_question(attribute, rng).format(name=target.name), "")
         answer = target.values[attribute.name]
         spans.append((len(text), len(text) + len(answer)))
         text += answer
@@ -109,7 +113,7 @@ def _known_documents(world: World, settings: MixSettings, rng: random.Random) ->
             bio = render_bio(person.name, person.female, person.pretraining_values, rng)
             documents.append(TrainingDocument(bio))
     facts = [
-        (p, a, rng.choice(a.test_questions + a.reserved_questions))
+        (p, a, _any_question(a, rng))
         for p in people for a in ATTRIBUTES for _ in range(settings.known_questions)
     ]
     rng.shuffle(facts)
