@@ -149,3 +149,10 @@ def test_bootstrap_interval_is_seeded_and_brackets_the_mean():
     low, high = bootstrap_ci(outcomes, seed=3)
     assert 0.58 < low < 0.7 < high < 0.8
     assert bootstrap_ci([1.0] * 10, seed=0) == (1.0, 1.0)
+
+
+def test_a_model_that_cannot_load_leaves_no_run_folder(tmp_path, world_dir):
+    config = _config(world_dir, tmp_path / "missing-model", arms=["base"], shots=[0])
+    with pytest.raises(KinjectError, match="does not exist"):
+        run_evaluation(config, tmp_path / "run", show_progress=False)
+    assert not (tmp_path / "run").exists()

@@ -52,7 +52,7 @@ class PretrainConfig(Section):
     """How the tiny base model is pretrained on the world's pretraining mix."""
 
     seed: int = 0
-    steps: int = Field(1300, ge=1, description="Optimizer steps.")
+    steps: int = Field(1000, ge=1, description="Optimizer steps.")
     batch_size: int = Field(16, ge=1, description="Blocks per optimizer step.")
     block_size: int = Field(256, ge=32, description="Tokens per packed training block.")
     learning_rate: float = Field(3e-3, gt=0)
@@ -62,8 +62,13 @@ class PretrainConfig(Section):
         "wsd", description="wsd: constant after warm-up, linear decay over the last 20%."
     )
     reading_warmup_steps: int = Field(
-        700, ge=0, description="First steps on reading documents only (learn to read first)."
+        400, ge=0, description="First steps on reading documents only (learn to read first)."
     )
+    reading_curriculum: list[int] = Field(
+        default_factory=lambda: [2, 3, 4, 5, 6],
+        description="Facts per bio in the warm-up's stages: short contexts first.",
+    )
+    curriculum_stage_epochs: int = Field(8, ge=1, description="Warm-up passes per stage.")
     known_bios: int = Field(2, ge=1, description="Biographies of each known person per pass.")
     known_questions: int = Field(4, ge=0, description="Questions per known fact per pass.")
     reading_ratio: float = Field(
@@ -89,6 +94,8 @@ class PretrainConfig(Section):
             raise ValueError("reading_questions_min is larger than reading_questions_max")
         if self.reading_warmup_steps > self.steps:
             raise ValueError("reading_warmup_steps is larger than steps")
+        if not self.reading_curriculum or not all(1 <= k <= 6 for k in self.reading_curriculum):
+            raise ValueError("reading_curriculum: facts per bio must be between 1 and 6")
         return self
 
 

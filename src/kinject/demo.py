@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from kinject.cache import cache_dir, fingerprint
+from kinject.cache import cache_dir, cache_lock, fingerprint
 from kinject.config import (
     QUICK_DEMO,
     DemoConfig,
@@ -39,8 +39,9 @@ def world_dir(config: DemoConfig) -> Path:
     from kinject.world.build import build_world, write_world
 
     folder = cache_dir() / "worlds" / f"world-{fingerprint(config.world.model_dump(mode='json'))}"
-    if not (folder / "world.json").exists():
-        write_world(build_world(config.world), folder)
+    with cache_lock(folder):
+        if not (folder / "world.json").exists():
+            write_world(build_world(config.world), folder)
     return folder
 
 

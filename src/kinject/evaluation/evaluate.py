@@ -59,19 +59,14 @@ def build_arms(config: EvalConfig) -> list[Arm]:
     return arms
 
 
-def prepare_run_dir(config: EvalConfig, run_dir: Path) -> None:
-    """Create the run folder, or check that an existing one was made by the same config."""
+def check_run_dir(config: EvalConfig, run_dir: Path) -> None:
+    """An existing run folder must have been made by the same config (then it resumes)."""
     saved = run_dir / "config.yaml"
-    text = to_yaml(config)
-    if saved.exists():
-        if saved.read_text(encoding="utf-8") != text:
-            raise KinjectError(
-                f"{run_dir} holds a run of a different config; choose another --out "
-                "(or delete the folder to start over)"
-            )
-        return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(saved, text)
+    if saved.exists() and saved.read_text(encoding="utf-8") != to_yaml(config):
+        raise KinjectError(
+            f"{run_dir} holds a run of a different config; choose another --out "
+            "(or delete the folder to start over)"
+        )
 
 
 def run_evaluation(
@@ -99,13 +94,15 @@ def run_evaluation(
         for task in tasks:
             for item in task.items:
                 arm.context_for(item)
-    prepare_run_dir(config, run_dir)
+    check_run_dir(config, run_dir)
     store = CellStore(run_dir)
     plan = [(task, arm, shots) for task in tasks for arm in arms for shots in config.shots]
     pending = [p for p in plan if not store.has(Cell(p[1].name, p[0].name, p[2], p[1].k))]
     if pending:
+        model, tokenizer = model_and_tokenizer or _load(config)  # fails before any file is written
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(run_dir / "config.yaml", to_yaml(config))
         write_json(run_dir / "env.json", environment(config.seed))
-        model, tokenizer = model_and_tokenizer or _load(config)
         from kinject.scoring.loglikelihood import LoglikelihoodScorer
 
         scorer = LoglikelihoodScorer(

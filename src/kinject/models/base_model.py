@@ -9,14 +9,15 @@ appears in the cache only once complete (the folder is renamed into place).
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
-from kinject.cache import cache_dir, fingerprint
+from kinject.cache import cache_dir, cache_lock, fingerprint
 from kinject.config import PretrainConfig, TinyModelConfig, WorldConfig, to_yaml
 from kinject.fileio import write_json, write_text
 from kinject.world.build import World, build_world
 
-RECIPE_VERSION = 2  # bump when the pretraining text or loop changes meaning
+RECIPE_VERSION = 3  # bump when the pretraining text or loop changes meaning
 
 
 def base_model_dir(world: WorldConfig, model: TinyModelConfig, pretrain: PretrainConfig) -> Path:
@@ -71,8 +72,12 @@ def pretrain_base_model(
         return pretraining_documents(world, config.seed, epoch, settings)
 
     def reading_documents(epoch: int):
+        # The warm-up: reading only, bios growing from a few facts to all of them (short
+        # contexts make the copy-from-context signal strong enough to be learned early).
+        stage = min(len(config.reading_curriculum) - 1, epoch // config.curriculum_stage_epochs)
+        staged = replace(settings, bio_facts=config.reading_curriculum[stage])
         # Epoch numbers far from the main stream's, so the warm-up text is its own.
-        return pretraining_documents(world, config.seed, 1_000_000 + epoch, settings, reading_only=True)
+        return pretraining_documents(world, config.seed, 1_000_000 + epoch, staged, reading_only=True)
 
     # The vocabulary covers pretraining text, the knowledge base and its paraphrases.
     vocabulary_text = [d.text for d in documents(0)]
@@ -148,7 +153,8 @@ def ensure_base_model(
 ) -> tuple[Path, bool]:
     """The cached base model folder, pretraining it first if needed; ``(path, was_cached)``."""
     out_dir = base_model_dir(world_config, model_config, config)
-    if (out_dir / "config.json").exists():
-        return out_dir, True
-    pretrain_base_model(build_world(world_config), model_config, config, out_dir, show_progress)
+    with cache_lock(out_dir):  # two demos at once: one trains, the other waits and reuses
+        if (out_dir / "config.json").exists():
+            return out_dir, True
+        pretrain_base_model(build_world(world_config), model_config, config, out_dir, show_progress)
     return out_dir, False

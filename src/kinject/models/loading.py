@@ -38,7 +38,8 @@ def load_causal_lm(spec: ModelSpec):
         tokenizer = AutoTokenizer.from_pretrained(source, revision=spec.revision)
         model = AutoModelForCausalLM.from_pretrained(source, revision=spec.revision, dtype=dtype)
     except OSError as error:
-        raise KinjectError(f"cannot load model '{source}': {error}") from None
+        reason = " ".join(str(error).split())  # transformers' messages span lines
+        raise KinjectError(f"cannot load model '{source}': {reason}") from None
     model.to(resolve_device(spec.device))
     model.eval()
     return model, tokenizer

@@ -83,11 +83,20 @@ def train(
     log_every: int = 10,
     description: str = "training",
     show_progress: bool = True,
+    compile_model: bool = False,
+    after_step: Callable[[int], None] | None = None,
 ) -> TrainingResult:
-    """Train ``model`` in place for ``schedule.steps`` optimizer steps."""
+    """Train ``model`` in place for ``schedule.steps`` optimizer steps.
+
+    ``after_step(n)`` is called after the n-th step (validation, curricula, …).
+    ``compile_model`` runs the forward and backward through ``torch.compile`` (about 1.4x on
+    a small Llama on CPU, after ~30 s of compilation); the weights stay those of ``model``.
+    """
     import torch
 
     from kinject.progress import progress_bar
+
+    forward = torch.compile(model) if compile_model else model
 
     device = next(model.parameters()).device
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
@@ -139,7 +148,7 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with autocast_context(device.type, bf16):
-                loss = model(**batch).loss
+                loss = forward(**batch).loss
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{description}: loss became {loss.item()} at step {step}")
             loss.backward()
@@ -157,6 +166,8 @@ def train(
                      "seconds": round(elapsed, 2)}
                 )
             bar.advance(1, info=f"loss {running:.3f}")
+            if after_step is not None:
+                after_step(step + 1)
             if checkpoint is not None and time.perf_counter() - last_save > checkpoint_every_s:
                 save_checkpoint(step + 1)
                 last_save = time.perf_counter()

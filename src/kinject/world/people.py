@@ -111,13 +111,15 @@ def render_bio(
     values: dict[str, str],
     rng: random.Random,
     variants: str = "main",
+    attributes: tuple[Attribute, ...] = ATTRIBUTES,
 ) -> str:
     """One biography: a sentence per attribute, in random order and random phrasing.
 
     ``variants`` picks the sentence templates: ``main`` (knowledge base and pretraining),
-    ``reserved`` (paraphrases, never in the knowledge base), or ``all``.
+    ``reserved`` (paraphrases, never in the knowledge base), or ``all``.  ``attributes``
+    limits the bio to some facts (short bios for a reading curriculum).
     """
-    order = list(ATTRIBUTES)
+    order = list(attributes)
     rng.shuffle(order)
     sentences = []
     for position, attribute in enumerate(order):

@@ -38,6 +38,7 @@ class MixSettings:
     answer_loss_only: bool = True  # reading documents: loss on the answers only
     quiz_prefix_probability: float = 0.3  # reading documents led by a k-shot-like quiz
     max_quiz_questions: int = 6  # questions in a quiz about known people
+    bio_facts: int = len(ATTRIBUTES)  # facts per reading bio (fewer: shorter, easier contexts)
 
 
 class FreshPeople:
@@ -77,6 +78,12 @@ def _random_facts(
     return facts
 
 
+def _facts_in_bio(settings: MixSettings, rng: random.Random) -> tuple[Attribute, ...]:
+    if settings.bio_facts >= len(ATTRIBUTES):
+        return ATTRIBUTES
+    return tuple(rng.sample(ATTRIBUTES, settings.bio_facts))
+
+
 def _reading_document(
     target: Person,
     distractors: list[Person],
@@ -88,11 +95,15 @@ def _reading_document(
     k-shot prompt with retrieved context, so the model reads context behind examples too."""
     people = [target, *distractors]
     rng.shuffle(people)
-    parts = [render_bio(p.name, p.female, p.values, rng, variants="all") for p in people]
+    facts = {p.id: _facts_in_bio(settings, rng) for p in people}
+    parts = [
+        render_bio(p.name, p.female, p.values, rng, variants="all", attributes=facts[p.id])
+        for p in people
+    ]
     if known and rng.random() < settings.quiz_prefix_probability:
         count = rng.randint(1, settings.max_quiz_questions)
         parts.insert(0, _quiz(_random_facts(known, count, rng)))
-    attributes = list(ATTRIBUTES)
+    attributes = list(facts[target.id])
     rng.shuffle(attributes)
     low, high = settings.reading_questions
     spans = []
