@@ -156,3 +156,11 @@ def test_a_model_that_cannot_load_leaves_no_run_folder(tmp_path, world_dir):
     with pytest.raises(KinjectError, match="does not exist"):
         run_evaluation(config, tmp_path / "run", show_progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_an_empty_task_file_is_an_error(tmp_path, world_dir, tiny_llama_dir):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    config = _config(world_dir, tiny_llama_dir, tasks=[TaskSpec(path=str(empty))], arms=["base"], shots=[0])
+    with pytest.raises(KinjectError, match="has no questions"):
+        run_evaluation(config, tmp_path / "run", show_progress=False)

@@ -59,6 +59,25 @@ def build_arms(config: EvalConfig) -> list[Arm]:
     return arms
 
 
+def validate_plan(config: EvalConfig, tasks: list[Task], arms: list[Arm]) -> None:
+    """Everything that can be wrong with the inputs, found before a model is loaded."""
+    names = [task.name for task in tasks]
+    if len(set(names)) != len(names):
+        raise KinjectError(f"two tasks share a name in {names}; give them distinct 'name's")
+    for task in tasks:
+        if not task.items:
+            raise KinjectError(f"task '{task.name}' ({task.source.get('path')}) has no questions")
+        for shots in config.shots:
+            if shots > len(task.dev):
+                raise KinjectError(
+                    f"task '{task.name}' has {len(task.dev)} dev examples; {shots}-shot needs {shots}"
+                )
+    for arm in arms:  # an arm that cannot serve a question fails now, not mid-run
+        for task in tasks:
+            for item in task.items:
+                arm.context_for(item)
+
+
 def check_run_dir(config: EvalConfig, run_dir: Path) -> None:
     """An existing run folder must have been made by the same config (then it resumes)."""
     saved = run_dir / "config.yaml"
@@ -80,20 +99,8 @@ def run_evaluation(
 
     run_dir = Path(run_dir)
     tasks = [load_task(spec) for spec in config.tasks]  # bad inputs fail before any model work
-    names = [task.name for task in tasks]
-    if len(set(names)) != len(names):
-        raise KinjectError(f"two tasks share a name in {names}; give them distinct 'name's")
-    for task in tasks:
-        for shots in config.shots:
-            if shots > len(task.dev):
-                raise KinjectError(
-                    f"task '{task.name}' has {len(task.dev)} dev examples; {shots}-shot needs {shots}"
-                )
     arms = build_arms(config)
-    for arm in arms:  # an arm that cannot serve a question fails now, not mid-run
-        for task in tasks:
-            for item in task.items:
-                arm.context_for(item)
+    validate_plan(config, tasks, arms)
     check_run_dir(config, run_dir)
     store = CellStore(run_dir)
     plan = [(task, arm, shots) for task in tasks for arm in arms for shots in config.shots]
@@ -108,7 +115,7 @@ def run_evaluation(
         scorer = LoglikelihoodScorer(
             model, tokenizer, config.scoring.batch_size, bf16=config.scoring.bf16_autocast
         )
-        total = sum(len(task.items) * len(task.items[0].choices) for task, _, _ in pending)
+        total = sum(len(item.choices) for task, _, _ in pending for item in task.items)
         with progress_bar("scoring", total=total, enabled=show_progress) as bar:
             for task, arm, shots in pending:
                 records = score_cell(scorer, task, arm, shots, on_batch=bar.advance)
