@@ -24,8 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def timed(command: list[str], cwd: Path, env: dict | None = None) -> tuple[float, str]:
     started = time.perf_counter()
-    result = subprocess.run(command, cwd=cwd, env={**os.environ, **(env or {})},
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        command, cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True
+    )
     seconds = time.perf_counter() - started
     if result.returncode != 0:
         sys.exit(f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}")
@@ -33,8 +34,12 @@ def timed(command: list[str], cwd: Path, env: dict | None = None) -> tuple[float
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--make-test", action="store_true", help="also time make test in a clean clone")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--make-test", action="store_true", help="also time make test in a clean clone"
+    )
     parser.add_argument("--skip-demo", action="store_true")
     args = parser.parse_args()
     kinject = str(Path(sys.executable).parent / "kinject")

@@ -17,7 +17,9 @@ import time
 from dataclasses import replace
 
 
-def run(seed: int, steps: int, curriculum: list[int], stage_epochs: int) -> list[tuple[int, float, float]]:
+def run(
+    seed: int, steps: int, curriculum: list[int], stage_epochs: int
+) -> list[tuple[int, float, float]]:
     from kinject.config import PretrainConfig, TinyModelConfig, WorldConfig
     from kinject.models.base_model import mix_settings
     from kinject.models.packing import PackedBlocks
@@ -48,8 +50,17 @@ def run(seed: int, steps: int, curriculum: list[int], stage_epochs: int) -> list
     kb = {d["id"]: d["text"] for d in kb_documents(world)}
     rows = task_questions(world, "new")
     random.Random(0).shuffle(rows)
-    items = [MCItem(r["id"], r["question"], tuple(r["choices"]), r["answer"], r["subject"],
-                    tuple(r["doc_ids"])) for r in rows[:240]]
+    items = [
+        MCItem(
+            r["id"],
+            r["question"],
+            tuple(r["choices"]),
+            r["answer"],
+            r["subject"],
+            tuple(r["doc_ids"]),
+        )
+        for r in rows[:240]
+    ]
     task = Task("new", tuple(items))
     prompts = [build_prompt(task, item, 0, kb[item.doc_ids[0]]) for item in items]
     requests = [(p.context, c) for p in prompts for c in p.continuations]
@@ -58,7 +69,9 @@ def run(seed: int, steps: int, curriculum: list[int], stage_epochs: int) -> list
     def score(step: int) -> None:
         if step % 100:
             return
-        scores = LoglikelihoodScorer(model, tokenizer, batch_size=64, bf16=True).loglikelihood(requests)
+        scores = LoglikelihoodScorer(model, tokenizer, batch_size=64, bf16=True).loglikelihood(
+            requests
+        )
         correct = sum(
             max(range(4), key=lambda j: scores[4 * i + j].logprob) == item.answer
             for i, item in enumerate(items)
@@ -66,16 +79,22 @@ def run(seed: int, steps: int, curriculum: list[int], stage_epochs: int) -> list
         curve.append((step, correct / len(items), time.perf_counter() - began))
         model.train()
 
-    schedule = Schedule(steps, config.learning_rate, config.warmup_steps, config.weight_decay, kind=config.schedule)
+    schedule = Schedule(
+        steps, config.learning_rate, config.warmup_steps, config.weight_decay, kind=config.schedule
+    )
     train(model, blocks.batch_for, schedule, bf16=True, show_progress=False, after_step=score)
     return curve
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--flat", action="store_true", help="no curriculum: six-fact bios throughout")
+    parser.add_argument(
+        "--flat", action="store_true", help="no curriculum: six-fact bios throughout"
+    )
     args = parser.parse_args()
     from kinject.config import PretrainConfig
 
@@ -84,7 +103,9 @@ def main() -> None:
     variant = "flat (6 facts)" if args.flat else f"curriculum {curriculum}"
     print(f"{'variant':28s} {'seed':>4s} {'step':>5s} {'oracle acc on new':>18s} {'seconds':>8s}")
     for seed in args.seeds:
-        for step, accuracy, seconds in run(seed, args.steps, curriculum, default.curriculum_stage_epochs):
+        for step, accuracy, seconds in run(
+            seed, args.steps, curriculum, default.curriculum_stage_epochs
+        ):
             print(f"{variant:28s} {seed:4d} {step:5d} {accuracy:18.3f} {seconds:8.0f}", flush=True)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,16 +12,27 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+
 def _shared_data() -> Path:
-    """``$KINJECT_SHARED_DATA``, else the nearest ``shared/data`` beside the checkout or above it."""
+    """``$KINJECT_SHARED_DATA``, else the nearest ``shared/data`` above the checkout, or above
+    the checkout it was cloned from (CI runs in a clean clone of a local repository)."""
     explicit = os.environ.get("KINJECT_SHARED_DATA")
     if explicit:
         return Path(explicit)
-    for parent in Path(__file__).resolve().parents:
-        candidate = parent / "shared" / "data"
-        if candidate.is_dir():
-            return candidate
-    return Path(__file__).resolve().parents[2] / "shared" / "data"
+    here = Path(__file__).resolve().parent
+    starts = [here]
+    origin = subprocess.run(
+        ["git", "config", "--get", "remote.origin.url"],
+        cwd=here, capture_output=True, text=True, check=False,
+    ).stdout.strip()
+    if origin and Path(origin).is_dir():
+        starts.append(Path(origin).resolve())
+    for start in starts:
+        for parent in [start, *start.parents]:
+            candidate = parent / "shared" / "data"
+            if candidate.is_dir():
+                return candidate
+    return here.parent.parent / "shared" / "data"
 
 
 SHARED_DATA = _shared_data()
@@ -62,9 +74,15 @@ def tiny_llama_dir(tmp_path_factory, bpe_tokenizer) -> Path:
 
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=len(bpe_tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-        bos_token_id=bpe_tokenizer.bos_token_id, eos_token_id=bpe_tokenizer.eos_token_id,
+        vocab_size=len(bpe_tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=bpe_tokenizer.bos_token_id,
+        eos_token_id=bpe_tokenizer.eos_token_id,
     )
     model = LlamaForCausalLM(config)
     folder = tmp_path_factory.mktemp("tiny-llama")
@@ -86,15 +104,24 @@ def tiny_gpt2_dir(tmp_path_factory) -> Path:
     raw.train_from_iterator(
         _training_text(),
         trainers.BpeTrainer(
-            vocab_size=500, special_tokens=["<|endoftext|>"],
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+            vocab_size=500,
+            special_tokens=["<|endoftext|>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
         ),
     )
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<|endoftext|>")
     torch.manual_seed(1)
     model = GPT2LMHeadModel(
-        GPT2Config(vocab_size=len(tokenizer), n_embd=64, n_layer=2, n_head=4, n_positions=1024,
-                   bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+        GPT2Config(
+            vocab_size=len(tokenizer),
+            n_embd=64,
+            n_layer=2,
+            n_head=4,
+            n_positions=1024,
+            bos_token_id=tokenizer.eos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
     )
     folder = tmp_path_factory.mktemp("tiny-gpt2")
     model.save_pretrained(folder)

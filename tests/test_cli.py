@@ -16,7 +16,11 @@ COMMANDS = [[], ["demo"], ["world", "build"], ["eval"], ["table"]]
 def kinject(*args: str, cwd: Path, env_extra: dict | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, **(env_extra or {})}
     return subprocess.run(
-        [sys.executable, "-m", "kinject", *args], cwd=cwd, env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "kinject", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=600,
     )
 
@@ -31,7 +35,9 @@ def test_every_command_has_help_with_an_example(tmp_path, command):
 
 def test_help_does_not_import_torch(tmp_path):
     code = "import sys; from kinject.cli import app; print('torch' in sys.modules)"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path
+    )
     assert result.stdout.strip() == "False"
 
 
@@ -47,8 +53,13 @@ def test_unknown_config_key_is_one_clear_line(tmp_path):
 
 def test_missing_config_and_bad_task_file_are_one_line_errors(tmp_path):
     result = kinject("eval", "--config", "nope.yaml", cwd=tmp_path)
-    assert result.returncode == 2 and result.stderr.strip() == "error: nope.yaml: config file not found"
-    (tmp_path / "t.jsonl").write_text('{"id": "a", "question": "q", "choices": ["x"], "answer": 0}\n')
+    assert (
+        result.returncode == 2
+        and result.stderr.strip() == "error: nope.yaml: config file not found"
+    )
+    (tmp_path / "t.jsonl").write_text(
+        '{"id": "a", "question": "q", "choices": ["x"], "answer": 0}\n'
+    )
     (tmp_path / "eval.yaml").write_text("model: {path: gpt2}\ntasks: [{path: t.jsonl}]\n")
     result = kinject("eval", "--config", "eval.yaml", cwd=tmp_path)
     assert result.returncode == 2
@@ -59,7 +70,13 @@ def test_missing_config_and_bad_task_file_are_one_line_errors(tmp_path):
 def test_world_build_writes_the_world(tmp_path):
     result = kinject("world", "build", "--out", "w", "--seed", "3", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    for name in ("kb.jsonl", "paraphrases.jsonl", "people.jsonl", "tasks/new.jsonl", "tasks/dev.jsonl"):
+    for name in (
+        "kb.jsonl",
+        "paraphrases.jsonl",
+        "people.jsonl",
+        "tasks/new.jsonl",
+        "tasks/dev.jsonl",
+    ):
         assert (tmp_path / "w" / name).exists()
     assert "seed: 3" in (tmp_path / "w" / "world.yaml").read_text()
 
@@ -75,7 +92,12 @@ def test_eval_command_on_a_local_model_and_table_rebuild(tmp_path, tiny_gpt2_dir
     assert result.returncode == 0, result.stderr
     assert "updated" in result.stdout and "run folder: run" in result.stdout
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())["cells"]
-    assert {(m["arm"], m["shots"]) for m in metrics} == {("base", 0), ("base", 1), ("oracle", 0), ("oracle", 1)}
+    assert {(m["arm"], m["shots"]) for m in metrics} == {
+        ("base", 0),
+        ("base", 1),
+        ("oracle", 0),
+        ("oracle", 1),
+    }
     (tmp_path / "run" / "table.md").unlink()
     result = kinject("table", "run", cwd=tmp_path)
     assert result.returncode == 0 and (tmp_path / "run" / "table.md").exists()
@@ -89,7 +111,15 @@ def test_quick_demo_end_to_end_and_second_run_uses_the_cache(tmp_path):
     for line in ("closed-book accuracy on known >= 0.80", "oracle-context accuracy on new >= 0.80"):
         assert line in first.stdout
     run = tmp_path / "run1"
-    for name in ("config.yaml", "env.json", "records.jsonl", "metrics.json", "table.md", "demo.yaml", "checks.json"):
+    for name in (
+        "config.yaml",
+        "env.json",
+        "records.jsonl",
+        "metrics.json",
+        "table.md",
+        "demo.yaml",
+        "checks.json",
+    ):
         assert (run / name).exists(), name
     models = list((tmp_path / "cache" / "base-models").glob("tiny-llama-*"))
     assert len(models) == 1 and (models[0] / "config.json").exists()
@@ -104,8 +134,14 @@ def test_quick_demo_end_to_end_and_second_run_uses_the_cache(tmp_path):
 def test_two_demos_at_once_share_the_cache_safely(tmp_path):
     env = {**os.environ, "KINJECT_CACHE_DIR": str(tmp_path / "cache")}
     processes = [
-        subprocess.Popen([sys.executable, "-m", "kinject", "demo", "--quick", "--out", f"run{i}"],
-                         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-m", "kinject", "demo", "--quick", "--out", f"run{i}"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for i in range(2)
     ]
     outputs = [p.communicate(timeout=600) for p in processes]

@@ -19,7 +19,9 @@ def test_nested_unknown_key_is_named_with_its_path_and_a_suggestion(tmp_path):
 def test_bad_value_names_the_key(tmp_path):
     path = tmp_path / "e.yaml"
     path.write_text("model: {path: m}\ntasks: [{path: t.jsonl, style: fancy}]\n")
-    with pytest.raises(KinjectError, match=r"key 'tasks.0.style': Input should be 'letter' or 'option'"):
+    with pytest.raises(
+        KinjectError, match=r"key 'tasks.0.style': Input should be 'letter' or 'option'"
+    ):
         load_config(EvalConfig, path)
 
 
@@ -44,7 +46,9 @@ def test_saved_config_round_trips_and_paths_resolve_against_the_file(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "model").mkdir()
     path = tmp_path / "sub" / "e.yaml"
-    path.write_text("model: {path: model}\ntasks: [{path: t.jsonl}]\narms: [oracle]\ncorpus: kb.jsonl\n")
+    path.write_text(
+        "model: {path: model}\ntasks: [{path: t.jsonl}]\narms: [oracle]\ncorpus: kb.jsonl\n"
+    )
     config = load_config(EvalConfig, path).with_paths_resolved(path.parent)
     assert config.model.path == str(tmp_path / "sub" / "model")
     assert config.tasks[0].path == str(tmp_path / "sub" / "t.jsonl")
@@ -54,4 +58,7 @@ def test_saved_config_round_trips_and_paths_resolve_against_the_file(tmp_path):
     assert load_config(EvalConfig, saved) == config
     hub = tmp_path / "hub.yaml"
     hub.write_text("model: {path: EleutherAI/pythia-70m}\ntasks: [{path: t.jsonl}]\n")
-    assert load_config(EvalConfig, hub).with_paths_resolved(tmp_path).model.path == "EleutherAI/pythia-70m"
+    assert (
+        load_config(EvalConfig, hub).with_paths_resolved(tmp_path).model.path
+        == "EleutherAI/pythia-70m"
+    )

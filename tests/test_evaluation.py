@@ -23,13 +23,21 @@ def world_dir(tmp_path_factory) -> Path:
 
 def _config(world_dir: Path, model_dir: Path, **overrides) -> EvalConfig:
     tasks = [
-        TaskSpec(name=split, path=str(world_dir / "tasks" / f"{split}.jsonl"),
-                 dev=str(world_dir / "tasks" / "dev.jsonl"))
+        TaskSpec(
+            name=split,
+            path=str(world_dir / "tasks" / f"{split}.jsonl"),
+            dev=str(world_dir / "tasks" / "dev.jsonl"),
+        )
         for split in ("new", "updated")
     ]
-    values = dict(model=ModelSpec(path=str(model_dir), device="cpu"), tasks=tasks,
-                  arms=["base", "oracle"], corpus=str(world_dir / "kb.jsonl"), shots=[0, 2],
-                  bootstrap_resamples=200)
+    values = dict(
+        model=ModelSpec(path=str(model_dir), device="cpu"),
+        tasks=tasks,
+        arms=["base", "oracle"],
+        corpus=str(world_dir / "kb.jsonl"),
+        shots=[0, 2],
+        bootstrap_resamples=200,
+    )
     values.update(overrides)
     return EvalConfig(**values)
 
@@ -42,15 +50,27 @@ def test_run_folder_holds_config_env_records_metrics_and_table(tmp_path, world_d
     config = _config(world_dir, tiny_llama_dir)
     result = run_evaluation(config, tmp_path / "run", show_progress=False)
     run = tmp_path / "run"
-    assert EvalConfig.model_validate(__import__("yaml").safe_load((run / "config.yaml").read_text())) == config
+    assert (
+        EvalConfig.model_validate(__import__("yaml").safe_load((run / "config.yaml").read_text()))
+        == config
+    )
     env = json.loads((run / "env.json").read_text())
     assert env["seed"] == 0 and env["packages"]["torch"] and env["torch_threads"] >= 1
 
     records = _rows(run / "records.jsonl")
     assert len(records) == 2 * 2 * (4 * 6 + 2 * 2)  # arms x shots x questions
     for row in records:
-        assert set(row) >= {"arm", "split", "shots", "k", "question_id", "loglikelihoods", "pred",
-                            "answer", "correct"}
+        assert set(row) >= {
+            "arm",
+            "split",
+            "shots",
+            "k",
+            "question_id",
+            "loglikelihoods",
+            "pred",
+            "answer",
+            "correct",
+        }
         assert len(row["loglikelihoods"]) == 4
         assert row["pred"] == max(range(4), key=lambda i: (row["loglikelihoods"][i], -i))
         assert row["correct"] == (row["pred"] == row["answer"])
@@ -58,7 +78,11 @@ def test_run_folder_holds_config_env_records_metrics_and_table(tmp_path, world_d
     metrics = json.loads((run / "metrics.json").read_text())["cells"]
     assert metrics == result.metrics and len(metrics) == 8
     for cell in metrics:
-        rows = [r for r in records if (r["arm"], r["split"], r["shots"]) == (cell["arm"], cell["split"], cell["shots"])]
+        rows = [
+            r
+            for r in records
+            if (r["arm"], r["split"], r["shots"]) == (cell["arm"], cell["split"], cell["shots"])
+        ]
         assert cell["n"] == len(rows)
         assert cell["acc"] == round(sum(r["correct"] for r in rows) / len(rows), 4)
         assert cell["acc_ci"][0] <= cell["acc"] <= cell["acc_ci"][1]
@@ -68,7 +92,9 @@ def test_run_folder_holds_config_env_records_metrics_and_table(tmp_path, world_d
 
 
 def test_oracle_context_changes_the_scores(tmp_path, world_dir, tiny_llama_dir):
-    run_evaluation(_config(world_dir, tiny_llama_dir, shots=[0]), tmp_path / "run", show_progress=False)
+    run_evaluation(
+        _config(world_dir, tiny_llama_dir, shots=[0]), tmp_path / "run", show_progress=False
+    )
     records = _rows(tmp_path / "run" / "records.jsonl")
     base = {r["question_id"]: r["loglikelihoods"] for r in records if r["arm"] == "base"}
     oracle = {r["question_id"]: r["loglikelihoods"] for r in records if r["arm"] == "oracle"}
@@ -76,7 +102,9 @@ def test_oracle_context_changes_the_scores(tmp_path, world_dir, tiny_llama_dir):
     assert all(base[q] != oracle[q] for q in base)
 
 
-def test_killed_evaluation_resumes_without_redoing_finished_cells(tmp_path, world_dir, tiny_llama_dir, monkeypatch):
+def test_killed_evaluation_resumes_without_redoing_finished_cells(
+    tmp_path, world_dir, tiny_llama_dir, monkeypatch
+):
     config = _config(world_dir, tiny_llama_dir)
     reference = run_evaluation(config, tmp_path / "reference", show_progress=False).metrics
 
@@ -101,13 +129,19 @@ def test_killed_evaluation_resumes_without_redoing_finished_cells(tmp_path, worl
     monkeypatch.setattr(evaluate_module, "score_cell", real)
     resumed = run_evaluation(config, tmp_path / "run", show_progress=False).metrics
     assert resumed == reference
-    assert {p.name: p.stat().st_mtime_ns for p in cells.glob("*.jsonl") if p.name in finished} == finished
+    assert {
+        p.name: p.stat().st_mtime_ns for p in cells.glob("*.jsonl") if p.name in finished
+    } == finished
 
 
 def test_a_run_folder_refuses_a_different_config(tmp_path, world_dir, tiny_llama_dir):
-    run_evaluation(_config(world_dir, tiny_llama_dir, shots=[0]), tmp_path / "run", show_progress=False)
+    run_evaluation(
+        _config(world_dir, tiny_llama_dir, shots=[0]), tmp_path / "run", show_progress=False
+    )
     with pytest.raises(KinjectError, match="different config"):
-        run_evaluation(_config(world_dir, tiny_llama_dir, shots=[0, 2]), tmp_path / "run", show_progress=False)
+        run_evaluation(
+            _config(world_dir, tiny_llama_dir, shots=[0, 2]), tmp_path / "run", show_progress=False
+        )
 
 
 def test_tables_rebuild_from_records_without_a_model(tmp_path, world_dir, tiny_llama_dir):
@@ -123,7 +157,13 @@ def test_tables_rebuild_from_records_without_a_model(tmp_path, world_dir, tiny_l
 def test_bad_inputs_fail_before_any_model_is_loaded(tmp_path, world_dir):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "a", "question": "q", "choices": ["x", "y"], "answer": 5}\n')
-    config = _config(world_dir, tmp_path / "no-such-model", tasks=[TaskSpec(path=str(bad))], arms=["base"], shots=[0])
+    config = _config(
+        world_dir,
+        tmp_path / "no-such-model",
+        tasks=[TaskSpec(path=str(bad))],
+        arms=["base"],
+        shots=[0],
+    )
     with pytest.raises(KinjectError, match=r"bad.jsonl, line 1, field 'answer'"):
         run_evaluation(config, tmp_path / "run", show_progress=False)
     assert not (tmp_path / "run").exists()
@@ -161,6 +201,8 @@ def test_a_model_that_cannot_load_leaves_no_run_folder(tmp_path, world_dir):
 def test_an_empty_task_file_is_an_error(tmp_path, world_dir, tiny_llama_dir):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
-    config = _config(world_dir, tiny_llama_dir, tasks=[TaskSpec(path=str(empty))], arms=["base"], shots=[0])
+    config = _config(
+        world_dir, tiny_llama_dir, tasks=[TaskSpec(path=str(empty))], arms=["base"], shots=[0]
+    )
     with pytest.raises(KinjectError, match="has no questions"):
         run_evaluation(config, tmp_path / "run", show_progress=False)

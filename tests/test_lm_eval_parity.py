@@ -75,8 +75,12 @@ def mmlu_lm_eval_dir(tmp_path_factory) -> Path:
             path = folder / f"{subject}_{split}.jsonl"
             with path.open("w", encoding="utf-8") as handle:
                 for item in load_mmlu_csv(MMLU_DIR / split / f"{subject}_{split}.csv"):
-                    row = {"question": item.question, "subject": subject,
-                           "choices": list(item.choices), "answer": item.answer}
+                    row = {
+                        "question": item.question,
+                        "subject": subject,
+                        "choices": list(item.choices),
+                        "answer": item.answer,
+                    }
                     handle.write(json.dumps(row) + "\n")
             files[split] = path
         (folder / f"local_mmlu_{subject}.yaml").write_text(
@@ -92,7 +96,10 @@ def mmlu_lm_eval_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def world_option_task(tmp_path_factory) -> tuple[Task, Path]:
     folder = tmp_path_factory.mktemp("world")
-    world = write_world(build_world(WorldConfig(n_known=6, n_new=4, n_updated=2, n_reading=2, n_dev=2)), folder / "w")
+    world = write_world(
+        build_world(WorldConfig(n_known=6, n_new=4, n_updated=2, n_reading=2, n_dev=2)),
+        folder / "w",
+    )
     task = jsonl_task("new", world / "tasks" / "new.jsonl", world / "tasks" / "dev.jsonl")
     lm_dir = folder / "lm-eval"
     lm_dir.mkdir()
@@ -142,7 +149,9 @@ def _requests(mmlu_lm_eval_dir, world_option_task) -> list[tuple[str, str]]:
 
 
 @pytest.mark.parametrize("model_fixture", ["tiny_llama_dir", "tiny_gpt2_dir"])
-def test_loglikelihoods_match_lm_eval_hflm(request, model_fixture, mmlu_lm_eval_dir, world_option_task):
+def test_loglikelihoods_match_lm_eval_hflm(
+    request, model_fixture, mmlu_lm_eval_dir, world_option_task
+):
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 

@@ -23,8 +23,13 @@ def test_mmlu_subjects_load_with_their_test_and_dev_rows():
         assert len(task.dev) == 5
         assert task.style == "letter"
         assert all(len(item.choices) == 4 for item in task.items)
-    assert sizes == {"anatomy": 135, "astronomy": 152, "college_biology": 144,
-                     "college_chemistry": 100, "prehistory": 324}
+    assert sizes == {
+        "anatomy": 135,
+        "astronomy": 152,
+        "college_biology": 144,
+        "college_chemistry": 100,
+        "prehistory": 324,
+    }
 
 
 @pytest.mark.skipif(not MMLU_DIR.exists(), reason="shared MMLU data not present")

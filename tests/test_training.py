@@ -21,20 +21,30 @@ def _tiny_llama(tokenizer, seed=0):
 
     torch.manual_seed(seed)
     return LlamaForCausalLM(
-        LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                    num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-                    max_position_embeddings=256)
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+        )
     )
 
 
 def test_isolated_blocks_score_each_document_as_if_alone(bpe_tokenizer):
     model = _tiny_llama(bpe_tokenizer).eval()
-    blocks = PackedBlocks(bpe_tokenizer, lambda epoch: DOCS, block_size=64, batch_size=2,
-                          isolate_documents=True)
+    blocks = PackedBlocks(
+        bpe_tokenizer, lambda epoch: DOCS, block_size=64, batch_size=2, isolate_documents=True
+    )
     batch = blocks.batch_for(0)
     with torch.no_grad():
-        packed = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       position_ids=batch["position_ids"]).logits
+        packed = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            position_ids=batch["position_ids"],
+        ).logits
     checked = 0
     for row in range(2):
         positions = batch["position_ids"][row].tolist()
@@ -60,7 +70,9 @@ def test_loss_spans_leave_only_answer_tokens_labelled(bpe_tokenizer):
 
 
 def test_batches_are_a_pure_function_of_the_step(bpe_tokenizer):
-    make = lambda: PackedBlocks(bpe_tokenizer, lambda e: DOCS[e % 2:] , 32, 3, isolate_documents=True)  # noqa: E731
+    def make():
+        return PackedBlocks(bpe_tokenizer, lambda e: DOCS[e % 2 :], 32, 3, isolate_documents=True)
+
     first, second = make(), make()
     for step in (5, 0, 11, 3):  # any order, as after a resume
         a, b = first.batch_for(step), second.batch_for(step)
@@ -85,12 +97,27 @@ def test_a_killed_run_resumes_to_the_same_weights(bpe_tokenizer, tmp_path):
 
     interrupted = _tiny_llama(bpe_tokenizer)
     with pytest.raises(_Killed):
-        train(interrupted, dying, schedule, bf16=False, checkpoint_dir=tmp_path,
-              checkpoint_every_s=0, show_progress=False)
+        train(
+            interrupted,
+            dying,
+            schedule,
+            bf16=False,
+            checkpoint_dir=tmp_path,
+            checkpoint_every_s=0,
+            show_progress=False,
+        )
     resumed = _tiny_llama(bpe_tokenizer)  # a fresh process: fresh weights, then the checkpoint
-    result = train(resumed, blocks.batch_for, schedule, bf16=False, checkpoint_dir=tmp_path,
-                   show_progress=False)
+    result = train(
+        resumed,
+        blocks.batch_for,
+        schedule,
+        bf16=False,
+        checkpoint_dir=tmp_path,
+        show_progress=False,
+    )
     assert result.resumed_from == 5
     for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), name
-    assert [entry["step"] for entry in result.log] == sorted({entry["step"] for entry in result.log})
+    assert [entry["step"] for entry in result.log] == sorted(
+        {entry["step"] for entry in result.log}
+    )

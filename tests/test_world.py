@@ -16,7 +16,11 @@ SMALL = WorldConfig(n_known=30, n_new=20, n_updated=10, n_reading=10, n_dev=5, n
 
 
 def _read_tree(folder):
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_same_seed_writes_identical_files_and_another_seed_does_not(tmp_path):
@@ -31,13 +35,18 @@ def test_files_load_with_the_user_facing_loaders(tmp_path):
     folder = write_world(build_world(SMALL), tmp_path / "w")
     corpus = load_corpus_jsonl(folder / "kb.jsonl")
     assert len(corpus) == 30 + 20 + 10 + 5  # known, new, updated, dev: not reading
-    sizes = {name: len(load_mc_jsonl(folder / "tasks" / f"{name}.jsonl"))
-             for name in ("known", "new", "updated", "reading", "dev", "validation")}
+    sizes = {
+        name: len(load_mc_jsonl(folder / "tasks" / f"{name}.jsonl"))
+        for name in ("known", "new", "updated", "reading", "dev", "validation")
+    }
     attributes = len(ATTRIBUTES)
     mutable = sum(a.mutable for a in ATTRIBUTES)
     assert sizes == {
-        "known": 30 * attributes, "new": 20 * attributes, "updated": 10 * mutable,
-        "reading": 10 * attributes, "dev": 5 * attributes,
+        "known": 30 * attributes,
+        "new": 20 * attributes,
+        "updated": 10 * mutable,
+        "reading": 10 * attributes,
+        "dev": 5 * attributes,
         "validation": 20 * attributes + 10 * mutable,
     }
     for name in ("known", "new", "updated"):
@@ -96,7 +105,15 @@ def _renderings(person, variants: str) -> set[str]:
     for attribute in ATTRIBUTES:
         for template in _sentence_templates(attribute, variants):
             for use_name in (True, False):
-                out.add(_fill(template, person.name, person.female, person.values[attribute.name], use_name))
+                out.add(
+                    _fill(
+                        template,
+                        person.name,
+                        person.female,
+                        person.values[attribute.name],
+                        use_name,
+                    )
+                )
     return out
 
 
@@ -141,5 +158,21 @@ def test_reading_documents_train_on_answers_only():
     assert reading
     for document in reading:
         for start, end in document.loss_spans:
-            assert document.text[start - len("Answer: "):start] == "Answer: "
+            assert document.text[start - len("Answer: ") : start] == "Answer: "
             assert "\n" not in document.text[start:end]
+
+
+def test_writing_a_world_never_replaces_a_folder_that_is_not_a_world(tmp_path):
+    import pytest
+
+    from kinject.errors import KinjectError
+
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("years of work")
+    with pytest.raises(KinjectError, match="not a world folder"):
+        write_world(build_world(SMALL), precious)
+    assert (precious / "thesis.txt").read_text() == "years of work"
+    world = write_world(build_world(SMALL), tmp_path / "w")
+    write_world(build_world(SMALL.model_copy(update={"seed": 5})), world)  # a world is replaced
+    assert "seed: 5" in (world / "world.yaml").read_text()

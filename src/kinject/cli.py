@@ -20,7 +20,9 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode="markdown",
 )
-world_app = typer.Typer(help="The synthetic knowledge world (the embedded default dataset).", no_args_is_help=True)
+world_app = typer.Typer(
+    help="The synthetic knowledge world (the embedded default dataset).", no_args_is_help=True
+)
 app.add_typer(world_app, name="world")
 
 
@@ -66,7 +68,7 @@ def demo(
 @user_errors
 def world_build(
     out: Annotated[Path, typer.Option(help="Folder to write the world into.")] = Path("world"),
-    seed: Annotated[int, typer.Option(help="The world's seed.")] = 0,
+    seed: Annotated[Optional[int], typer.Option(help="The world's seed (default 0).")] = None,
     config: Annotated[Optional[Path], typer.Option(help="YAML with WorldConfig keys.")] = None,
 ) -> None:
     """Write the synthetic world (corpus, paraphrases, task files) as ordinary kinject inputs.
@@ -79,7 +81,7 @@ def world_build(
     from kinject.world.build import build_world, write_world
 
     world_config = load_config(WorldConfig, config) if config else WorldConfig()
-    if config is None or seed != 0:
+    if seed is not None:
         world_config = world_config.model_copy(update={"seed": seed})
     write_world(build_world(world_config), out)
     typer.echo(f"wrote {out}/ (kb.jsonl, paraphrases.jsonl, tasks/*.jsonl)")
@@ -89,7 +91,9 @@ def world_build(
 @user_errors
 def eval_command(
     config: Annotated[Path, typer.Option("--config", "-c", help="Evaluation YAML (EvalConfig).")],
-    out: Annotated[Optional[Path], typer.Option(help="Run folder (default: runs/<config name>).")] = None,
+    out: Annotated[
+        Optional[Path], typer.Option(help="Run folder (default: runs/<config name>).")
+    ] = None,
 ) -> None:
     """Score a model on multiple-choice tasks, arm by arm, and write a run folder.
 

@@ -31,7 +31,9 @@ class WorldConfig(Section):
     n_reading: int = Field(
         100, ge=0, description="Fixed people whose bios appear in pretraining next to questions."
     )
-    n_dev: int = Field(10, ge=1, description="Known people whose questions form the k-shot dev split.")
+    n_dev: int = Field(
+        10, ge=1, description="Known people whose questions form the k-shot dev split."
+    )
     n_paraphrases: int = Field(
         10, ge=0, description="Paraphrases per KB document, written in reserved templates."
     )
@@ -40,7 +42,9 @@ class WorldConfig(Section):
 class TinyModelConfig(Section):
     """The shape of the locally pretrained Llama-style base model and its BPE tokenizer."""
 
-    vocab_size: int = Field(2048, ge=300, description="BPE vocabulary (names and values become single tokens).")
+    vocab_size: int = Field(
+        2048, ge=300, description="BPE vocabulary (names and values become single tokens)."
+    )
     hidden_size: int = Field(128, ge=16)
     intermediate_size: int = Field(512, ge=16)
     num_layers: int = Field(4, ge=1)
@@ -119,7 +123,9 @@ class TaskSpec(Section):
     name: str | None = Field(None, description="Defaults to the file name (mmlu_<subject>).")
     format: Literal["jsonl", "mmlu_csv"] = "jsonl"
     path: str
-    dev: str | None = Field(None, description="k-shot examples; MMLU guesses ../dev/<subject>_dev.csv.")
+    dev: str | None = Field(
+        None, description="k-shot examples; MMLU guesses ../dev/<subject>_dev.csv."
+    )
     style: Literal["letter", "option"] | None = Field(
         None, description="Prompt style; default letter for MMLU, option for JSONL."
     )
@@ -133,7 +139,9 @@ class EvalConfig(Section):
     model: ModelSpec
     tasks: list[TaskSpec] = Field(min_length=1)
     arms: list[Literal["base", "oracle"]] = Field(default_factory=lambda: ["base"], min_length=1)
-    corpus: str | None = Field(None, description="Corpus JSONL the oracle arm takes gold documents from.")
+    corpus: str | None = Field(
+        None, description="Corpus JSONL the oracle arm takes gold documents from."
+    )
     shots: list[int] = Field(default_factory=lambda: [0], min_length=1)
     scoring: ScoringConfig = ScoringConfig()
     bootstrap_resamples: int = Field(1000, ge=100)
@@ -141,7 +149,9 @@ class EvalConfig(Section):
     @model_validator(mode="after")
     def _check(self) -> "EvalConfig":
         if "oracle" in self.arms and self.corpus is None:
-            raise ValueError("the oracle arm needs 'corpus' (a corpus JSONL with the gold documents)")
+            raise ValueError(
+                "the oracle arm needs 'corpus' (a corpus JSONL with the gold documents)"
+            )
         if any(shots < 0 for shots in self.shots):
             raise ValueError("shots must be >= 0")
         return self
@@ -160,7 +170,9 @@ class EvalConfig(Section):
             task.model_copy(update={"path": resolve(task.path), "dev": resolve(task.dev)})
             for task in self.tasks
         ]
-        return self.model_copy(update={"model": model, "tasks": tasks, "corpus": resolve(self.corpus)})
+        return self.model_copy(
+            update={"model": model, "tasks": tasks, "corpus": resolve(self.corpus)}
+        )
 
 
 T = TypeVar("T", bound=BaseModel)
@@ -196,7 +208,9 @@ def _describe(model: type[BaseModel], error: ValidationError, path: Path | None)
     key = ".".join(str(part) for part in first["loc"]) or "(top level)"
     where = f"{path}: " if path else ""
     if first["type"] == "extra_forbidden":
-        close = difflib.get_close_matches(str(first["loc"][-1]), _allowed_keys(model, first["loc"]), 1)
+        close = difflib.get_close_matches(
+            str(first["loc"][-1]), _allowed_keys(model, first["loc"]), 1
+        )
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         return f"{where}unknown key '{key}'{hint}"
     message = first["msg"].removeprefix("Value error, ")
@@ -252,8 +266,27 @@ class DemoConfig(Section):
 
 
 QUICK_DEMO = {
-    "world": {"n_known": 12, "n_new": 8, "n_updated": 4, "n_reading": 4, "n_dev": 2, "n_paraphrases": 2},
-    "model": {"vocab_size": 600, "hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 2},
-    "pretrain": {"steps": 6, "batch_size": 4, "block_size": 64, "warmup_steps": 2, "reading_warmup_steps": 2},
+    "world": {
+        "n_known": 12,
+        "n_new": 8,
+        "n_updated": 4,
+        "n_reading": 4,
+        "n_dev": 2,
+        "n_paraphrases": 2,
+    },
+    "model": {
+        "vocab_size": 600,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_layers": 2,
+        "num_heads": 2,
+    },
+    "pretrain": {
+        "steps": 6,
+        "batch_size": 4,
+        "block_size": 64,
+        "warmup_steps": 2,
+        "reading_warmup_steps": 2,
+    },
     "bootstrap_resamples": 200,
 }

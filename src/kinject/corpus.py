@@ -36,7 +36,11 @@ def load_corpus_jsonl(path: str | Path) -> dict[str, Document]:
             raise DataError(path, line, "meta", "expected an object")
         doc_id = obj["id"]
         if doc_id in documents:
-            raise DataError(path, line, "id", f"duplicate id '{doc_id}' (first on line {lines[doc_id]})")
-        documents[doc_id] = Document(doc_id, obj["text"], obj.get("title"), obj.get("source"), obj.get("meta", {}))
+            raise DataError(
+                path, line, "id", f"duplicate id '{doc_id}' (first on line {lines[doc_id]})"
+            )
+        documents[doc_id] = Document(
+            doc_id, obj["text"], obj.get("title"), obj.get("source"), obj.get("meta", {})
+        )
         lines[doc_id] = line
     return documents

@@ -47,7 +47,11 @@ def world_dir(config: DemoConfig) -> Path:
 
 def eval_config(config: DemoConfig, world: Path, model: Path) -> EvalConfig:
     tasks = [
-        TaskSpec(name=split, path=str(world / "tasks" / f"{split}.jsonl"), dev=str(world / "tasks" / "dev.jsonl"))
+        TaskSpec(
+            name=split,
+            path=str(world / "tasks" / f"{split}.jsonl"),
+            dev=str(world / "tasks" / "dev.jsonl"),
+        )
         for split in config.splits
     ]
     return EvalConfig(
@@ -72,7 +76,11 @@ def checks(metrics: list[dict]) -> list[Check]:
     if ("base", "new") in acc:
         value = acc[("base", "new")]
         result.append(
-            Check("closed-book accuracy on new within chance 0.25 +/- 0.10", value, abs(value - CHANCE) <= 0.10)
+            Check(
+                "closed-book accuracy on new within chance 0.25 +/- 0.10",
+                value,
+                abs(value - CHANCE) <= 0.10,
+            )
         )
     if ("oracle", "new") in acc:
         value = acc[("oracle", "new")]
@@ -114,9 +122,13 @@ def run_demo(
     started = time.perf_counter()
     world = world_dir(config)
     console.print(f"world: {world}")
-    model_dir, cached = ensure_base_model(config.world, config.model, config.pretrain, show_progress)
+    model_dir, cached = ensure_base_model(
+        config.world, config.model, config.pretrain, show_progress
+    )
     console.print(f"base model: {model_dir} ({'cached' if cached else 'pretrained now'})")
-    result = run_evaluation(eval_config(config, world, model_dir), run_dir, show_progress=show_progress)
+    result = run_evaluation(
+        eval_config(config, world, model_dir), run_dir, show_progress=show_progress
+    )
     write_text(run_dir / "demo.yaml", to_yaml(config))
     results = checks(result.metrics)
     write_json(

@@ -153,7 +153,9 @@ def retabulate(run_dir: str | Path) -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     for _, row in read_jsonl(run_dir / "records.jsonl"):
         groups.setdefault((row["arm"], row["split"], row["shots"], row["k"]), []).append(row)
-    metrics = [cell_metrics(rows, config.seed, config.bootstrap_resamples) for rows in groups.values()]
+    metrics = [
+        cell_metrics(rows, config.seed, config.bootstrap_resamples) for rows in groups.values()
+    ]
     write_json(run_dir / "metrics.json", {"cells": metrics})
     write_text(run_dir / "table.md", markdown_table(metrics))
     return metrics

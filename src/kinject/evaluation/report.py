@@ -60,7 +60,8 @@ def rich_table(metrics: Sequence[dict], title: str = "Accuracy [95% CI]"):
         table.add_column(arm, justify="right")
     for row in rows:
         table.add_row(
-            row[0], str(row[1]),
+            row[0],
+            str(row[1]),
             *[_fmt(cells[(row, arm)]) if (row, arm) in cells else "–" for arm in arms],
         )
     return table

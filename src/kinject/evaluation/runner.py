@@ -58,7 +58,7 @@ def score_cell(
     records, position = [], 0
     for item, prompt in zip(task.items, prompts):
         n = len(prompt.continuations)
-        lls = [s.logprob for s in scores[position:position + n]]
+        lls = [s.logprob for s in scores[position : position + n]]
         position += n
         pred = argmax(lls)
         pred_norm = argmax([ll / len(text) for ll, text in zip(lls, prompt.choice_texts)])

@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from kinject.cache import cache_dir, cache_lock, fingerprint
-from kinject.config import PretrainConfig, TinyModelConfig, WorldConfig, to_yaml
+from kinject.config import PretrainConfig, TinyModelConfig, WorldConfig
 from kinject.fileio import write_json, write_text
 from kinject.world.build import World, build_world
 
@@ -77,7 +77,9 @@ def pretrain_base_model(
         stage = min(len(config.reading_curriculum) - 1, epoch // config.curriculum_stage_epochs)
         staged = replace(settings, bio_facts=config.reading_curriculum[stage])
         # Epoch numbers far from the main stream's, so the warm-up text is its own.
-        return pretraining_documents(world, config.seed, 1_000_000 + epoch, staged, reading_only=True)
+        return pretraining_documents(
+            world, config.seed, 1_000_000 + epoch, staged, reading_only=True
+        )
 
     # The vocabulary covers pretraining text, the knowledge base and its paraphrases.
     vocabulary_text = [d.text for d in documents(0)]
@@ -86,7 +88,9 @@ def pretrain_base_model(
     tokenizer = train_bpe_tokenizer(vocabulary_text, model_config.vocab_size)
     model = build_tiny_llama(model_config, tokenizer, seed=config.seed)
 
-    main = PackedBlocks(tokenizer, documents, config.block_size, config.batch_size, config.isolate_documents)
+    main = PackedBlocks(
+        tokenizer, documents, config.block_size, config.batch_size, config.isolate_documents
+    )
     warmup = PackedBlocks(
         tokenizer, reading_documents, config.block_size, config.batch_size, config.isolate_documents
     )
@@ -104,7 +108,11 @@ def pretrain_base_model(
         kind=config.schedule,
     )
     result = train(
-        model, batch_for, schedule, bf16=config.bf16, checkpoint_dir=partial,
+        model,
+        batch_for,
+        schedule,
+        bf16=config.bf16,
+        checkpoint_dir=partial,
         description="pretraining base model",
         show_progress=show_progress,
     )
@@ -123,7 +131,11 @@ def pretrain_base_model(
     write_training_log(staging / "training_log.jsonl", result)
     write_json(
         staging / "pretrain_summary.json",
-        {**result.summary(), "parameters": parameter_count(model), "recipe_version": RECIPE_VERSION},
+        {
+            **result.summary(),
+            "parameters": parameter_count(model),
+            "recipe_version": RECIPE_VERSION,
+        },
     )
     if out_dir.exists():
         shutil.rmtree(out_dir)

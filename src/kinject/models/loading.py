@@ -33,7 +33,9 @@ def load_causal_lm(spec: ModelSpec):
     looks_local = source.startswith((".", "/", "~")) or Path(source).exists()
     if looks_local and not Path(source).expanduser().exists():
         raise KinjectError(f"model folder '{source}' does not exist")
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[spec.dtype]
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+        spec.dtype
+    ]
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, revision=spec.revision)
         model = AutoModelForCausalLM.from_pretrained(source, revision=spec.revision, dtype=dtype)

@@ -96,7 +96,7 @@ class LoglikelihoodScorer:
             context = context[:-n_spaces]
         whole = self.tok_encode(context + continuation)
         context_enc = self.tok_encode(context)
-        return context_enc, whole[len(context_enc):]
+        return context_enc, whole[len(context_enc) :]
 
     # -- scoring -----------------------------------------------------------------------------
 
@@ -129,7 +129,7 @@ class LoglikelihoodScorer:
                     f"continuation of {len(continuation_enc)} tokens exceeds the model's "
                     f"maximum length {self.max_length}"
                 )
-            inputs.append((context_enc + continuation_enc)[-(self.max_length + 1):][:-1])
+            inputs.append((context_enc + continuation_enc)[-(self.max_length + 1) :][:-1])
         # Longest first, as lm-eval does: a batch's padding is bounded by its first item.
         order = sorted(range(len(inputs)), key=lambda i: -len(inputs[i]))
         results: list[Loglikelihood | None] = [None] * len(inputs)
@@ -137,7 +137,7 @@ class LoglikelihoodScorer:
         self.model.eval()
         with torch.inference_mode():
             for begin in range(0, len(order), self.batch_size):
-                batch = order[begin:begin + self.batch_size]
+                batch = order[begin : begin + self.batch_size]
                 width = len(inputs[batch[0]])
                 ids = torch.full((len(batch), width), pad, dtype=torch.long)
                 for row, index in enumerate(batch):
@@ -149,7 +149,7 @@ class LoglikelihoodScorer:
                 for row, index in enumerate(batch):
                     continuation = encoded[index][1]
                     length = len(inputs[index])
-                    span = logprobs[row, length - len(continuation):length]
+                    span = logprobs[row, length - len(continuation) : length]
                     target = torch.tensor(continuation, device=span.device)
                     greedy = bool((span.argmax(dim=-1) == target).all())
                     value = float(span.gather(1, target[:, None]).sum())

@@ -30,7 +30,9 @@ def _check_unique(items: list[MCItem], path: Path, lines: list[int]) -> None:
     seen: dict[str, int] = {}
     for item, line in zip(items, lines):
         if item.id in seen:
-            raise DataError(path, line, "id", f"duplicate id '{item.id}' (first on line {seen[item.id]})")
+            raise DataError(
+                path, line, "id", f"duplicate id '{item.id}' (first on line {seen[item.id]})"
+            )
         seen[item.id] = line
 
 
@@ -49,7 +51,9 @@ def load_mc_jsonl(path: str | Path) -> list[MCItem]:
         question = _require(obj, "question", str, path, line)
         choices = _require(obj, "choices", list, path, line)
         if len(choices) < 2:
-            raise DataError(path, line, "choices", f"needs at least two choices, has {len(choices)}")
+            raise DataError(
+                path, line, "choices", f"needs at least two choices, has {len(choices)}"
+            )
         for choice in choices:
             if not isinstance(choice, str):
                 raise DataError(path, line, "choices", "every choice must be a string")
@@ -138,12 +142,19 @@ def mmlu_task(test_csv: str | Path, dev_csv: str | Path | None = None) -> Task:
         dev=tuple(dev),
         description=mmlu_description(subject),
         style="letter",
-        source={"format": "mmlu_csv", "path": str(test_csv), "dev": str(dev_csv) if dev_csv else None},
+        source={
+            "format": "mmlu_csv",
+            "path": str(test_csv),
+            "dev": str(dev_csv) if dev_csv else None,
+        },
     )
 
 
 def jsonl_task(
-    name: str, path: str | Path, dev_path: str | Path | None = None, style: str = "option",
+    name: str,
+    path: str | Path,
+    dev_path: str | Path | None = None,
+    style: str = "option",
     description: str = "",
 ) -> Task:
     dev = load_mc_jsonl(dev_path) if dev_path is not None else []

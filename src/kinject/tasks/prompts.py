@@ -36,7 +36,10 @@ def letters(n: int) -> list[str]:
 def item_text(item: MCItem, style: str) -> str:
     if style == "letter":
         lines = [item.question.strip()]
-        lines += [f"{letter}. {choice}" for letter, choice in zip(letters(len(item.choices)), item.choices)]
+        lines += [
+            f"{letter}. {choice}"
+            for letter, choice in zip(letters(len(item.choices)), item.choices)
+        ]
         return "\n".join(lines) + "\nAnswer:"
     if style == "option":
         return f"Question: {item.question}\nAnswer:"

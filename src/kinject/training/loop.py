@@ -162,8 +162,13 @@ def train(
             elapsed = time.perf_counter() - began
             if (step + 1) % log_every == 0 or step + 1 == schedule.steps:
                 log.append(
-                    {"step": step + 1, "loss": round(value, 5), "lr": lr, "tokens": tokens,
-                     "seconds": round(elapsed, 2)}
+                    {
+                        "step": step + 1,
+                        "loss": round(value, 5),
+                        "lr": lr,
+                        "tokens": tokens,
+                        "seconds": round(elapsed, 2),
+                    }
                 )
             bar.advance(1, info=f"loss {running:.3f}")
             if after_step is not None:

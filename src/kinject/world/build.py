@@ -104,7 +104,9 @@ def paraphrases(world: World) -> list[dict]:
         rng = random.Random(f"kinject-paraphrase-{world.config.seed}-{person.id}")
         seen: list[str] = []
         attempts = 0
-        while len(seen) < world.config.n_paraphrases and attempts < 100 * world.config.n_paraphrases:
+        while (
+            len(seen) < world.config.n_paraphrases and attempts < 100 * world.config.n_paraphrases
+        ):
             attempts += 1
             text = render_bio(person.name, person.female, person.values, rng, variants="reserved")
             if text not in seen:
@@ -157,8 +159,14 @@ def task_questions(world: World, task: str) -> list[dict]:
 
 
 def write_world(world: World, out_dir: str | Path) -> Path:
-    """Write the world folder atomically: a crash leaves the previous folder (or none)."""
+    """Write the world folder atomically: a crash leaves the previous folder (or none).
+
+    An existing folder is replaced only if it is empty or a world folder itself.
+    """
     out_dir = Path(out_dir)
+    is_world = (out_dir / "world.json").exists()
+    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not is_world)):
+        raise KinjectError(f"{out_dir} exists and is not a world folder; choose another --out")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:

@@ -64,9 +64,7 @@ class Person:
         return row
 
 
-def random_person(
-    person_id: str, name: str, split: str, rng: random.Random
-) -> Person:
+def random_person(person_id: str, name: str, split: str, rng: random.Random) -> Person:
     values = {attribute.name: random_value(attribute.name, rng) for attribute in ATTRIBUTES}
     return Person(person_id, name, split, name.split()[0] in FEMALE_FIRST_NAMES, values)
 

@@ -5,9 +5,10 @@ Three kinds of document, all in the same "Question: …\\nAnswer: …" format th
 * **known** people (known, updated with their *old* values, dev): biographies in main
   templates, and quizzes of questions about them — knowledge the base model stores;
 * **reading** documents: a biography (sometimes among others) followed by questions about
-  it, sometimes led by a quiz about known people (the shape of a k-shot prompt).  Most are about *fresh* people, sampled anew every pass, so they can only be answered
-  by reading the context; the fixed ``reading`` split is in every pass.  This is how a model
-  trained from scratch learns to use retrieved context at all;
+  it, sometimes led by a quiz about known people (the shape of a k-shot prompt).  Most are
+  about *fresh* people, sampled anew every pass, so they can only be answered by reading
+  the context; the fixed ``reading`` split is in every pass.  This is how a model trained
+  from scratch learns to use retrieved context at all;
 * **new** people never appear.
 """
 
@@ -63,7 +64,9 @@ def _any_question(attribute: Attribute, rng: random.Random) -> str:
 def _quiz(facts: list[tuple[Person, Attribute, str]]) -> str:
     lines = []
     for person, attribute, template in facts:
-        lines.append(qa_text(template.format(name=person.name), person.pretraining_values[attribute.name]))
+        lines.append(
+            qa_text(template.format(name=person.name), person.pretraining_values[attribute.name])
+        )
     return "\n\n".join(lines)
 
 
@@ -116,7 +119,9 @@ def _reading_document(
     return TrainingDocument(text, tuple(spans) if settings.answer_loss_only else None)
 
 
-def _known_documents(world: World, settings: MixSettings, rng: random.Random) -> list[TrainingDocument]:
+def _known_documents(
+    world: World, settings: MixSettings, rng: random.Random
+) -> list[TrainingDocument]:
     documents = []
     people = world.pretrained_people
     for person in people:
@@ -125,7 +130,9 @@ def _known_documents(world: World, settings: MixSettings, rng: random.Random) ->
             documents.append(TrainingDocument(bio))
     facts = [
         (p, a, _any_question(a, rng))
-        for p in people for a in ATTRIBUTES for _ in range(settings.known_questions)
+        for p in people
+        for a in ATTRIBUTES
+        for _ in range(settings.known_questions)
     ]
     rng.shuffle(facts)
     while facts:  # quizzes, like k-shot prompts
