@@ -1,12 +1,13 @@
 """How fast the tiny base model learns to read, with and without the short-bio curriculum.
 
-Trains only the reading warm-up of the base model's recipe and scores oracle-context
-accuracy on `new` (240 questions, gold bio before the question) every 100 steps:
+Trains only the reading warm-up of the base model's recipe (the same documents and batches
+`kinject demo` trains on) and scores oracle-context accuracy on `new` (240 questions, gold
+bio before the question) every 100 steps:
 
     python bench/reading_curriculum.py                      # curriculum, seed 0
     python bench/reading_curriculum.py --flat --seeds 0 1   # bios of all six facts from the start
 
-Each run is about 3-4 minutes on 2 cores.  Prints one row per (variant, seed, step).
+Each run is about 2-3 minutes on 2 cores.  Prints one row per (variant, seed, step).
 """
 
 from __future__ import annotations
@@ -14,38 +15,24 @@ from __future__ import annotations
 import argparse
 import random
 import time
-from dataclasses import replace
 
 
-def run(
-    seed: int, steps: int, curriculum: list[int], stage_epochs: int
-) -> list[tuple[int, float, float]]:
-    from kinject.config import PretrainConfig, TinyModelConfig, WorldConfig
-    from kinject.models.base_model import mix_settings
-    from kinject.models.packing import PackedBlocks
+def run(config, steps: int) -> list[tuple[int, float, float]]:
+    from kinject.config import TinyModelConfig, WorldConfig
+    from kinject.models.base_model import pretraining_batches, train_world_tokenizer
     from kinject.models.tiny import build_tiny_llama
-    from kinject.models.tokenizer import train_bpe_tokenizer
     from kinject.scoring.loglikelihood import LoglikelihoodScorer
     from kinject.tasks.items import MCItem, Task
     from kinject.tasks.prompts import build_prompt
     from kinject.training.loop import Schedule, train
     from kinject.world.build import build_world, kb_documents, task_questions
-    from kinject.world.pretraining import pretraining_documents
 
-    config = PretrainConfig(seed=seed)
     world = build_world(WorldConfig())
-    settings = mix_settings(config)
-
-    def documents(epoch: int):
-        stage = min(len(curriculum) - 1, epoch // stage_epochs)
-        staged = replace(settings, bio_facts=curriculum[stage])
-        return pretraining_documents(world, seed, 1_000_000 + epoch, staged, reading_only=True)
-
-    vocabulary = [d.text for d in pretraining_documents(world, seed, 0, settings)]
-    vocabulary += [d["text"] for d in kb_documents(world)]
-    tokenizer = train_bpe_tokenizer(vocabulary, TinyModelConfig().vocab_size)
-    model = build_tiny_llama(TinyModelConfig(), tokenizer, seed=seed)
-    blocks = PackedBlocks(tokenizer, documents, config.block_size, config.batch_size, True)
+    tokenizer = train_world_tokenizer(world, TinyModelConfig(), config)
+    model = build_tiny_llama(TinyModelConfig(), tokenizer, seed=config.seed)
+    batch_for = pretraining_batches(
+        world, tokenizer, config.model_copy(update={"reading_warmup_steps": steps})
+    )
 
     kb = {d["id"]: d["text"] for d in kb_documents(world)}
     rows = task_questions(world, "new")
@@ -69,9 +56,8 @@ def run(
     def score(step: int) -> None:
         if step % 100:
             return
-        scores = LoglikelihoodScorer(model, tokenizer, batch_size=64, bf16=True).loglikelihood(
-            requests
-        )
+        scorer = LoglikelihoodScorer(model, tokenizer, batch_size=64, bf16=True)
+        scores = scorer.loglikelihood(requests)
         correct = sum(
             max(range(4), key=lambda j: scores[4 * i + j].logprob) == item.answer
             for i, item in enumerate(items)
@@ -82,7 +68,7 @@ def run(
     schedule = Schedule(
         steps, config.learning_rate, config.warmup_steps, config.weight_decay, kind=config.schedule
     )
-    train(model, blocks.batch_for, schedule, bf16=True, show_progress=False, after_step=score)
+    train(model, batch_for, schedule, bf16=True, show_progress=False, after_step=score)
     return curve
 
 
@@ -98,14 +84,13 @@ def main() -> None:
     args = parser.parse_args()
     from kinject.config import PretrainConfig
 
-    default = PretrainConfig()
-    curriculum = [6] if args.flat else default.reading_curriculum
-    variant = "flat (6 facts)" if args.flat else f"curriculum {curriculum}"
     print(f"{'variant':28s} {'seed':>4s} {'step':>5s} {'oracle acc on new':>18s} {'seconds':>8s}")
     for seed in args.seeds:
-        for step, accuracy, seconds in run(
-            seed, args.steps, curriculum, default.curriculum_stage_epochs
-        ):
+        config = PretrainConfig(seed=seed)
+        if args.flat:
+            config = config.model_copy(update={"reading_curriculum": [6]})
+        variant = f"curriculum {config.reading_curriculum}"
+        for step, accuracy, seconds in run(config, args.steps):
             print(f"{variant:28s} {seed:4d} {step:5d} {accuracy:18.3f} {seconds:8.0f}", flush=True)
 
 

@@ -23,7 +23,10 @@ def _shared_data() -> Path:
     starts = [here]
     origin = subprocess.run(
         ["git", "config", "--get", "remote.origin.url"],
-        cwd=here, capture_output=True, text=True, check=False,
+        cwd=here,
+        capture_output=True,
+        text=True,
+        check=False,
     ).stdout.strip()
     if origin and Path(origin).is_dir():
         starts.append(Path(origin).resolve())

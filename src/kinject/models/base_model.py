@@ -45,6 +45,56 @@ def mix_settings(config: PretrainConfig):
     )
 
 
+def main_documents(world: World, config: PretrainConfig, epoch: int):
+    """Pass ``epoch`` of the main phase: known people and reading documents."""
+    from kinject.world.pretraining import pretraining_documents
+
+    return pretraining_documents(world, config.seed, epoch, mix_settings(config))
+
+
+def warmup_documents(world: World, config: PretrainConfig, epoch: int):
+    """Pass ``epoch`` of the reading warm-up: reading only, bios growing from a few facts to
+    all of them (short contexts make the copy-from-context signal strong enough to be
+    learned early)."""
+    from kinject.world.pretraining import pretraining_documents
+
+    stage = min(len(config.reading_curriculum) - 1, epoch // config.curriculum_stage_epochs)
+    settings = replace(mix_settings(config), bio_facts=config.reading_curriculum[stage])
+    # Epoch numbers far from the main phase's, so the warm-up text is its own.
+    return pretraining_documents(world, config.seed, 1_000_000 + epoch, settings, reading_only=True)
+
+
+def train_world_tokenizer(world: World, model_config: TinyModelConfig, config: PretrainConfig):
+    """BPE over pretraining text, the knowledge base and its paraphrases (deterministic)."""
+    from kinject.models.tokenizer import train_bpe_tokenizer
+    from kinject.world.build import kb_documents, paraphrases
+
+    texts = [d.text for d in main_documents(world, config, 0)]
+    texts += [d["text"] for d in kb_documents(world)]
+    texts += [p for row in paraphrases(world) for p in row["paraphrases"]]
+    return train_bpe_tokenizer(texts, model_config.vocab_size)
+
+
+def pretraining_batches(world: World, tokenizer, config: PretrainConfig):
+    """``batch_for(step)``: the warm-up's blocks, then the main phase's."""
+    from kinject.models.packing import PackedBlocks
+
+    def blocks(documents):
+        return PackedBlocks(
+            tokenizer, documents, config.block_size, config.batch_size, config.isolate_documents
+        )
+
+    warmup = blocks(lambda epoch: warmup_documents(world, config, epoch))
+    main = blocks(lambda epoch: main_documents(world, config, epoch))
+
+    def batch_for(step: int):
+        if step < config.reading_warmup_steps:
+            return warmup.batch_for(step)
+        return main.batch_for(step - config.reading_warmup_steps)
+
+    return batch_for
+
+
 def pretrain_base_model(
     world: World,
     model_config: TinyModelConfig,
@@ -52,54 +102,22 @@ def pretrain_base_model(
     out_dir: Path,
     show_progress: bool = True,
 ) -> Path:
-    """Train tokenizer and model; write a Hugging Face model folder to ``out_dir``."""
+    """Train tokenizer and model; write a Hugging Face model folder to ``out_dir``.
+
+    A killed run resumes from ``<out_dir>.partial/checkpoint.pt`` (the folder name is the
+    config's hash, so a checkpoint always belongs to the same config).
+    """
     import torch
 
-    from kinject.models.packing import PackedBlocks
-    from kinject.models.tiny import build_tiny_llama, parameter_count
-    from kinject.models.tokenizer import train_bpe_tokenizer
-    from kinject.training.loop import Schedule, train, write_training_log
-    from kinject.world.build import kb_documents, paraphrases
-    from kinject.world.pretraining import pretraining_documents
+    from kinject.models.tiny import build_tiny_llama
+    from kinject.training.loop import Schedule, train
 
     if config.threads:
         torch.set_num_threads(config.threads)
-    settings = mix_settings(config)
     partial = out_dir.with_name(out_dir.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
-
-    def documents(epoch: int):
-        return pretraining_documents(world, config.seed, epoch, settings)
-
-    def reading_documents(epoch: int):
-        # The warm-up: reading only, bios growing from a few facts to all of them (short
-        # contexts make the copy-from-context signal strong enough to be learned early).
-        stage = min(len(config.reading_curriculum) - 1, epoch // config.curriculum_stage_epochs)
-        staged = replace(settings, bio_facts=config.reading_curriculum[stage])
-        # Epoch numbers far from the main stream's, so the warm-up text is its own.
-        return pretraining_documents(
-            world, config.seed, 1_000_000 + epoch, staged, reading_only=True
-        )
-
-    # The vocabulary covers pretraining text, the knowledge base and its paraphrases.
-    vocabulary_text = [d.text for d in documents(0)]
-    vocabulary_text += [d["text"] for d in kb_documents(world)]
-    vocabulary_text += [p for row in paraphrases(world) for p in row["paraphrases"]]
-    tokenizer = train_bpe_tokenizer(vocabulary_text, model_config.vocab_size)
+    tokenizer = train_world_tokenizer(world, model_config, config)
     model = build_tiny_llama(model_config, tokenizer, seed=config.seed)
-
-    main = PackedBlocks(
-        tokenizer, documents, config.block_size, config.batch_size, config.isolate_documents
-    )
-    warmup = PackedBlocks(
-        tokenizer, reading_documents, config.block_size, config.batch_size, config.isolate_documents
-    )
-
-    def batch_for(step: int):
-        if step < config.reading_warmup_steps:
-            return warmup.batch_for(step)
-        return main.batch_for(step - config.reading_warmup_steps)
-
     schedule = Schedule(
         steps=config.steps,
         learning_rate=config.learning_rate,
@@ -109,14 +127,23 @@ def pretrain_base_model(
     )
     result = train(
         model,
-        batch_for,
+        pretraining_batches(world, tokenizer, config),
         schedule,
         bf16=config.bf16,
         checkpoint_dir=partial,
         description="pretraining base model",
         show_progress=show_progress,
     )
+    _save(model, tokenizer, result, world, model_config, config, out_dir)
+    shutil.rmtree(partial)
+    return out_dir
+
+
+def _save(model, tokenizer, result, world, model_config, config, out_dir: Path) -> None:
+    """Write the model folder beside ``out_dir`` and rename it into place when complete."""
     from kinject.models.loading import quiet_transformers
+    from kinject.models.tiny import parameter_count
+    from kinject.training.loop import write_training_log
 
     quiet_transformers()
     staging = out_dir.with_name(out_dir.name + ".staging")
@@ -129,19 +156,15 @@ def pretrain_base_model(
         + to_yaml_sections(world.config, model_config, config),
     )
     write_training_log(staging / "training_log.jsonl", result)
-    write_json(
-        staging / "pretrain_summary.json",
-        {
-            **result.summary(),
-            "parameters": parameter_count(model),
-            "recipe_version": RECIPE_VERSION,
-        },
-    )
+    summary = {
+        **result.summary(),
+        "parameters": parameter_count(model),
+        "recipe_version": RECIPE_VERSION,
+    }
+    write_json(staging / "pretrain_summary.json", summary)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     staging.rename(out_dir)
-    shutil.rmtree(partial)
-    return out_dir
 
 
 def to_yaml_sections(world: WorldConfig, model: TinyModelConfig, pretrain: PretrainConfig) -> str:
