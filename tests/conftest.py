@@ -70,24 +70,29 @@ def bpe_tokenizer():
     return train_bpe_tokenizer(_training_text(), vocab_size=600)
 
 
-@pytest.fixture(scope="session")
-def tiny_llama_dir(tmp_path_factory, bpe_tokenizer) -> Path:
+def tiny_llama(tokenizer, seed: int = 0, hidden_size: int = 64):
+    """A random 2-layer Llama (grouped-query attention) sized for ``tokenizer``."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=len(bpe_tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=2048,
-        bos_token_id=bpe_tokenizer.bos_token_id,
-        eos_token_id=bpe_tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
     )
-    model = LlamaForCausalLM(config)
+    return LlamaForCausalLM(config)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, bpe_tokenizer) -> Path:
+    model = tiny_llama(bpe_tokenizer)
     folder = tmp_path_factory.mktemp("tiny-llama")
     model.save_pretrained(folder)
     bpe_tokenizer.save_pretrained(folder)

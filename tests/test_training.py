@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import tiny_llama
 from kinject.models.packing import IGNORE_INDEX, PackedBlocks, TrainingDocument
 from kinject.training.loop import Schedule, train
 
@@ -17,20 +18,7 @@ DOCS = [
 
 
 def _tiny_llama(tokenizer, seed=0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            max_position_embeddings=256,
-        )
-    )
+    return tiny_llama(tokenizer, seed, hidden_size=32)
 
 
 def test_isolated_blocks_score_each_document_as_if_alone(bpe_tokenizer):
