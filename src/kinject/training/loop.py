@@ -72,6 +72,75 @@ def autocast_context(device_type: str, bf16: bool):
     return torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16)
 
 
+@dataclass
+class _Progress:
+    """What a checkpoint carries besides weights and optimizer state."""
+
+    step: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    log: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _optimizer(model, schedule: Schedule):
+    import torch
+
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    return torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": schedule.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=schedule.learning_rate,
+        betas=(0.9, 0.95),
+    )
+
+
+def _load_checkpoint(path: Path | None, model, optimizer) -> _Progress:
+    import torch
+
+    if path is None or not path.exists():
+        return _Progress()
+    device = next(model.parameters()).device
+    state = torch.load(path, map_location=device, weights_only=False)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return _Progress(**state["progress"])
+
+
+def _save_checkpoint(path: Path, model, optimizer, progress: _Progress) -> None:
+    import torch
+
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "progress": asdict(progress),
+    }
+    with atomic_open(path, "wb") as handle:
+        torch.save(state, handle)
+
+
+def _update(
+    model, optimizer, batch, lr: float, schedule: Schedule, bf16: bool, label: str
+) -> float:
+    """One optimizer step; returns the loss."""
+    import torch
+
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with autocast_context(batch["input_ids"].device.type, bf16):
+        loss = model(**batch).loss
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"{label}: loss became {loss.item()}")
+    loss.backward()
+    if schedule.grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), schedule.grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.item()
+
+
 def train(
     model,
     batch_for: Callable[[int], dict[str, Any]],
@@ -83,107 +152,60 @@ def train(
     log_every: int = 10,
     description: str = "training",
     show_progress: bool = True,
-    compile_model: bool = False,
     after_step: Callable[[int], None] | None = None,
 ) -> TrainingResult:
     """Train ``model`` in place for ``schedule.steps`` optimizer steps.
 
     ``after_step(n)`` is called after the n-th step (validation, curricula, …).
-    ``compile_model`` runs the forward and backward through ``torch.compile`` (about 1.4x on
-    a small Llama on CPU, after ~30 s of compilation); the weights stay those of ``model``.
     """
-    import torch
-
     from kinject.progress import progress_bar
 
-    forward = torch.compile(model) if compile_model else model
-
     device = next(model.parameters()).device
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": schedule.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=schedule.learning_rate,
-        betas=(0.9, 0.95),
-    )
-    start, log, tokens, elapsed = 0, [], 0, 0.0
+    optimizer = _optimizer(model, schedule)
     checkpoint = checkpoint_dir / "checkpoint.pt" if checkpoint_dir else None
-    if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start, log, tokens, elapsed = state["step"], state["log"], state["tokens"], state["seconds"]
-    resumed_from = start
-
-    def save_checkpoint(step: int) -> None:
-        if checkpoint is None:
-            return
-        with atomic_open(checkpoint, "wb") as handle:
-            torch.save(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "step": step,
-                    "log": log,
-                    "tokens": tokens,
-                    "seconds": elapsed,
-                },
-                handle,
-            )
-
+    progress = _load_checkpoint(checkpoint, model, optimizer)
+    resumed_from = progress.step
     model.train()
-    began, last_save = time.perf_counter() - elapsed, time.perf_counter()
+    began, last_save = time.perf_counter() - progress.seconds, time.perf_counter()
     running = None
     with progress_bar(description, total=schedule.steps, enabled=show_progress) as bar:
-        bar.advance(start)
-        for step in range(start, schedule.steps):
+        bar.advance(resumed_from)
+        for step in range(resumed_from, schedule.steps):
             batch = {k: v.to(device) for k, v in batch_for(step).items()}
             if "labels" in batch and not bool((batch["labels"] != IGNORE_INDEX).any()):
                 bar.advance(1)  # nothing to learn from (every token masked): skip the update
                 continue
             lr = schedule.lr_at(step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            with autocast_context(device.type, bf16):
-                loss = forward(**batch).loss
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{description}: loss became {loss.item()} at step {step}")
-            loss.backward()
-            if schedule.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), schedule.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            tokens += int(batch["input_ids"].numel())
-            value = loss.item()
+            label = f"{description}, step {step}"
+            value = _update(model, optimizer, batch, lr, schedule, bf16, label)
             running = value if running is None else 0.95 * running + 0.05 * value
-            elapsed = time.perf_counter() - began
-            if (step + 1) % log_every == 0 or step + 1 == schedule.steps:
-                log.append(
+            progress.step = step + 1
+            progress.tokens += int(batch["input_ids"].numel())
+            progress.seconds = time.perf_counter() - began
+            if progress.step % log_every == 0 or progress.step == schedule.steps:
+                progress.log.append(
                     {
-                        "step": step + 1,
+                        "step": progress.step,
                         "loss": round(value, 5),
                         "lr": lr,
-                        "tokens": tokens,
-                        "seconds": round(elapsed, 2),
+                        "tokens": progress.tokens,
+                        "seconds": round(progress.seconds, 2),
                     }
                 )
             bar.advance(1, info=f"loss {running:.3f}")
             if after_step is not None:
-                after_step(step + 1)
+                after_step(progress.step)
             if checkpoint is not None and time.perf_counter() - last_save > checkpoint_every_s:
-                save_checkpoint(step + 1)
+                _save_checkpoint(checkpoint, model, optimizer, progress)
                 last_save = time.perf_counter()
     model.eval()
     return TrainingResult(
         steps=schedule.steps,
-        tokens=tokens,
-        seconds=round(elapsed, 2),
+        tokens=progress.tokens,
+        seconds=round(progress.seconds, 2),
         final_loss=running if running is not None else float("nan"),
         resumed_from=resumed_from,
-        log=log,
+        log=progress.log,
     )
 
 
