@@ -26,7 +26,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/python bench/demo_time.py
+	$(BIN)/python bench/budgets.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
