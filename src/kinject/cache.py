@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from kinject.fileio import exclusive_lock
 
 
 def cache_dir() -> Path:
@@ -29,10 +30,5 @@ def fingerprint(*parts: object) -> str:
 @contextmanager
 def cache_lock(target: Path) -> Iterator[None]:
     """Hold an exclusive lock for building ``target``: a second process waits, then finds it built."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.with_name(f".{target.name}.lock"), "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with exclusive_lock(target.with_name(f".{target.name}.lock")):
+        yield

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -24,6 +24,11 @@ world_app = typer.Typer(
     help="The synthetic knowledge world (the embedded default dataset).", no_args_is_help=True
 )
 app.add_typer(world_app, name="world")
+kb_app = typer.Typer(
+    help="Knowledge bases: ingest documents, chunk, embed, index, search, measure retrieval.",
+    no_args_is_help=True,
+)
+app.add_typer(kb_app, name="kb")
 
 
 def user_errors(function):
@@ -45,9 +50,9 @@ def user_errors(function):
 @app.command()
 @user_errors
 def demo(
-    out: Annotated[Optional[Path], typer.Option(help="Run folder (default: runs/demo).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run folder (default: runs/demo).")] = None,
     config: Annotated[
-        Optional[Path], typer.Option(help="YAML overriding the demo's settings (DemoConfig).")
+        Path | None, typer.Option(help="YAML overriding the demo's settings (DemoConfig).")
     ] = None,
     quick: Annotated[
         bool, typer.Option(help="A few-second smoke run: small world, short pretraining.")
@@ -68,8 +73,8 @@ def demo(
 @user_errors
 def world_build(
     out: Annotated[Path, typer.Option(help="Folder to write the world into.")] = Path("world"),
-    seed: Annotated[Optional[int], typer.Option(help="The world's seed (default 0).")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="YAML with WorldConfig keys.")] = None,
+    seed: Annotated[int | None, typer.Option(help="The world's seed (default 0).")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML with WorldConfig keys.")] = None,
 ) -> None:
     """Write the synthetic world (corpus, paraphrases, task files) as ordinary kinject inputs.
 
@@ -92,7 +97,7 @@ def world_build(
 def eval_command(
     config: Annotated[Path, typer.Option("--config", "-c", help="Evaluation YAML (EvalConfig).")],
     out: Annotated[
-        Optional[Path], typer.Option(help="Run folder (default: runs/<config name>).")
+        Path | None, typer.Option(help="Run folder (default: runs/<config name>).")
     ] = None,
 ) -> None:
     """Score a model on multiple-choice tasks, arm by arm, and write a run folder.
@@ -135,6 +140,173 @@ def table(run_dir: Annotated[Path, typer.Argument(help="A run folder.")]) -> Non
     from kinject.evaluation.report import rich_table
 
     _print(rich_table(retabulate(run_dir)))
+
+
+# ---------------------------------------------------------------------------------------------
+# kinject kb …
+
+Strict = Annotated[
+    bool, typer.Option(help="Stop at the first bad file or record instead of skipping it.")
+]
+Include = Annotated[
+    list[str] | None, typer.Option(help="Only files matching this glob (repeatable).")
+]
+Exclude = Annotated[
+    list[str] | None, typer.Option(help="Skip files matching this glob (repeatable).")
+]
+
+
+def _source_options(strict: bool, include, exclude):
+    from kinject.kb.store import SourceOptions
+
+    return SourceOptions(strict, tuple(include or ()), tuple(exclude or ()))
+
+
+def _print_change(change, verb: str) -> None:
+    from kinject.kb.report import change_lines
+
+    for line in change_lines(change, verb):
+        typer.echo(line, err=line.startswith("warning:"))
+
+
+@kb_app.command("build")
+@user_errors
+def kb_build(
+    sources: Annotated[list[Path], typer.Argument(help="Folders (searched recursively) or files.")],
+    out: Annotated[Path, typer.Option(help="The knowledge-base folder to create.")],
+    config: Annotated[Path | None, typer.Option(help="YAML with KBConfig keys.")] = None,
+    strict: Strict = False,
+    include: Include = None,
+    exclude: Exclude = None,
+) -> None:
+    """Ingest .txt .md .html .jsonl (corpus) .json (SQuAD) .pdf files into a new knowledge base.
+
+    Example:
+
+        kinject kb build docs/ notes.jsonl --out kb/docs --exclude 'drafts/*'
+    """
+    from kinject.config import KBConfig, load_config
+    from kinject.kb.store import build_kb
+
+    kb_config = load_config(KBConfig, config) if config else KBConfig()
+    change = build_kb(sources, out, kb_config, _source_options(strict, include, exclude))
+    _print_change(change, "built")
+    typer.echo(f"knowledge base: {out}")
+
+
+@kb_app.command("add")
+@user_errors
+def kb_add(
+    kb_dir: Annotated[Path, typer.Argument(help="A knowledge-base folder.")],
+    sources: Annotated[list[Path], typer.Argument(help="Folders or files with new documents.")],
+    strict: Strict = False,
+    include: Include = None,
+    exclude: Exclude = None,
+) -> None:
+    """Add new documents; only their chunks are embedded.
+
+    Example:
+
+        kinject kb add kb/docs new-notes/
+    """
+    from kinject.kb.store import add_documents
+
+    _print_change(
+        add_documents(kb_dir, sources, _source_options(strict, include, exclude)), "added"
+    )
+
+
+@kb_app.command("update")
+@user_errors
+def kb_update(
+    kb_dir: Annotated[Path, typer.Argument(help="A knowledge-base folder.")],
+    sources: Annotated[list[Path], typer.Argument(help="Folders or files, as they are now.")],
+    strict: Strict = False,
+    include: Include = None,
+    exclude: Exclude = None,
+) -> None:
+    """Sync with SOURCES as they are now: new and changed documents in, vanished ones out.
+
+    Only changed text is re-embedded.  Documents from other sources are kept.
+
+    Example:
+
+        kinject kb update kb/docs docs/
+    """
+    from kinject.kb.store import update_documents
+
+    options = _source_options(strict, include, exclude)
+    _print_change(update_documents(kb_dir, sources, options), "updated")
+
+
+@kb_app.command("remove")
+@user_errors
+def kb_remove(
+    kb_dir: Annotated[Path, typer.Argument(help="A knowledge-base folder.")],
+    doc_ids: Annotated[list[str], typer.Argument(help="Document ids (as `kb search` shows).")],
+    strict: Strict = False,
+) -> None:
+    """Remove documents by id.
+
+    Example:
+
+        kinject kb remove kb/docs guides/old-setup.md
+    """
+    from kinject.kb.store import remove_documents
+
+    _print_change(remove_documents(kb_dir, doc_ids, _source_options(strict, None, None)), "removed")
+
+
+@kb_app.command("search")
+@user_errors
+def kb_search(
+    kb_dir: Annotated[Path, typer.Argument(help="A knowledge-base folder.")],
+    query: Annotated[str, typer.Argument(help="What to look for.")],
+    k: Annotated[int, typer.Option("-k", help="How many chunks.")] = 5,
+    retriever: Annotated[
+        str, typer.Option(help="dense, bm25 or hybrid (reciprocal-rank fusion).")
+    ] = "dense",
+) -> None:
+    """Print the top-k chunks for a query, with scores.
+
+    Example:
+
+        kinject kb search kb/docs "how do I reset my password" -k 5 --retriever hybrid
+    """
+    from kinject.kb.report import search_table
+    from kinject.kb.store import KnowledgeBase
+
+    kb = KnowledgeBase.open(kb_dir)
+    hits = kb.retriever(retriever).search([query], k)[0]
+    _print(search_table(kb, query, hits))
+
+
+@kb_app.command("eval")
+@user_errors
+def kb_eval(
+    kb_dir: Annotated[Path, typer.Argument(help="A knowledge-base folder.")],
+    questions: Annotated[
+        Path,
+        typer.Option(
+            help="Questions with gold doc_ids: kinject JSONL (MC or open QA) or SQuAD JSON."
+        ),
+    ],
+    retriever: Annotated[
+        list[str] | None, typer.Option(help="Retrievers to compare (default: all three).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Also write the figures to this JSON.")] = None,
+) -> None:
+    """Retrieval quality: recall@1/5/20 and MRR@20 per retriever, with 95% CIs.
+
+    Example:
+
+        kinject kb eval kb/squad --questions data/squad/dev-v1.1.json
+    """
+    from kinject.kb.quality import evaluate_kb
+    from kinject.kb.report import quality_table
+
+    results = evaluate_kb(kb_dir, questions, retriever or ["dense", "bm25", "hybrid"], out)
+    _print(quality_table(results.rows, f"retrieval on {questions.name} ({results.note})"))
 
 
 def _print(renderable) -> None:

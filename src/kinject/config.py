@@ -93,7 +93,7 @@ class PretrainConfig(Section):
     threads: int | None = Field(None, description="torch threads; default: torch's choice.")
 
     @model_validator(mode="after")
-    def _check(self) -> "PretrainConfig":
+    def _check(self) -> PretrainConfig:
         if self.reading_questions_min > self.reading_questions_max:
             raise ValueError("reading_questions_min is larger than reading_questions_max")
         if self.reading_warmup_steps > self.steps:
@@ -132,31 +132,127 @@ class TaskSpec(Section):
     description: str | None = Field(None, description="Text before the k-shot examples.")
 
 
+class ChunkingConfig(Section):
+    """Token-based chunks with sentence-aware boundaries."""
+
+    size: int = Field(256, ge=8, description="Tokens per chunk at most (the paper: 256).")
+    overlap: int = Field(32, ge=0, description="Tokens of the previous chunk repeated.")
+    tokenizer: str | None = Field(
+        None, description="Tokenizer counting the tokens; default: the embedder's."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ChunkingConfig:
+        if self.overlap >= self.size:
+            raise ValueError("overlap must be smaller than size")
+        return self
+
+
+class EmbedderConfig(Section):
+    """A sentence-transformers embedding model."""
+
+    model: str = Field(
+        "minilm",
+        description="Preset (minilm: offline all-MiniLM-L6-v2; bge-large: the paper's "
+        "BAAI/bge-large-en-v1.5), a local folder or a hub id.",
+    )
+    query_prefix: str | None = Field(
+        None, description="Text before each query; default: the preset's (bge: its instruction)."
+    )
+    revision: str | None = None
+    batch_size: int = Field(64, ge=1)
+    device: str = Field("auto", description="auto, cpu, cuda …")
+
+
+class IndexConfig(Section):
+    """The dense vector index (FAISS, inner product on unit vectors)."""
+
+    kind: Literal["flat", "hnsw", "ivf"] = Field(
+        "flat", description="flat: exact; hnsw / ivf: approximate, for large knowledge bases."
+    )
+    hnsw_m: int = Field(32, ge=4, description="HNSW links per node.")
+    hnsw_ef_search: int = Field(128, ge=1, description="HNSW search breadth.")
+    ivf_nlist: int = Field(
+        1024, ge=1, description="IVF cells (lowered to chunks/39 for small bases)."
+    )
+    ivf_nprobe: int = Field(32, ge=1, description="IVF cells visited per query.")
+
+
+class KBConfig(Section):
+    """How ``kinject kb build`` turns documents into a searchable knowledge base."""
+
+    chunking: ChunkingConfig = ChunkingConfig()
+    embedder: EmbedderConfig = EmbedderConfig()
+    index: IndexConfig = IndexConfig()
+    max_file_mb: float = Field(20.0, gt=0, description="Larger files are skipped (or an error).")
+
+
+class RagConfig(Section):
+    """The rag arm: top-K chunks from a knowledge base before each question."""
+
+    kb: str = Field(description="A knowledge-base folder made by `kinject kb build`.")
+    retriever: Literal["dense", "bm25", "hybrid"] = "dense"
+    k: list[int] = Field(
+        default_factory=lambda: [0, 1, 2, 3, 4, 5], min_length=1, description="K grid."
+    )
+    select_k_on: str | None = Field(
+        None,
+        description="A task name: score the K grid on it alone, then the other tasks at its "
+        "best K (per shots). Without it, every task is scored at every K.",
+    )
+    template: str = Field(
+        "{context}", description="Text before the question; {context}: the chunks joined."
+    )
+    chunk_separator: str = "\n\n"
+    order: Literal["best_first", "best_last"] = Field(
+        "best_first", description="best_last puts the top chunk next to the question."
+    )
+    rrf_k: int = Field(60, ge=1, description="Hybrid: reciprocal-rank fusion constant.")
+
+    @model_validator(mode="after")
+    def _check(self) -> RagConfig:
+        if any(k < 0 for k in self.k) or len(set(self.k)) != len(self.k):
+            raise ValueError("k must be distinct values >= 0")
+        if "{context}" not in self.template:
+            raise ValueError("template must contain {context}")
+        return self
+
+
 class EvalConfig(Section):
     """``kinject eval``: one model, its arms, tasks and shots; every combination is a cell."""
 
     seed: int = Field(0, description="Seeds the bootstrap.")
     model: ModelSpec
     tasks: list[TaskSpec] = Field(min_length=1)
-    arms: list[Literal["base", "oracle"]] = Field(default_factory=lambda: ["base"], min_length=1)
+    arms: list[Literal["base", "oracle", "rag"]] = Field(
+        default_factory=lambda: ["base"], min_length=1
+    )
     corpus: str | None = Field(
         None, description="Corpus JSONL the oracle arm takes gold documents from."
     )
+    rag: RagConfig | None = Field(None, description="The knowledge base and K grid of 'rag'.")
     shots: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    fewshot: Literal["first", "nearest"] = Field(
+        "first",
+        description="first: the first k dev items (lm-eval); nearest: the k dev items nearest "
+        "to the question by the rag retriever (dense with the default embedder without rag).",
+    )
     scoring: ScoringConfig = ScoringConfig()
     bootstrap_resamples: int = Field(1000, ge=100)
 
     @model_validator(mode="after")
-    def _check(self) -> "EvalConfig":
+    def _check(self) -> EvalConfig:
         if "oracle" in self.arms and self.corpus is None:
             raise ValueError(
                 "the oracle arm needs 'corpus' (a corpus JSONL with the gold documents)"
             )
+        if "rag" in self.arms and self.rag is None:
+            raise ValueError("the rag arm needs a 'rag' section (at least rag.kb)")
         if any(shots < 0 for shots in self.shots):
             raise ValueError("shots must be >= 0")
         return self
 
-    def with_paths_resolved(self, base: Path) -> "EvalConfig":
+    def with_paths_resolved(self, base: Path) -> EvalConfig:
         """Paths in the file are relative to the file; the saved config holds absolute ones."""
 
         def resolve(value: str | None) -> str | None:
@@ -170,8 +266,11 @@ class EvalConfig(Section):
             task.model_copy(update={"path": resolve(task.path), "dev": resolve(task.dev)})
             for task in self.tasks
         ]
+        rag = self.rag
+        if rag is not None:
+            rag = rag.model_copy(update={"kb": resolve(rag.kb)})
         return self.model_copy(
-            update={"model": model, "tasks": tasks, "corpus": resolve(self.corpus)}
+            update={"model": model, "tasks": tasks, "corpus": resolve(self.corpus), "rag": rag}
         )
 
 
@@ -256,9 +355,19 @@ class DemoConfig(Section):
     world: WorldConfig = WorldConfig()
     model: TinyModelConfig = TinyModelConfig()
     pretrain: PretrainConfig = PretrainConfig()
-    arms: list[Literal["base", "oracle"]] = Field(default_factory=lambda: ["base", "oracle"])
-    splits: list[Literal["known", "new", "updated", "reading", "validation"]] = Field(
+    arms: list[Literal["base", "oracle", "rag"]] = Field(
+        default_factory=lambda: ["base", "oracle", "rag"]
+    )
+    splits: list[Literal["known", "new", "updated", "reading"]] = Field(
         default_factory=lambda: ["known", "new", "updated"]
+    )
+    kb: KBConfig = Field(
+        KBConfig(), description="The knowledge base built from the world's kb.jsonl."
+    )
+    retriever: Literal["dense", "bm25", "hybrid"] = "dense"
+    rag_k: list[int] = Field(
+        default_factory=lambda: [0, 1, 2, 3, 4, 5],
+        description="K grid; the best K is chosen on the validation questions, never on test.",
     )
     shots: list[int] = Field(default_factory=lambda: [0, 5])
     scoring: ScoringConfig = ScoringConfig(batch_size=64)
@@ -288,5 +397,6 @@ QUICK_DEMO = {
         "warmup_steps": 2,
         "reading_warmup_steps": 2,
     },
+    "rag_k": [0, 1, 2],
     "bootstrap_resamples": 200,
 }

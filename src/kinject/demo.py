@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from kinject.config import (
     DemoConfig,
     EvalConfig,
     ModelSpec,
+    RagConfig,
     TaskSpec,
     load_config,
     parse_config,
@@ -45,21 +47,45 @@ def world_dir(config: DemoConfig) -> Path:
     return folder
 
 
-def eval_config(config: DemoConfig, world: Path, model: Path) -> EvalConfig:
+def world_kb(config: DemoConfig, world: Path, show_progress: bool = True) -> Path:
+    """The world's kb.jsonl as a knowledge base (cached by the world's and the KB's config)."""
+    from kinject.kb.store import SourceOptions, build_kb
+
+    key = fingerprint(config.world.model_dump(mode="json"), config.kb.model_dump(mode="json"))
+    folder = cache_dir() / "kbs" / f"world-kb-{key}"
+    with cache_lock(folder):
+        if not (folder / "kb.json").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            options = SourceOptions(strict=True, show_progress=show_progress)
+            build_kb([world / "kb.jsonl"], folder, config.kb, options)
+    return folder
+
+
+def eval_config(config: DemoConfig, world: Path, model: Path, kb: Path | None) -> EvalConfig:
+    """Test splits for every arm; with rag, the validation questions first, to choose K."""
+    splits = list(config.splits)
+    if "rag" in config.arms:
+        splits.insert(0, "validation")
     tasks = [
         TaskSpec(
             name=split,
             path=str(world / "tasks" / f"{split}.jsonl"),
             dev=str(world / "tasks" / "dev.jsonl"),
         )
-        for split in config.splits
+        for split in splits
     ]
+    rag = None
+    if kb is not None:
+        rag = RagConfig(
+            kb=str(kb), retriever=config.retriever, k=config.rag_k, select_k_on="validation"
+        )
     return EvalConfig(
         seed=config.world.seed,
         model=ModelSpec(path=str(model)),
         tasks=tasks,
         arms=config.arms,
         corpus=str(world / "kb.jsonl"),
+        rag=rag,
         shots=config.shots,
         scoring=config.scoring,
         bootstrap_resamples=config.bootstrap_resamples,
@@ -113,7 +139,7 @@ def run_demo(
     from rich.console import Console
 
     from kinject.evaluation.evaluate import run_evaluation
-    from kinject.evaluation.report import rich_table
+    from kinject.evaluation.report import rich_k_table, rich_table
     from kinject.models.base_model import ensure_base_model
 
     console = Console()
@@ -126,8 +152,11 @@ def run_demo(
         config.world, config.model, config.pretrain, show_progress
     )
     console.print(f"base model: {model_dir} ({'cached' if cached else 'pretrained now'})")
+    kb = world_kb(config, world, show_progress) if "rag" in config.arms else None
+    if kb is not None:
+        console.print(f"knowledge base: {kb}")
     result = run_evaluation(
-        eval_config(config, world, model_dir), run_dir, show_progress=show_progress
+        eval_config(config, world, model_dir, kb), run_dir, show_progress=show_progress
     )
     write_text(run_dir / "demo.yaml", to_yaml(config))
     results = checks(result.metrics)
@@ -136,6 +165,8 @@ def run_demo(
         {"checks": [{"check": c.label, "value": c.value, "passed": c.passed} for c in results]},
     )
     console.print(rich_table(result.metrics, title="kinject demo: accuracy [95% CI]"))
+    if kb is not None:
+        console.print(rich_k_table(result.metrics, "validation"))
     for check in results:
         mark = "[green]PASS[/green]" if check.passed else "[red]FAIL[/red]"
         console.print(f"{mark} {check.label}: {check.value:.3f}")

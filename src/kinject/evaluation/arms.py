@@ -1,13 +1,16 @@
 """Arms: the ways of giving a model knowledge.  The evaluator does not know which it scores.
 
-An arm's contract is one method, :meth:`Arm.context_for`: the text (if any) placed before a
-question.  Later arms (retrieval, fine-tuning) add preparation of the model.
+An arm's contract is :meth:`Arm.context_for`: the text (if any) placed before a question, with
+what was retrieved for it.  :meth:`Arm.prepare` lets an arm do its work for a whole task at
+once (the rag arm retrieves for all questions in batches).  Later arms (fine-tuning) add
+preparation of the model.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from kinject.errors import KinjectError
 from kinject.tasks.items import MCItem
@@ -15,13 +18,23 @@ from kinject.tasks.items import MCItem
 CONTEXT_SEPARATOR = "\n\n"
 
 
+@dataclass(frozen=True)
+class Context:
+    text: str
+    retrieved: tuple[dict, ...] | None = None  # [{"chunk", "doc_id", "score"}], best first
+    gold: tuple[str, ...] | None = None  # the question's doc_ids as the knowledge base names them
+
+
 class Arm(ABC):
     name: str
     k: int = 0  # retrieved chunks per question (0: the arm retrieves nothing)
 
+    def prepare(self, items: Sequence[MCItem]) -> None:
+        """Work done once for all of a task's questions before :meth:`context_for` is asked."""
+
     @abstractmethod
-    def context_for(self, item: MCItem) -> str | None:
-        """Text to put before the question, or None."""
+    def context_for(self, item: MCItem) -> Context | None:
+        """What to put before the question, or None."""
 
 
 class BaseArm(Arm):
@@ -29,7 +42,7 @@ class BaseArm(Arm):
 
     name = "base"
 
-    def context_for(self, item: MCItem) -> str | None:
+    def context_for(self, item: MCItem) -> Context | None:
         return None
 
 
@@ -42,7 +55,7 @@ class OracleArm(Arm):
         self.corpus = corpus
         self.corpus_path = corpus_path
 
-    def context_for(self, item: MCItem) -> str | None:
+    def context_for(self, item: MCItem) -> Context | None:
         if not item.doc_ids:
             raise KinjectError(
                 f"question '{item.id}' has no doc_ids: the oracle arm needs the gold documents"
@@ -53,4 +66,69 @@ class OracleArm(Arm):
                 f"question '{item.id}' names document '{missing[0]}', which is not in "
                 f"{self.corpus_path}"
             )
-        return CONTEXT_SEPARATOR.join(self.corpus[doc_id] for doc_id in item.doc_ids)
+        return Context(CONTEXT_SEPARATOR.join(self.corpus[doc_id] for doc_id in item.doc_ids))
+
+
+class RetrievalCache:
+    """Top chunks per question, retrieved once at the deepest K and shared by every K."""
+
+    def __init__(self, kb, retriever, depth: int):
+        self.kb = kb
+        self.retriever = retriever
+        self.depth = depth
+        self._hits: dict[str, list] = {}
+
+    def fetch(self, items: Sequence[MCItem]) -> None:
+        todo = [item for item in items if item.id not in self._hits]
+        for first in range(0, len(todo), 256):
+            batch = todo[first : first + 256]
+            results = self.retriever.search([item.question for item in batch], self.depth)
+            self._hits.update((item.id, hits) for item, hits in zip(batch, results))
+
+    def hits(self, item: MCItem, k: int) -> list:
+        if item.id not in self._hits:
+            self.fetch([item])
+        return self._hits[item.id][:k]
+
+
+class RagArm(Arm):
+    """Top-K chunks of a knowledge base before the question (the paper: plain concatenation)."""
+
+    name = "rag"
+
+    def __init__(
+        self,
+        cache: RetrievalCache,
+        k: int,
+        template: str = "{context}",
+        separator: str = CONTEXT_SEPARATOR,
+        best_last: bool = False,
+    ):
+        self.cache = cache
+        self.k = k
+        self.template = template
+        self.separator = separator
+        self.best_last = best_last
+
+    def prepare(self, items: Sequence[MCItem]) -> None:
+        if self.k:
+            self.cache.fetch(items)
+
+    def context_for(self, item: MCItem) -> Context | None:
+        aliases = self.cache.kb.duplicates  # gold ids the KB dropped as exact duplicates
+        gold = tuple(aliases.get(doc_id, doc_id) for doc_id in item.doc_ids)
+        if self.k == 0:
+            return Context("", (), gold)
+        hits = self.cache.hits(item, self.k)
+        chunks = [self.cache.kb.chunks[hit.row] for hit in hits]
+        retrieved = tuple(
+            {"chunk": chunk.id, "doc_id": chunk.doc_id, "score": round(hit.score, 6)}
+            for chunk, hit in zip(chunks, hits)
+        )
+        texts = [chunk.text for chunk in chunks]
+        if self.best_last:
+            texts.reverse()
+        if not texts:
+            return Context("", retrieved, gold)
+        text = self.template.replace("{context}", self.separator.join(texts))
+        return Context(text, retrieved, gold)

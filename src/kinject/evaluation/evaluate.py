@@ -15,13 +15,14 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from kinject.config import EvalConfig, TaskSpec, to_yaml
+from kinject.config import EmbedderConfig, EvalConfig, RagConfig, TaskSpec, to_yaml
 from kinject.corpus import load_corpus_jsonl
 from kinject.errors import KinjectError
-from kinject.evaluation.arms import Arm, BaseArm, OracleArm
+from kinject.evaluation.arms import Arm, BaseArm, OracleArm, RagArm, RetrievalCache
 from kinject.evaluation.environment import environment
+from kinject.evaluation.fewshot import ExampleSelector, FirstExamples, NearestExamples
 from kinject.evaluation.report import markdown_table
-from kinject.evaluation.runner import Cell, CellStore, cell_metrics, score_cell
+from kinject.evaluation.runner import Cell, CellStore, accuracy, cell_metrics, score_cell
 from kinject.fileio import read_jsonl, write_json, write_jsonl, write_text
 from kinject.tasks.items import Task
 from kinject.tasks.loaders import jsonl_task, mmlu_task
@@ -49,6 +50,7 @@ def load_task(spec: TaskSpec) -> Task:
 
 
 def build_arms(config: EvalConfig) -> list[Arm]:
+    """The arms to score; the rag arm is one arm per K, sharing one retrieval cache."""
     arms: list[Arm] = []
     for name in config.arms:
         if name == "base":
@@ -56,7 +58,29 @@ def build_arms(config: EvalConfig) -> list[Arm]:
         elif name == "oracle":
             corpus = load_corpus_jsonl(config.corpus)
             arms.append(OracleArm({d.id: d.text for d in corpus.values()}, config.corpus))
+        elif name == "rag":
+            arms.extend(_rag_arms(config.rag))
     return arms
+
+
+def _rag_arms(rag: RagConfig) -> list[Arm]:
+    from kinject.kb.store import KnowledgeBase
+
+    kb = KnowledgeBase.open(rag.kb)
+    cache = RetrievalCache(kb, kb.retriever(rag.retriever, rag.rrf_k), max(rag.k))
+    best_last = rag.order == "best_last"
+    return [RagArm(cache, k, rag.template, rag.chunk_separator, best_last) for k in rag.k]
+
+
+def build_selector(config: EvalConfig) -> ExampleSelector:
+    if config.fewshot == "first":
+        return FirstExamples()
+    if config.rag is not None:
+        from kinject.kb.store import KnowledgeBase
+
+        kb = KnowledgeBase.open(config.rag.kb)
+        return NearestExamples(config.rag.retriever, kb.config.embedder, config.rag.rrf_k)
+    return NearestExamples("dense", EmbedderConfig())
 
 
 def validate_plan(config: EvalConfig, tasks: list[Task], arms: list[Arm]) -> None:
@@ -64,6 +88,10 @@ def validate_plan(config: EvalConfig, tasks: list[Task], arms: list[Arm]) -> Non
     names = [task.name for task in tasks]
     if len(set(names)) != len(names):
         raise KinjectError(f"two tasks share a name in {names}; give them distinct 'name's")
+    if config.rag and config.rag.select_k_on and config.rag.select_k_on not in names:
+        raise KinjectError(
+            f"rag.select_k_on names task '{config.rag.select_k_on}', which is not one of {names}"
+        )
     for task in tasks:
         if not task.items:
             raise KinjectError(f"task '{task.name}' ({task.source.get('path')}) has no questions")
@@ -74,6 +102,7 @@ def validate_plan(config: EvalConfig, tasks: list[Task], arms: list[Arm]) -> Non
                 )
     for arm in arms:  # an arm that cannot serve a question fails now, not mid-run
         for task in tasks:
+            arm.prepare(task.items)
             for item in task.items:
                 arm.context_for(item)
 
@@ -94,40 +123,111 @@ def run_evaluation(
     model_and_tokenizer=None,
     show_progress: bool = True,
 ) -> EvalResult:
-    """Score every (task × arm × shots) cell not yet in ``run_dir`` and write the run files."""
-    from kinject.progress import progress_bar
+    """Score every (task × arm × shots) cell not yet in ``run_dir`` and write the run files.
 
+    With ``rag.select_k_on``, the rag arm's K grid is scored on that task first; the other
+    tasks are then scored at its best K for each number of shots (never chosen on them).
+    """
     run_dir = Path(run_dir)
     tasks = [load_task(spec) for spec in config.tasks]  # bad inputs fail before any model work
     arms = build_arms(config)
     validate_plan(config, tasks, arms)
     check_run_dir(config, run_dir)
-    store = CellStore(run_dir)
-    plan = [(task, arm, shots) for task in tasks for arm in arms for shots in config.shots]
-    pending = [p for p in plan if not store.has(Cell(p[1].name, p[0].name, p[2], p[1].k))]
-    if pending:
-        model, tokenizer = model_and_tokenizer or _load(config)  # fails before any file is written
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_text(run_dir / "config.yaml", to_yaml(config))
-        write_json(run_dir / "env.json", environment(config.seed))
-        from kinject.scoring.loglikelihood import LoglikelihoodScorer
-
-        scorer = LoglikelihoodScorer(
-            model, tokenizer, config.scoring.batch_size, bf16=config.scoring.bf16_autocast
-        )
-        total = sum(len(item.choices) for task, _, _ in pending for item in task.items)
-        with progress_bar("scoring", total=total, enabled=show_progress) as bar:
-            for task, arm, shots in pending:
-                records = score_cell(scorer, task, arm, shots, on_batch=bar.advance)
-                store.write(Cell(arm.name, task.name, shots, arm.k), records)
-    metrics = tabulate(run_dir, [Cell(a.name, t.name, s, a.k) for t, a, s in plan], config)
+    session = _ScoringSession(config, run_dir, model_and_tokenizer, show_progress)
+    select_on = config.rag.select_k_on if config.rag else None
+    deferred = lambda task, arm: arm.name == "rag" and select_on not in (None, task.name)
+    plan = [
+        (task, arm, shots)
+        for task in tasks
+        for arm in arms
+        for shots in config.shots
+        if not deferred(task, arm)
+    ]
+    session.score(plan)
+    selected = None
+    if select_on:
+        selected = choose_k(session.store, select_on, config)
+        second = [
+            (task, arm, shots)
+            for task in tasks
+            for arm in arms
+            for shots in config.shots
+            if deferred(task, arm) and arm.k == selected[shots]
+        ]
+        session.score(second)
+        plan += second
+    cells = [Cell(arm.name, task.name, shots, arm.k) for task, arm, shots in plan]
+    metrics = tabulate(run_dir, cells, config)
     return EvalResult(run_dir, metrics)
+
+
+class _ScoringSession:
+    """Loads the model on first need (never when every cell is already done) and scores cells."""
+
+    def __init__(self, config: EvalConfig, run_dir: Path, model_and_tokenizer, show_progress):
+        self.config = config
+        self.run_dir = run_dir
+        self.store = CellStore(run_dir)
+        self.model_and_tokenizer = model_and_tokenizer
+        self.show_progress = show_progress
+        self.selector = build_selector(config)
+        self._scorer = None
+
+    def scorer(self):
+        if self._scorer is None:
+            from kinject.scoring.loglikelihood import LoglikelihoodScorer, MemoizedScorer
+
+            model, tokenizer = self.model_and_tokenizer or _load(self.config)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_text(self.run_dir / "config.yaml", to_yaml(self.config))
+            write_json(self.run_dir / "env.json", environment(self.config.seed))
+            scoring = self.config.scoring
+            self._scorer = MemoizedScorer(
+                LoglikelihoodScorer(
+                    model, tokenizer, scoring.batch_size, bf16=scoring.bf16_autocast
+                )
+            )
+        return self._scorer
+
+    def score(self, plan) -> None:
+        from kinject.progress import progress_bar
+
+        pending = [p for p in plan if not self.store.has(Cell(p[1].name, p[0].name, p[2], p[1].k))]
+        if not pending:
+            return
+        scorer = self.scorer()  # fails before any file is written
+        total = sum(len(item.choices) for task, _, _ in pending for item in task.items)
+        with progress_bar("scoring", total=total, enabled=self.show_progress) as bar:
+            for task, arm, shots in pending:
+                records = score_cell(
+                    scorer, task, arm, shots, on_batch=bar.advance, selector=self.selector
+                )
+                self.store.write(Cell(arm.name, task.name, shots, arm.k), records)
 
 
 def _load(config: EvalConfig):
     from kinject.models.loading import load_causal_lm
 
     return load_causal_lm(config.model)
+
+
+def choose_k(store: CellStore, task: str, config: EvalConfig) -> dict[int, int]:
+    """The best K on ``task`` for each number of shots: highest acc, then the smallest K."""
+    entries = []
+    for shots in config.shots:
+        for k in config.rag.k:
+            rows = store.read(Cell("rag", task, shots, k))
+            entries.append((shots, k, accuracy(rows)))
+    return best_k(entries)
+
+
+def best_k(entries) -> dict[int, int]:
+    """``{shots: k}`` from ``(shots, k, acc)``: the highest acc, ties to the smallest K."""
+    best: dict[int, tuple[float, int]] = {}
+    for shots, k, acc in entries:
+        if shots not in best or (acc, -k) > best[shots]:
+            best[shots] = (acc, -k)
+    return {shots: -key[1] for shots, key in best.items()}
 
 
 def tabulate(run_dir: Path, cells: list[Cell], config: EvalConfig) -> list[dict]:
@@ -139,8 +239,27 @@ def tabulate(run_dir: Path, cells: list[Cell], config: EvalConfig) -> list[dict]
         records.extend(rows)
         metrics.append(cell_metrics(rows, config.seed, config.bootstrap_resamples))
     write_jsonl(run_dir / "records.jsonl", records)
-    write_json(run_dir / "metrics.json", {"cells": metrics})
-    write_text(run_dir / "table.md", markdown_table(metrics))
+    return _write_metrics(run_dir, metrics, config)
+
+
+def _write_metrics(run_dir: Path, metrics: list[dict], config: EvalConfig) -> list[dict]:
+    select_on = config.rag.select_k_on if config.rag else None
+    selected = None
+    if select_on and "rag" in config.arms:
+        selected = best_k(
+            (m["shots"], m["k"], m["acc"])
+            for m in metrics
+            if m["arm"] == "rag" and m["split"] == select_on
+        )
+        for metric in metrics:
+            if metric["arm"] == "rag":
+                metric["selected"] = metric["k"] == selected[metric["shots"]]
+    summary: dict = {"cells": metrics}
+    if selected is not None:
+        summary["select_k_on"] = select_on
+        summary["selected_k"] = {str(shots): k for shots, k in selected.items()}
+    write_json(run_dir / "metrics.json", summary)
+    write_text(run_dir / "table.md", markdown_table(metrics, select_on))
     return metrics
 
 
@@ -156,6 +275,4 @@ def retabulate(run_dir: str | Path) -> list[dict]:
     metrics = [
         cell_metrics(rows, config.seed, config.bootstrap_resamples) for rows in groups.values()
     ]
-    write_json(run_dir / "metrics.json", {"cells": metrics})
-    write_text(run_dir / "table.md", markdown_table(metrics))
-    return metrics
+    return _write_metrics(run_dir, metrics, config)

@@ -1,4 +1,9 @@
-"""Tables from per-cell metrics: Markdown for ``table.md`` and rich for the terminal."""
+"""Tables from per-cell metrics: Markdown for ``table.md`` and rich for the terminal.
+
+Main table: a row per (task, shots), a column per arm.  The rag arm's column shows the cell
+at the K chosen on the selection task (``selected``), with K and the retriever's recall@K
+beside the accuracy; without selection every K gets its own column (``rag k=2``).
+"""
 
 from __future__ import annotations
 
@@ -10,41 +15,106 @@ def _fmt(metric: dict, key: str = "acc") -> str:
     return f"{metric[key]:.3f} [{low:.3f}, {high:.3f}]"
 
 
+def _short(metric: dict) -> str:
+    """The terminal's narrower form: 0.947 [.927–.963]."""
+    low, high = (f"{bound:.3f}".removeprefix("0") for bound in metric["acc_ci"])
+    return f"{metric['acc']:.3f} [{low}–{high}]"
+
+
+def _cell_text(metric: dict, short: bool = False) -> str:
+    text = _short(metric) if short else _fmt(metric)
+    if metric["arm"] == "rag":
+        text += f" k={metric['k']}"
+        if "recall" in metric:
+            text += f" R@{metric['k']}={metric['recall']:.2f}"
+    return text
+
+
+def _column(metric: dict) -> str:
+    if metric["arm"] == "rag" and "selected" not in metric:
+        return f"rag k={metric['k']}"
+    return metric["arm"]
+
+
 def _pivot(metrics: Sequence[dict]) -> tuple[list[str], list[tuple], dict]:
-    arms: list[str] = []
+    columns: list[str] = []
     rows: list[tuple] = []
     cells = {}
     for metric in metrics:
-        if metric["arm"] not in arms:
-            arms.append(metric["arm"])
+        if metric.get("selected") is False:
+            continue  # the K grid on the selection task: in the K table
+        column = _column(metric)
+        if column not in columns:
+            columns.append(column)
         row = (metric["split"], metric["shots"])
         if row not in rows:
             rows.append(row)
-        cells[(row, metric["arm"])] = metric
-    return arms, rows, cells
+        cells[(row, column)] = metric
+    return columns, rows, cells
 
 
-def markdown_table(metrics: Sequence[dict]) -> str:
-    """Accuracy with 95% bootstrap CI: a row per (task, shots), a column per arm; then details."""
-    arms, rows, cells = _pivot(metrics)
-    lines = [
-        "| task | shots | " + " | ".join(arms) + " |",
-        "|---|---:|" + "---:|" * len(arms),
-    ]
+def _main_rows(metrics: Sequence[dict], short: bool = False) -> tuple[list[str], list[list[str]]]:
+    columns, rows, cells = _pivot(metrics)
+    body = []
     for row in rows:
-        values = [_fmt(cells[(row, arm)]) if (row, arm) in cells else "–" for arm in arms]
-        lines.append(f"| {row[0]} | {row[1]} | " + " | ".join(values) + " |")
+        values = [
+            _cell_text(cells[(row, column)], short) if (row, column) in cells else "–"
+            for column in columns
+        ]
+        body.append([row[0], str(row[1]), *values])
+    return ["task", "shots", *columns], body
+
+
+def _k_grid_rows(
+    metrics: Sequence[dict], task: str, short: bool = False
+) -> tuple[list[str], list[list[str]]]:
+    grid = [m for m in metrics if m["arm"] == "rag" and m["split"] == task]
+    shots = sorted({m["shots"] for m in grid})
+    ks = sorted({m["k"] for m in grid})
+    by = {(m["k"], m["shots"]): m for m in grid}
+    body = []
+    for k in ks:
+        row = [str(k)]
+        for s in shots:
+            m = by.get((k, s))
+            if m is None:
+                row.append("–")
+                continue
+            text = (_short(m) if short else _fmt(m)) + (" *" if m.get("selected") else "")
+            if "recall" in m:
+                text += f" R@{k}={m['recall']:.2f}"
+            row.append(text)
+        body.append(row)
+    return ["K", *[f"{s}-shot" for s in shots]], body
+
+
+def _markdown(header: list[str], body: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in body]
+    return lines
+
+
+def markdown_table(metrics: Sequence[dict], select_k_on: str | None = None) -> str:
+    """Accuracy with 95% bootstrap CI: the main table, the K grid, then every cell."""
+    lines = _markdown(*_main_rows(metrics))
+    if select_k_on:
+        lines += ["", f"RAG: K chosen on '{select_k_on}' (* = chosen), accuracy by K:", ""]
+        lines += _markdown(*_k_grid_rows(metrics, select_k_on))
     lines += [
         "",
-        "Accuracy (acc) with 95% bootstrap confidence intervals; n questions per cell below.",
+        (
+            "Accuracy (acc) with 95% bootstrap confidence intervals; R@k: the share of "
+            "questions whose gold document was among the k retrieved chunks."
+        ),
         "",
-        "| arm | task | shots | k | n | acc | acc_norm |",
-        "|---|---|---:|---:|---:|---|---|",
+        "| arm | task | shots | k | n | acc | acc_norm | recall |",
+        "|---|---|---:|---:|---:|---|---|---:|",
     ]
     for m in metrics:
+        recall = f"{m['recall']:.3f}" if "recall" in m else "–"
         lines.append(
             f"| {m['arm']} | {m['split']} | {m['shots']} | {m['k']} | {m['n']} | "
-            f"{_fmt(m)} | {_fmt(m, 'acc_norm')} |"
+            f"{_fmt(m)} | {_fmt(m, 'acc_norm')} | {recall} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -52,16 +122,22 @@ def markdown_table(metrics: Sequence[dict]) -> str:
 def rich_table(metrics: Sequence[dict], title: str = "Accuracy [95% CI]"):
     from rich.table import Table
 
-    arms, rows, cells = _pivot(metrics)
+    header, body = _main_rows(metrics, short=True)
     table = Table(title=title)
-    table.add_column("task")
-    table.add_column("shots", justify="right")
-    for arm in arms:
-        table.add_column(arm, justify="right")
-    for row in rows:
-        table.add_row(
-            row[0],
-            str(row[1]),
-            *[_fmt(cells[(row, arm)]) if (row, arm) in cells else "–" for arm in arms],
-        )
+    for position, name in enumerate(header):
+        table.add_column(name, justify="left" if position == 0 else "right")
+    for row in body:
+        table.add_row(*row)
+    return table
+
+
+def rich_k_table(metrics: Sequence[dict], task: str):
+    from rich.table import Table
+
+    header, body = _k_grid_rows(metrics, task, short=True)
+    table = Table(title=f"RAG: accuracy by K on '{task}' (* = chosen)")
+    for name in header:
+        table.add_column(name, justify="right")
+    for row in body:
+        table.add_row(*row)
     return table

@@ -14,9 +14,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from kinject.evaluation.arms import Arm
+from kinject.evaluation.fewshot import ExampleSelector, FirstExamples
 from kinject.evaluation.stats import bootstrap_ci
 from kinject.fileio import read_jsonl, write_jsonl
-from kinject.scoring.loglikelihood import LoglikelihoodScorer
+from kinject.scoring.loglikelihood import LoglikelihoodScorer, MemoizedScorer
 from kinject.tasks.items import Task
 from kinject.tasks.prompts import build_prompt
 
@@ -44,54 +45,79 @@ def argmax(values: Sequence[float]) -> int:
 
 
 def score_cell(
-    scorer: LoglikelihoodScorer,
+    scorer: LoglikelihoodScorer | MemoizedScorer,
     task: Task,
     arm: Arm,
     shots: int,
     on_batch: Callable[[int], None] | None = None,
+    selector: ExampleSelector | None = None,
 ) -> list[dict]:
     """Per-question records of one cell: log-likelihood of every choice, predictions, truth."""
     cell = Cell(arm.name, task.name, shots, arm.k)
-    prompts = [build_prompt(task, item, shots, arm.context_for(item)) for item in task.items]
+    arm.prepare(task.items)
+    contexts = [arm.context_for(item) for item in task.items]
+    examples = (selector or FirstExamples()).examples(task, task.items, shots)
+    prompts = [
+        build_prompt(task, item, shots, context.text if context else None, shown)
+        for item, context, shown in zip(task.items, contexts, examples)
+    ]
     requests = [(p.context, c) for p in prompts for c in p.continuations]
     scores = scorer.loglikelihood(requests, on_batch=on_batch)
     records, position = [], 0
-    for item, prompt in zip(task.items, prompts):
+    for item, prompt, context in zip(task.items, prompts, contexts):
         n = len(prompt.continuations)
         lls = [s.logprob for s in scores[position : position + n]]
         position += n
         pred = argmax(lls)
         pred_norm = argmax([ll / len(text) for ll, text in zip(lls, prompt.choice_texts)])
-        records.append(
-            {
-                **asdict(cell),
-                "question_id": item.id,
-                "loglikelihoods": lls,
-                "pred": pred,
-                "pred_norm": pred_norm,
-                "answer": item.answer,
-                "correct": pred == item.answer,
-                "correct_norm": pred_norm == item.answer,
-            }
-        )
+        record = {
+            **asdict(cell),
+            "question_id": item.id,
+            "loglikelihoods": lls,
+            "pred": pred,
+            "pred_norm": pred_norm,
+            "answer": item.answer,
+            "correct": pred == item.answer,
+            "correct_norm": pred_norm == item.answer,
+        }
+        if context is not None and context.retrieved is not None:
+            record["retrieved"] = list(context.retrieved)
+            record["doc_ids"] = list(context.gold if context.gold is not None else item.doc_ids)
+        records.append(record)
     return records
+
+
+def accuracy(records: Sequence[dict], key: str = "correct") -> float:
+    """The share of correct answers, rounded as in metrics.json (what K selection compares)."""
+    return round(sum(float(r[key]) for r in records) / len(records), 4)
 
 
 def cell_metrics(records: Sequence[dict], seed: int, resamples: int) -> dict:
     first = records[0]
     correct = [float(r["correct"]) for r in records]
     correct_norm = [float(r["correct_norm"]) for r in records]
-    return {
+    metrics = {
         "arm": first["arm"],
         "split": first["split"],
         "shots": first["shots"],
         "k": first["k"],
         "n": len(records),
-        "acc": round(sum(correct) / len(correct), 4),
+        "acc": accuracy(records),
         "acc_ci": list(bootstrap_ci(correct, seed, resamples)),
-        "acc_norm": round(sum(correct_norm) / len(correct_norm), 4),
+        "acc_norm": accuracy(records, "correct_norm"),
         "acc_norm_ci": list(bootstrap_ci(correct_norm, seed, resamples)),
     }
+    recalls = [retrieval_recall(r) for r in records if r.get("doc_ids") and "retrieved" in r]
+    if recalls and first["k"] > 0:
+        metrics["recall"] = round(sum(recalls) / len(recalls), 4)  # gold documents among the k
+    return metrics
+
+
+def retrieval_recall(record: dict) -> float:
+    """The share of the question's gold documents among the chunks retrieved for it."""
+    gold = set(record["doc_ids"])
+    found = {hit["doc_id"] for hit in record["retrieved"]}
+    return len(gold & found) / len(gold)
 
 
 class CellStore:

@@ -110,14 +110,13 @@ def pretrain_base_model(
     import torch
 
     from kinject.models.tiny import build_tiny_llama
-    from kinject.training.loop import Schedule, train
+    from kinject.training.loop import Schedule, StaleCheckpoint, train
 
     if config.threads:
         torch.set_num_threads(config.threads)
     partial = out_dir.with_name(out_dir.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
     tokenizer = train_world_tokenizer(world, model_config, config)
-    model = build_tiny_llama(model_config, tokenizer, seed=config.seed)
     schedule = Schedule(
         steps=config.steps,
         learning_rate=config.learning_rate,
@@ -125,15 +124,24 @@ def pretrain_base_model(
         weight_decay=config.weight_decay,
         kind=config.schedule,
     )
-    result = train(
-        model,
-        pretraining_batches(world, tokenizer, config),
-        schedule,
-        bf16=config.bf16,
-        checkpoint_dir=partial,
-        description="pretraining base model",
-        show_progress=show_progress,
-    )
+
+    def run():
+        model = build_tiny_llama(model_config, tokenizer, seed=config.seed)
+        return model, train(
+            model,
+            pretraining_batches(world, tokenizer, config),
+            schedule,
+            bf16=config.bf16,
+            checkpoint_dir=partial,
+            description="pretraining base model",
+            show_progress=show_progress,
+        )
+
+    try:
+        model, result = run()
+    except StaleCheckpoint:  # the cache is ours: an old version's checkpoint is started over
+        (partial / "checkpoint.pt").unlink()
+        model, result = run()
     _save(model, tokenizer, result, world, model_config, config, out_dir)
     shutil.rmtree(partial)
     return out_dir

@@ -157,3 +157,27 @@ class LoglikelihoodScorer:
                 if on_batch is not None:
                     on_batch(len(batch))
         return results  # type: ignore[return-value]
+
+
+class MemoizedScorer:
+    """A scorer that scores each distinct (context, continuation) once per run.
+
+    Cells that build identical prompts (the rag arm at K=0 and the base arm; the same
+    question in two tasks) reuse the first cell's scores instead of recomputing them.
+    """
+
+    def __init__(self, scorer: LoglikelihoodScorer):
+        self.scorer = scorer
+        self.memo: dict[tuple[str, str], Loglikelihood] = {}
+
+    def loglikelihood(
+        self,
+        requests: Sequence[tuple[str, str]],
+        on_batch: Callable[[int], None] | None = None,
+    ) -> list[Loglikelihood]:
+        todo = list(dict.fromkeys(r for r in requests if r not in self.memo))
+        if on_batch and len(requests) > len(todo):
+            on_batch(len(requests) - len(todo))
+        if todo:
+            self.memo.update(zip(todo, self.scorer.loglikelihood(todo, on_batch)))
+        return [self.memo[request] for request in requests]

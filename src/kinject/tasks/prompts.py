@@ -20,6 +20,7 @@ Context from an arm (retrieved chunks, the gold document) goes right before the 
 from __future__ import annotations
 
 import string
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from kinject.tasks.items import MCItem, Task
@@ -58,18 +59,27 @@ class Prompt:
     choice_texts: tuple[str, ...]  # what acc_norm divides by (lm-eval: len of choice string)
 
 
-def build_prompt(task: Task, item: MCItem, shots: int, context: str | None = None) -> Prompt:
-    if shots > len(task.dev):
-        raise ValueError(
-            f"task '{task.name}' has {len(task.dev)} dev examples; {shots}-shot needs {shots}"
-        )
-    examples = [
+def build_prompt(
+    task: Task,
+    item: MCItem,
+    shots: int,
+    context: str | None = None,
+    examples: Sequence[MCItem] | None = None,
+) -> Prompt:
+    """The scored prompt; ``examples`` replaces the first ``shots`` dev items (dynamic k-shot)."""
+    if examples is None:
+        if shots > len(task.dev):
+            raise ValueError(
+                f"task '{task.name}' has {len(task.dev)} dev examples; {shots}-shot needs {shots}"
+            )
+        examples = task.dev[:shots]
+    shown = [
         item_text(example, task.style)
         + TARGET_DELIMITER
         + item_choices(example, task.style)[example.answer]
-        for example in task.dev[:shots]
+        for example in examples
     ]
-    prefix = task.description + "".join(example + FEWSHOT_DELIMITER for example in examples)
+    prefix = task.description + "".join(example + FEWSHOT_DELIMITER for example in shown)
     if context:
         prefix += context + FEWSHOT_DELIMITER
     choices = item_choices(item, task.style)

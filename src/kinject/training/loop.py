@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kinject.errors import KinjectError
 from kinject.fileio import atomic_open, write_jsonl
 from kinject.models.packing import IGNORE_INDEX
 
@@ -97,6 +98,13 @@ def _optimizer(model, schedule: Schedule):
     )
 
 
+CHECKPOINT_FORMAT = 2  # bump when the checkpoint's contents change
+
+
+class StaleCheckpoint(KinjectError):
+    """A checkpoint this version cannot resume from."""
+
+
 def _load_checkpoint(path: Path | None, model, optimizer) -> _Progress:
     import torch
 
@@ -104,6 +112,10 @@ def _load_checkpoint(path: Path | None, model, optimizer) -> _Progress:
         return _Progress()
     device = next(model.parameters()).device
     state = torch.load(path, map_location=device, weights_only=False)
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise StaleCheckpoint(
+            f"{path} was written by another version of kinject; delete it to start over"
+        )
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     return _Progress(**state["progress"])
@@ -113,6 +125,7 @@ def _save_checkpoint(path: Path, model, optimizer, progress: _Progress) -> None:
     import torch
 
     state = {
+        "format": CHECKPOINT_FORMAT,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "progress": asdict(progress),

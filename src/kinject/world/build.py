@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import random
 import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from kinject.config import WorldConfig, to_yaml
 from kinject.errors import KinjectError
-from kinject.fileio import write_json, write_jsonl, write_text
+from kinject.fileio import staging_dir, write_json, write_jsonl, write_text
 from kinject.world.people import (
     Person,
     all_names,
@@ -168,7 +167,7 @@ def write_world(world: World, out_dir: str | Path) -> Path:
     if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not is_world)):
         raise KinjectError(f"{out_dir} exists and is not a world folder; choose another --out")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    staging = staging_dir(out_dir.parent, f".{out_dir.name}.")
     try:
         write_text(staging / "world.yaml", to_yaml(world.config))
         write_jsonl(staging / "people.jsonl", (person.to_json() for person in world.people))

@@ -1,0 +1,1 @@
+"""The knowledge base: ingest documents, chunk, embed, index, retrieve."""

@@ -1,0 +1,76 @@
+"""What the ``kinject kb`` commands print: change summaries, search hits, retrieval quality."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from kinject.kb.store import Change, KnowledgeBase
+
+
+def change_lines(change: Change, verb: str) -> list[str]:
+    lines = [f"warning: {warning}" for warning in change.warnings]
+    parts = [f"{len(change.added)} added"]
+    if verb != "built":
+        parts += [
+            f"{len(change.changed)} changed",
+            f"{len(change.removed)} removed",
+            f"{change.unchanged} unchanged",
+        ]
+    lines.append(
+        f"{verb}: {change.documents} documents, {change.chunks} chunks "
+        f"({', '.join(parts)}; {change.embedded} chunks embedded, {change.reused} reused)"
+    )
+    return lines
+
+
+def search_table(kb: KnowledgeBase, query: str, hits, width: int = 160):
+    from rich.table import Table
+
+    titles = {row["id"]: row.get("title") for row in kb.manifest}
+    table = Table(title=f"{query!r}", show_lines=True)
+    table.add_column("#", justify="right")
+    table.add_column("score", justify="right")
+    table.add_column("chunk")
+    table.add_column("text")
+    for rank, hit in enumerate(hits, start=1):
+        chunk = kb.chunks[hit.row]
+        text = " ".join(chunk.text.split())
+        if len(text) > width:
+            text = text[: width - 1] + "…"
+        label = chunk.id if not titles.get(chunk.doc_id) else f"{chunk.id}\n{titles[chunk.doc_id]}"
+        table.add_row(str(rank), f"{hit.score:.4f}", label, text)
+    return table
+
+
+def quality_table(results: Sequence[dict], title: str):
+    from rich.table import Table
+
+    keys = [
+        key for key in results[0] if key.startswith(("recall@", "mrr@")) and not key.endswith("_ci")
+    ]
+    table = Table(title=title)
+    table.add_column("retriever")
+    table.add_column("n", justify="right")
+    for key in keys:
+        table.add_column(key, justify="right")
+    for result in results:
+        cells = []
+        for key in keys:
+            low, high = result[f"{key}_ci"]
+            cells.append(f"{result[key]:.3f} [{low:.3f}, {high:.3f}]")
+        table.add_row(result["retriever"], str(result["n"]), *cells)
+    return table
+
+
+def quality_markdown(results: Sequence[dict]) -> str:
+    keys = [
+        key for key in results[0] if key.startswith(("recall@", "mrr@")) and not key.endswith("_ci")
+    ]
+    lines = ["| retriever | n | " + " | ".join(keys) + " |", "|---|---:|" + "---:|" * len(keys)]
+    for result in results:
+        lines.append(
+            f"| {result['retriever']} | {result['n']} | "
+            + " | ".join(f"{result[key]:.3f}" for key in keys)
+            + " |"
+        )
+    return "\n".join(lines) + "\n"

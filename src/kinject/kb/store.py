@@ -1,0 +1,484 @@
+"""The knowledge-base folder: build, incremental update, and opening it for search.
+
+Layout (every change writes a whole new snapshot, then switches ``kb.json`` to it in one
+atomic rename; a crash at any point leaves the previous snapshot in use)::
+
+    KB_DIR/
+      kb.json                 {"format": 1, "snapshot": "snapshots/000002"}
+      .lock                   held while the KB changes
+      snapshots/000002/
+        config.yaml           the KBConfig it was built with
+        documents.jsonl       the cleaned corpus (kinject corpus JSONL), sorted by id
+        manifest.jsonl        per document: id, sha256, source, root, chars, chunks
+        duplicates.json       {dropped id: kept id} for exact-duplicate documents
+        chunks.jsonl          per chunk: id, doc_id, index, start, end, text, sha256
+        embeddings.npy        float32 [chunks, dim], row i = line i of chunks.jsonl
+        dense.faiss           FAISS index over the embeddings (same rows)
+        bm25/                 bm25s index over the chunk texts (same rows)
+        build.json            counts: documents, chunks, vectors embedded and reused
+
+Chunks and vectors of unchanged text are reused by content hash; the indexes are rebuilt from
+the stored rows in document-id order, so a knowledge base after any sequence of updates
+searches exactly like a fresh build of the same documents.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from kinject.config import KBConfig, load_config, to_yaml
+from kinject.errors import KinjectError
+from kinject.fileio import (
+    exclusive_lock,
+    read_jsonl,
+    staging_dir,
+    write_json,
+    write_jsonl,
+    write_text,
+)
+from kinject.kb.chunking import Chunk, Chunker
+from kinject.kb.ingest import IngestedDocument, ingest
+
+FORMAT = 1
+POINTER = "kb.json"
+
+
+@dataclass
+class Change:
+    """What one build or update did."""
+
+    added: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    unchanged: int = 0
+    embedded: int = 0  # vectors computed
+    reused: int = 0  # vectors taken from the previous snapshot by content hash
+    warnings: list[str] = field(default_factory=list)
+    documents: int = 0
+    chunks: int = 0
+
+
+class KnowledgeBase:
+    """An opened snapshot: its config, documents, chunks and (lazily) its search indexes."""
+
+    def __init__(self, folder: Path, snapshot: Path):
+        self.folder = folder
+        self.snapshot = snapshot
+        self.config = load_config(KBConfig, snapshot / "config.yaml")
+        self.manifest = [row for _, row in read_jsonl(snapshot / "manifest.jsonl")]
+        self.chunks = [_chunk(row) for _, row in read_jsonl(snapshot / "chunks.jsonl")]
+        self.duplicates: dict[str, str] = json.loads(
+            (snapshot / "duplicates.json").read_text(encoding="utf-8")
+        )
+        self._embedder = None
+
+    @classmethod
+    def open(cls, folder: str | Path) -> KnowledgeBase:
+        folder = Path(folder)
+        pointer = folder / POINTER
+        if not pointer.exists():
+            raise KinjectError(
+                f"{folder} is not a knowledge base (no {POINTER}); make one with `kinject kb build`"
+            )
+        data = json.loads(pointer.read_text(encoding="utf-8"))
+        if data.get("format") != FORMAT:
+            raise KinjectError(f"{pointer}: unknown knowledge-base format {data.get('format')}")
+        return cls(folder, folder / data["snapshot"])
+
+    def documents(self) -> list[IngestedDocument]:
+        by_id = {row["id"]: row for row in self.manifest}
+        result = []
+        for _, row in read_jsonl(self.snapshot / "documents.jsonl"):
+            meta = by_id[row["id"]]
+            result.append(
+                IngestedDocument(
+                    row["id"],
+                    row["text"],
+                    row.get("title"),
+                    meta["source"],
+                    meta["root"],
+                    meta["sha256"],
+                )
+            )
+        return result
+
+    def embeddings(self) -> np.ndarray:
+        return np.load(self.snapshot / "embeddings.npy")
+
+    @property
+    def embedder(self):
+        from kinject.kb.embedders import make_embedder
+
+        if self._embedder is None:
+            self._embedder = make_embedder(self.config.embedder)
+        return self._embedder
+
+    def retriever(self, kind: str, rrf_k: int = 60):
+        """``dense``, ``bm25`` or ``hybrid`` over this snapshot's chunks."""
+        from kinject.kb.embedders import resolve_preset
+        from kinject.kb.indexes import load_bm25_index, load_dense_index
+        from kinject.kb.retrievers import BM25Retriever, DenseRetriever, HybridRetriever
+
+        if kind == "bm25":
+            return BM25Retriever(load_bm25_index(self.snapshot), len(self.chunks))
+        dense = DenseRetriever(
+            load_dense_index(self.snapshot, self.config.index),
+            self.embedder,
+            resolve_preset(self.config.embedder).query_prefix,
+        )
+        if kind == "dense":
+            return dense
+        if kind == "hybrid":
+            bm25 = BM25Retriever(load_bm25_index(self.snapshot), len(self.chunks))
+            return HybridRetriever(dense, bm25, rrf_k)
+        raise KinjectError(f"unknown retriever '{kind}' (expected dense, bm25 or hybrid)")
+
+
+def _chunk(row: dict) -> Chunk:
+    return Chunk(row["id"], row["doc_id"], row["index"], row["start"], row["end"], row["text"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Building and updating
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    strict: bool = False
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    show_progress: bool = True
+
+
+def build_kb(
+    sources: Sequence[str | Path],
+    out: str | Path,
+    config: KBConfig | None = None,
+    options: SourceOptions = SourceOptions(),
+) -> Change:
+    """A new knowledge base at ``out`` from ``sources``; nothing is left at ``out`` on failure."""
+    config = config or KBConfig()
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise KinjectError(
+            f"{out} already exists; use `kinject kb update` to change it, or choose another --out"
+        )
+    report = _ingest(sources, config, options)
+    if not report.documents:
+        raise KinjectError(f"no documents found in {', '.join(map(str, sources))}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = staging_dir(out.parent, f".{out.name}.building-")
+    try:
+        change = Change(added=[d.id for d in report.documents], warnings=report.warnings)
+        _commit(staging, report.documents, dict(report.duplicates), config, None, change, options)
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return change
+
+
+def add_documents(kb_dir: str | Path, sources, options: SourceOptions = SourceOptions()) -> Change:
+    """New documents from ``sources``; an id already in the KB is refused (use update)."""
+
+    def plan(current: dict[str, IngestedDocument], incoming, change: Change):
+        for document in incoming:
+            if document.id in current and current[document.id].sha256 != document.sha256:
+                _bad(
+                    change,
+                    options,
+                    f"{document.source}: document '{document.id}' is already in the knowledge "
+                    "base with other text; use `kinject kb update` to replace it",
+                )
+            elif document.id not in current:
+                current[document.id] = document
+                change.added.append(document.id)
+        return current
+
+    return _update(kb_dir, sources, plan, options)
+
+
+def update_documents(
+    kb_dir: str | Path, sources, options: SourceOptions = SourceOptions()
+) -> Change:
+    """Make the KB hold what ``sources`` hold now: new and changed documents in, and documents
+    that came from the same source folder or file but are gone from it, out."""
+
+    def plan(current: dict[str, IngestedDocument], incoming, change: Change):
+        roots = {str(Path(source).resolve()) for source in sources}
+        seen = {document.id for document in incoming}
+        for doc_id in sorted(current):
+            if current[doc_id].root in roots and doc_id not in seen:
+                del current[doc_id]
+                change.removed.append(doc_id)
+        for document in incoming:
+            old = current.get(document.id)
+            if old is None:
+                change.added.append(document.id)
+            elif old.sha256 != document.sha256:
+                change.changed.append(document.id)
+            current[document.id] = document
+        return current
+
+    return _update(kb_dir, sources, plan, options)
+
+
+def remove_documents(
+    kb_dir: str | Path, doc_ids: Sequence[str], options: SourceOptions = SourceOptions()
+) -> Change:
+    def plan(current: dict[str, IngestedDocument], incoming, change: Change):
+        for doc_id in doc_ids:
+            if doc_id in current:
+                del current[doc_id]
+                change.removed.append(doc_id)
+            else:
+                _bad(change, options, f"{kb_dir}: no document '{doc_id}' in the knowledge base")
+        return current
+
+    return _update(kb_dir, (), plan, options)
+
+
+def _bad(change: Change, options: SourceOptions, message: str) -> None:
+    if options.strict:
+        raise KinjectError(message)
+    change.warnings.append(message)
+
+
+def _update(kb_dir, sources, plan, options: SourceOptions) -> Change:
+    kb_dir = Path(kb_dir)
+    with exclusive_lock(kb_dir / ".lock"):
+        kb = KnowledgeBase.open(kb_dir)
+        report = _ingest(sources, kb.config, options) if sources else None
+        change = Change(warnings=list(report.warnings) if report else [])
+        # Documents dropped as duplicates earlier come back into play: dedup runs on the whole.
+        current = {document.id: document for document in kb.documents()}
+        current = plan(current, report.documents if report else [], change)
+        documents, duplicates = drop_duplicates(current.values())
+        if not documents:
+            raise KinjectError(f"{kb_dir}: the update would leave the knowledge base empty")
+        touched = set(change.added) | set(change.changed) | set(change.removed)
+        change.unchanged = len([d for d in documents if d.id not in touched])
+        _clean_stale(kb_dir)
+        staging = staging_dir(_snapshots(kb_dir), ".tmp-")
+        try:
+            _commit(staging, documents, duplicates, kb.config, kb, change, options)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        shutil.rmtree(kb.snapshot)
+        return change
+
+
+def drop_duplicates(
+    documents,
+) -> tuple[list[IngestedDocument], dict[str, str]]:
+    """Documents sorted by id with exact-duplicate texts dropped (the first id is kept)."""
+    kept: dict[str, IngestedDocument] = {}
+    duplicates: dict[str, str] = {}
+    for document in sorted(documents, key=lambda d: d.id):
+        first = kept.get(document.sha256)
+        if first is None:
+            kept[document.sha256] = document
+        else:
+            duplicates[document.id] = first.id
+    return sorted(kept.values(), key=lambda d: d.id), duplicates
+
+
+def _ingest(sources, config: KBConfig, options: SourceOptions):
+    report = ingest(
+        sources,
+        strict=options.strict,
+        include=options.include,
+        exclude=options.exclude,
+        max_file_mb=config.max_file_mb,
+        show_progress=options.show_progress,
+    )
+    return report
+
+
+def _snapshots(kb_dir: Path) -> Path:
+    folder = kb_dir / "snapshots"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _clean_stale(kb_dir: Path) -> None:
+    """Remove what a crashed update left: temporary folders and unreferenced snapshots."""
+    current = json.loads((kb_dir / POINTER).read_text(encoding="utf-8"))["snapshot"]
+    for path in _snapshots(kb_dir).iterdir():
+        if path.relative_to(kb_dir).as_posix() != current:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _commit(
+    staging: Path,
+    documents: list[IngestedDocument],
+    duplicates: dict[str, str],
+    config: KBConfig,
+    previous: KnowledgeBase | None,
+    change: Change,
+    options: SourceOptions,
+) -> None:
+    """Write a complete snapshot into ``staging``, then make it the KB's current one.
+
+    For a new KB ``staging`` is the KB folder to be; for an update it is a temporary folder
+    under ``KB_DIR/snapshots``.
+    """
+    chunks = chunk_documents(documents, config, previous)
+    if not chunks:
+        raise KinjectError("the documents hold no text to index")
+    embeddings = _embeddings(chunks, config, previous, change, options.show_progress)
+    if previous is None:
+        kb_dir, snapshot = staging, staging / "snapshots" / "000001"
+        number = 1
+    else:
+        kb_dir = previous.folder
+        number = int(previous.snapshot.name) + 1
+        snapshot = staging
+    _write_snapshot(snapshot, documents, duplicates, chunks, embeddings, config, change)
+    final = kb_dir / "snapshots" / f"{number:06d}"
+    if snapshot != final:
+        os.rename(snapshot, final)
+    write_json(kb_dir / POINTER, {"format": FORMAT, "snapshot": f"snapshots/{number:06d}"})
+    change.documents, change.chunks = len(documents), len(chunks)
+
+
+def chunk_documents(
+    documents: Sequence[IngestedDocument], config: KBConfig, previous: KnowledgeBase | None
+) -> list[Chunk]:
+    """Chunks of every document, in order; an unchanged document keeps its previous chunks."""
+    old: dict[tuple[str, str], list[Chunk]] = {}
+    if previous is not None:
+        sha = {row["id"]: row["sha256"] for row in previous.manifest}
+        for chunk in previous.chunks:
+            old.setdefault((chunk.doc_id, sha[chunk.doc_id]), []).append(chunk)
+    chunker = None
+    chunks: list[Chunk] = []
+    for document in documents:
+        reused = old.get((document.id, document.sha256))
+        if reused is None:
+            chunker = chunker or make_chunker(config)
+            reused = chunker.chunk(document.id, document.text)
+        chunks.extend(reused)
+    return chunks
+
+
+def make_chunker(config: KBConfig) -> Chunker:
+    from transformers import AutoTokenizer
+
+    from kinject.kb.embedders import resolve_preset
+
+    source = config.chunking.tokenizer or resolve_preset(config.embedder).model
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=config.embedder.revision)
+    except OSError as error:
+        reason = " ".join(str(error).split())
+        raise KinjectError(f"cannot load the chunking tokenizer '{source}': {reason}") from None
+    return Chunker(tokenizer, config.chunking.size, config.chunking.overlap)
+
+
+def _embeddings(
+    chunks: list[Chunk],
+    config: KBConfig,
+    previous: KnowledgeBase | None,
+    change: Change,
+    show_progress: bool,
+) -> np.ndarray:
+    """One vector per chunk; texts seen before (by hash) reuse their vector, each new text is
+    embedded once."""
+    from kinject.kb.embedders import make_embedder
+
+    cache: dict[str, np.ndarray] = {}
+    if previous is not None:
+        vectors = previous.embeddings()
+        for chunk, vector in zip(previous.chunks, vectors):
+            cache[chunk.sha256] = vector
+    new_texts = {chunk.sha256: chunk.text for chunk in chunks if chunk.sha256 not in cache}
+    change.reused = sum(1 for chunk in chunks if chunk.sha256 in cache)
+    change.embedded = len(new_texts)
+    if new_texts:
+        embedder = previous.embedder if previous is not None else make_embedder(config.embedder)
+        embedder.show_progress = show_progress
+        hashes = sorted(new_texts)
+        fresh = embedder.embed([new_texts[sha] for sha in hashes])
+        cache.update(zip(hashes, fresh))
+    return np.stack([cache[chunk.sha256] for chunk in chunks]).astype(np.float32)
+
+
+def _write_snapshot(
+    folder: Path,
+    documents: list[IngestedDocument],
+    duplicates: dict[str, str],
+    chunks: list[Chunk],
+    embeddings: np.ndarray,
+    config: KBConfig,
+    change: Change,
+) -> None:
+    from kinject.kb.indexes import (
+        build_bm25_index,
+        build_dense_index,
+        save_bm25_index,
+        save_dense_index,
+    )
+
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text(folder / "config.yaml", to_yaml(config))
+    write_jsonl(folder / "documents.jsonl", (_corpus_row(d) for d in documents))
+    counts: dict[str, int] = {}
+    for chunk in chunks:
+        counts[chunk.doc_id] = counts.get(chunk.doc_id, 0) + 1
+    write_jsonl(
+        folder / "manifest.jsonl",
+        (
+            {
+                "id": d.id,
+                "sha256": d.sha256,
+                "source": d.source,
+                "root": d.root,
+                "chars": len(d.text),
+                "chunks": counts.get(d.id, 0),
+            }
+            for d in documents
+        ),
+    )
+    write_json(folder / "duplicates.json", duplicates)
+    write_jsonl(folder / "chunks.jsonl", (chunk.to_json() for chunk in chunks))
+    np.save(folder / "embeddings.npy", embeddings)
+    save_dense_index(build_dense_index(embeddings, config.index), folder)
+    save_bm25_index(build_bm25_index([chunk.text for chunk in chunks]), folder)
+    write_json(
+        folder / "build.json",
+        {
+            "documents": len(documents),
+            "chunks": len(chunks),
+            "embedded": change.embedded,
+            "reused": change.reused,
+            "duplicates": len(duplicates),
+        },
+    )
+    _fsync_tree(folder)
+
+
+def _corpus_row(document: IngestedDocument) -> dict:
+    row = {"id": document.id, "text": document.text}
+    if document.title:
+        row["title"] = document.title
+    row["source"] = document.source
+    return row
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush every file of a snapshot before the pointer names it."""
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
