@@ -17,12 +17,12 @@ from conftest import MMLU_DIR, MMLU_SUBJECTS
 
 lm_eval = pytest.importorskip("lm_eval")
 
-from kinject.config import WorldConfig  # noqa: E402
-from kinject.scoring.loglikelihood import LoglikelihoodScorer  # noqa: E402
-from kinject.tasks.items import Task  # noqa: E402
-from kinject.tasks.loaders import jsonl_task, mmlu_task  # noqa: E402
-from kinject.tasks.prompts import build_prompt  # noqa: E402
-from kinject.world.build import build_world, write_world  # noqa: E402
+from kinject.config import WorldConfig
+from kinject.scoring.loglikelihood import LoglikelihoodScorer
+from kinject.tasks.items import Task
+from kinject.tasks.loaders import jsonl_task, mmlu_task
+from kinject.tasks.prompts import build_prompt
+from kinject.world.build import build_world, write_world
 
 OPTION_TASK_YAML = """task: {name}
 dataset_path: json
