@@ -108,7 +108,7 @@ def test_k_is_chosen_on_validation_and_test_is_scored_at_that_k_only(
             assert metric["recall"] == round(sum(found) / len(found), 4)
     table = (tmp_path / "run" / "table.md").read_text()
     assert "K chosen on 'validation'" in table and "R@" in table
-    assert retabulate(tmp_path / "run") == result.metrics  # rebuilt from records alone
+    assert retabulate(tmp_path / "run").metrics == result.metrics  # rebuilt from records alone
 
 
 def test_rag_run_resumes_without_rescoring(tmp_path, world_dir, kb_dir, tiny_llama_dir):

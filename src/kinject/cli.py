@@ -118,12 +118,13 @@ def eval_command(
     """
     from kinject.config import EvalConfig, load_config
     from kinject.evaluation.evaluate import run_evaluation
-    from kinject.evaluation.report import rich_table
+    from kinject.evaluation.report import rich_tables
 
     eval_config = load_config(EvalConfig, config).with_paths_resolved(config.parent)
     run_dir = out or Path("runs") / config.stem
     result = run_evaluation(eval_config, run_dir)
-    _print(rich_table(result.metrics))
+    for table in rich_tables(result.metrics, result.select_k_on):
+        _print(table)
     typer.echo(f"run folder: {run_dir}")
 
 
@@ -137,9 +138,11 @@ def table(run_dir: Annotated[Path, typer.Argument(help="A run folder.")]) -> Non
         kinject table runs/demo
     """
     from kinject.evaluation.evaluate import retabulate
-    from kinject.evaluation.report import rich_table
+    from kinject.evaluation.report import rich_tables
 
-    _print(rich_table(retabulate(run_dir)))
+    result = retabulate(run_dir)
+    for rendered in rich_tables(result.metrics, result.select_k_on):
+        _print(rendered)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -139,7 +139,7 @@ def run_demo(
     from rich.console import Console
 
     from kinject.evaluation.evaluate import run_evaluation
-    from kinject.evaluation.report import rich_k_table, rich_table
+    from kinject.evaluation.report import rich_tables
     from kinject.models.base_model import ensure_base_model
 
     console = Console()
@@ -164,9 +164,9 @@ def run_demo(
         run_dir / "checks.json",
         {"checks": [{"check": c.label, "value": c.value, "passed": c.passed} for c in results]},
     )
-    console.print(rich_table(result.metrics, title="kinject demo: accuracy [95% CI]"))
-    if kb is not None:
-        console.print(rich_k_table(result.metrics, "validation"))
+    title = "kinject demo: accuracy [95% CI]"
+    for table in rich_tables(result.metrics, result.select_k_on, title):
+        console.print(table)
     for check in results:
         mark = "[green]PASS[/green]" if check.passed else "[red]FAIL[/red]"
         console.print(f"{mark} {check.label}: {check.value:.3f}")

@@ -32,6 +32,7 @@ from kinject.tasks.loaders import jsonl_task, mmlu_task
 class EvalResult:
     run_dir: Path
     metrics: list[dict]
+    select_k_on: str | None = None  # the rag arm's validation task
 
 
 def load_task(spec: TaskSpec) -> Task:
@@ -125,8 +126,9 @@ def run_evaluation(
 ) -> EvalResult:
     """Score every (task × arm × shots) cell not yet in ``run_dir`` and write the run files.
 
-    With ``rag.select_k_on``, the rag arm's K grid is scored on that task first; the other
-    tasks are then scored at its best K for each number of shots (never chosen on them).
+    With ``rag.select_k_on``, that task is the validation set of the rag arm alone: its K grid
+    is scored there first, and the other tasks are then scored at the best K for each number
+    of shots (K is never chosen on them).
     """
     run_dir = Path(run_dir)
     tasks = [load_task(spec) for spec in config.tasks]  # bad inputs fail before any model work
@@ -135,30 +137,29 @@ def run_evaluation(
     check_run_dir(config, run_dir)
     session = _ScoringSession(config, run_dir, model_and_tokenizer, show_progress)
     select_on = config.rag.select_k_on if config.rag else None
-    deferred = lambda task, arm: arm.name == "rag" and select_on not in (None, task.name)
+    grid = [arm for arm in arms if arm.name == "rag"] if select_on else []
     plan = [
         (task, arm, shots)
         for task in tasks
+        if task.name == select_on
+        for arm in grid
+        for shots in config.shots
+    ]
+    session.score(plan)  # the K grid on the validation task
+    selected = choose_k(session.store, select_on, config) if select_on else None
+    test = [
+        (task, arm, shots)
+        for task in tasks
+        if task.name != select_on
         for arm in arms
         for shots in config.shots
-        if not deferred(task, arm)
+        if arm not in grid or arm.k == selected[shots]
     ]
-    session.score(plan)
-    selected = None
-    if select_on:
-        selected = choose_k(session.store, select_on, config)
-        second = [
-            (task, arm, shots)
-            for task in tasks
-            for arm in arms
-            for shots in config.shots
-            if deferred(task, arm) and arm.k == selected[shots]
-        ]
-        session.score(second)
-        plan += second
+    session.score(test)
+    plan += test
     cells = [Cell(arm.name, task.name, shots, arm.k) for task, arm, shots in plan]
     metrics = tabulate(run_dir, cells, config)
-    return EvalResult(run_dir, metrics)
+    return EvalResult(run_dir, metrics, select_on)
 
 
 class _ScoringSession:
@@ -263,7 +264,7 @@ def _write_metrics(run_dir: Path, metrics: list[dict], config: EvalConfig) -> li
     return metrics
 
 
-def retabulate(run_dir: str | Path) -> list[dict]:
+def retabulate(run_dir: str | Path) -> EvalResult:
     """Metrics and table again from ``records.jsonl`` alone: no model, no tasks needed."""
     from kinject.config import load_config
 
@@ -275,4 +276,5 @@ def retabulate(run_dir: str | Path) -> list[dict]:
     metrics = [
         cell_metrics(rows, config.seed, config.bootstrap_resamples) for rows in groups.values()
     ]
-    return _write_metrics(run_dir, metrics, config)
+    _write_metrics(run_dir, metrics, config)
+    return EvalResult(run_dir, metrics, config.rag.select_k_on if config.rag else None)

@@ -36,13 +36,13 @@ def _column(metric: dict) -> str:
     return metric["arm"]
 
 
-def _pivot(metrics: Sequence[dict]) -> tuple[list[str], list[tuple], dict]:
+def _pivot(metrics: Sequence[dict], select_k_on: str | None) -> tuple[list[str], list[tuple], dict]:
     columns: list[str] = []
     rows: list[tuple] = []
     cells = {}
     for metric in metrics:
-        if metric.get("selected") is False:
-            continue  # the K grid on the selection task: in the K table
+        if metric.get("selected") is False or metric["split"] == select_k_on:
+            continue  # the K grid on the validation task: in the K table
         column = _column(metric)
         if column not in columns:
             columns.append(column)
@@ -53,8 +53,10 @@ def _pivot(metrics: Sequence[dict]) -> tuple[list[str], list[tuple], dict]:
     return columns, rows, cells
 
 
-def _main_rows(metrics: Sequence[dict], short: bool = False) -> tuple[list[str], list[list[str]]]:
-    columns, rows, cells = _pivot(metrics)
+def _main_rows(
+    metrics: Sequence[dict], select_k_on: str | None, short: bool = False
+) -> tuple[list[str], list[list[str]]]:
+    columns, rows, cells = _pivot(metrics, select_k_on)
     body = []
     for row in rows:
         values = [
@@ -96,7 +98,7 @@ def _markdown(header: list[str], body: list[list[str]]) -> list[str]:
 
 def markdown_table(metrics: Sequence[dict], select_k_on: str | None = None) -> str:
     """Accuracy with 95% bootstrap CI: the main table, the K grid, then every cell."""
-    lines = _markdown(*_main_rows(metrics))
+    lines = _markdown(*_main_rows(metrics, select_k_on))
     if select_k_on:
         lines += ["", f"RAG: K chosen on '{select_k_on}' (* = chosen), accuracy by K:", ""]
         lines += _markdown(*_k_grid_rows(metrics, select_k_on))
@@ -119,25 +121,24 @@ def markdown_table(metrics: Sequence[dict], select_k_on: str | None = None) -> s
     return "\n".join(lines) + "\n"
 
 
-def rich_table(metrics: Sequence[dict], title: str = "Accuracy [95% CI]"):
+def rich_tables(
+    metrics: Sequence[dict], select_k_on: str | None = None, title: str = "Accuracy [95% CI]"
+) -> list:
+    """The main table, and the rag arm's accuracy by K on the validation task if it has one."""
     from rich.table import Table
 
-    header, body = _main_rows(metrics, short=True)
+    header, body = _main_rows(metrics, select_k_on, short=True)
     table = Table(title=title)
     for position, name in enumerate(header):
         table.add_column(name, justify="left" if position == 0 else "right")
     for row in body:
         table.add_row(*row)
-    return table
-
-
-def rich_k_table(metrics: Sequence[dict], task: str):
-    from rich.table import Table
-
-    header, body = _k_grid_rows(metrics, task, short=True)
-    table = Table(title=f"RAG: accuracy by K on '{task}' (* = chosen)")
+    if not select_k_on:
+        return [table]
+    header, body = _k_grid_rows(metrics, select_k_on, short=True)
+    k_table = Table(title=f"rag: accuracy by K on '{select_k_on}' (* = chosen)")
     for name in header:
-        table.add_column(name, justify="right")
+        k_table.add_column(name, justify="right")
     for row in body:
-        table.add_row(*row)
-    return table
+        k_table.add_row(*row)
+    return [table, k_table]

@@ -8,8 +8,9 @@ with the last sentences of the one before, up to ``overlap`` tokens::
     chunk 0     |--s0--|---s1---|-s2-|                        (<= size tokens)
     chunk 1                     |-s2-|----s3----|--s4--|      (s2 carried: <= overlap tokens)
 
-A sentence longer than ``size`` tokens is cut into windows of ``size`` tokens that step by
-``size - overlap``.  Every chunk is an exact character span of its document:
+A sentence longer than ``size`` tokens is cut into windows of at most ``size`` tokens that
+overlap by at most ``overlap``, cut between words (inside a word only when one word is longer
+than a window).  Every chunk is an exact character span of its document:
 ``chunk.text == document.text[chunk.start:chunk.end]``.
 """
 
@@ -84,7 +85,10 @@ class Chunker:
             first, last = bisect.bisect_left(starts, a), bisect.bisect_left(starts, b)
             if last > first:
                 units.append((first, last))
-        ranges = self._pack(units)
+        # word_start[i]: token i follows whitespace (or opens the text), so a cut before it
+        # does not split a word
+        word_start = [i == 0 or offsets[i - 1][1] < offsets[i][0] for i in range(len(offsets))]
+        ranges = self._pack(units, word_start)
         chunks = []
         for index, (first, last) in enumerate(ranges):
             start, end = offsets[first][0], offsets[last - 1][1]
@@ -97,7 +101,7 @@ class Chunker:
         )
         return [(a, b) for a, b in encoding["offset_mapping"] if b > a]
 
-    def _pack(self, units: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    def _pack(self, units: list[tuple[int, int]], word_start: list[bool]) -> list[tuple[int, int]]:
         """Token ranges of the chunks: whole sentences, carried overlap, long ones windowed."""
         ranges: list[tuple[int, int]] = []
         current: list[tuple[int, int]] = []
@@ -106,7 +110,7 @@ class Chunker:
             if length > self.size:
                 if current:
                     ranges.append((current[0][0], current[-1][1]))
-                ranges.extend(self._windows(*unit))
+                ranges.extend(self._windows(*unit, word_start))
                 current = []
                 continue
             if current and unit[1] - current[0][0] > self.size:
@@ -127,11 +131,18 @@ class Chunker:
             carried.insert(0, unit)
         return carried
 
-    def _windows(self, first: int, last: int) -> list[tuple[int, int]]:
-        step = self.size - self.overlap
+    def _windows(self, first: int, last: int, word_start: list[bool]) -> list[tuple[int, int]]:
+        """Windows of at most ``size`` tokens over ``[first, last)``, each ending before the
+        last word start that fits and the next one starting at the first word start within
+        ``overlap`` tokens of that end (hard cuts only where no word starts)."""
         windows = []
-        for start in range(first, last, step):
-            windows.append((start, min(start + self.size, last)))
-            if start + self.size >= last:
-                break
-        return windows
+        start = first
+        while True:
+            end = min(start + self.size, last)
+            if end < last:
+                end = next((i for i in range(end, start, -1) if word_start[i]), end)
+            windows.append((start, end))
+            if end == last:
+                return windows
+            after = range(max(end - self.overlap, start + 1), end)
+            start = next((i for i in after if word_start[i]), end)

@@ -8,7 +8,8 @@ Any sentence-transformers model (a local folder or a hub id) works the same way.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,8 +58,9 @@ class SentenceTransformerEmbedder(Embedder):
     """A sentence-transformers model, batched by token length.
 
     Texts are grouped by their (truncated) token count and each group is encoded without
-    padding, so a text's vector does not depend on which texts share its batch: embeddings
-    reused from an earlier build are bit-identical to fresh ones.
+    padding, on CPU with one thread (see :func:`_one_cpu_thread`), so a text's vector does not
+    depend on which texts share its batch: embeddings reused from an earlier build are
+    bit-identical to fresh ones.
     """
 
     def __init__(self, config: EmbedderConfig, show_progress: bool = False):
@@ -89,7 +91,10 @@ class SentenceTransformerEmbedder(Embedder):
         groups: dict[int, list[int]] = {}
         for position, length in enumerate(self._lengths(texts)):
             groups.setdefault(length, []).append(position)
-        with progress_bar("embedding", len(texts), enabled=self.show_progress) as bar:
+        with (
+            progress_bar("embedding", len(texts), enabled=self.show_progress) as bar,
+            _one_cpu_thread(model.device),
+        ):
             for positions in groups.values():
                 for first in range(0, len(positions), self.config.batch_size):
                     batch = positions[first : first + self.config.batch_size]
@@ -109,6 +114,29 @@ class SentenceTransformerEmbedder(Embedder):
             list(texts), add_special_tokens=True, truncation=True, max_length=limit
         )
         return [len(ids) for ids in encoded["input_ids"]]
+
+
+@contextmanager
+def _one_cpu_thread(device) -> Iterator[None]:
+    """On CPU, encode with one thread.
+
+    With several threads the BLAS splits a matrix product by its shape (rows = texts x
+    tokens), so a short text's vector differs in its last bits between a batch of one and a
+    batch of many (and between machines with different core counts); with one thread it is a
+    function of the text alone.  One thread also avoids the slowdown of threads waiting on
+    each other on a busy machine.
+    """
+    import torch
+
+    if device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _load_sentence_transformer(config: EmbedderConfig, model_path: str):

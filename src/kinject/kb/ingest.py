@@ -80,6 +80,7 @@ class IngestReport:
     documents: list[IngestedDocument]  # sorted by id, exact duplicates removed
     warnings: list[str] = field(default_factory=list)  # one line each, naming the file
     duplicates: list[tuple[str, str]] = field(default_factory=list)  # (dropped id, kept id)
+    dropped: list[IngestedDocument] = field(default_factory=list)  # those dropped, by id
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,7 @@ def ingest(
     its SOURCE folder and against its name (``exclude`` also prunes matching folders); they
     do not apply to a SOURCE that is itself a file.  Files over ``max_file_mb`` (10^6 bytes)
     are skipped without being read.  Documents with the same cleaned text are kept once,
-    under the id that sorts first; the others are listed in ``duplicates``.
+    under the id that sorts first; the others are listed in ``duplicates`` (and ``dropped``).
     """
     if isinstance(sources, (str, Path)):
         sources = [sources]
@@ -150,7 +151,9 @@ def ingest(
                     documents.append(document)
             bar.advance(1, info=file.doc_id)
     kept, duplicates = _drop_exact_duplicates(documents)
-    return IngestReport(kept, run.warnings, duplicates)
+    dropped_ids = {dropped for dropped, _ in duplicates}
+    dropped = sorted((d for d in documents if d.id in dropped_ids), key=lambda d: d.id)
+    return IngestReport(kept, run.warnings, duplicates, dropped)
 
 
 def clean_text(text: str) -> str:

@@ -9,7 +9,8 @@ atomic rename; a crash at any point leaves the previous snapshot in use)::
       snapshots/000002/
         config.yaml           the KBConfig it was built with
         documents.jsonl       the cleaned corpus (kinject corpus JSONL), sorted by id
-        manifest.jsonl        per document: id, sha256, source, root, chars, chunks
+        manifest.jsonl        per document: id, sha256, title, source, root, chars, chunks;
+                              an exact duplicate (not indexed) also has duplicate_of
         duplicates.json       {dropped id: kept id} for exact-duplicate documents
         chunks.jsonl          per chunk: id, doc_id, index, start, end, text, sha256
         embeddings.npy        float32 [chunks, dim], row i = line i of chunks.jsonl
@@ -92,7 +93,9 @@ class KnowledgeBase:
             raise KinjectError(f"{pointer}: unknown knowledge-base format {data.get('format')}")
         return cls(folder, folder / data["snapshot"])
 
-    def documents(self) -> list[IngestedDocument]:
+    def documents(self, with_duplicates: bool = False) -> list[IngestedDocument]:
+        """The indexed documents, sorted by id; ``with_duplicates``: also those dropped as exact
+        duplicates of one of them (the same text, under their own id, title and source)."""
         by_id = {row["id"]: row for row in self.manifest}
         result = []
         for _, row in read_jsonl(self.snapshot / "documents.jsonl"):
@@ -107,6 +110,21 @@ class KnowledgeBase:
                     meta["sha256"],
                 )
             )
+        if with_duplicates:
+            texts = {document.id: document.text for document in result}
+            result += [
+                IngestedDocument(
+                    row["id"],
+                    texts[row["duplicate_of"]],
+                    row.get("title"),
+                    row["source"],
+                    row["root"],
+                    row["sha256"],
+                )
+                for row in self.manifest
+                if "duplicate_of" in row
+            ]
+            result.sort(key=lambda d: d.id)
         return result
 
     def embeddings(self) -> np.ndarray:
@@ -177,7 +195,7 @@ def build_kb(
     staging = staging_dir(out.parent, f".{out.name}.building-")
     try:
         change = Change(added=[d.id for d in report.documents], warnings=report.warnings)
-        _commit(staging, report.documents, dict(report.duplicates), config, None, change, options)
+        _commit(staging, report.documents, report.dropped, config, None, change, options)
         if out.exists():
             out.rmdir()  # empty, checked above
         staging.rename(out)
@@ -214,10 +232,10 @@ def update_documents(
     that came from the same source folder or file but are gone from it, out."""
 
     def plan(current: dict[str, IngestedDocument], incoming, change: Change):
-        roots = {str(Path(source).resolve()) for source in sources}
+        roots = {Path(source).resolve() for source in sources}  # the same folder by any name
         seen = {document.id for document in incoming}
         for doc_id in sorted(current):
-            if current[doc_id].root in roots and doc_id not in seen:
+            if Path(current[doc_id].root).resolve() in roots and doc_id not in seen:
                 del current[doc_id]
                 change.removed.append(doc_id)
         for document in incoming:
@@ -259,10 +277,13 @@ def _update(kb_dir, sources, plan, options: SourceOptions) -> Change:
         kb = KnowledgeBase.open(kb_dir)
         report = _ingest(sources, kb.config, options) if sources else None
         change = Change(warnings=list(report.warnings) if report else [])
-        # Documents dropped as duplicates earlier come back into play: dedup runs on the whole.
-        current = {document.id: document for document in kb.documents()}
-        current = plan(current, report.documents if report else [], change)
-        documents, duplicates = drop_duplicates(current.values())
+        # Documents dropped as duplicates come back into play: dedup runs on the whole.
+        current = {document.id: document for document in kb.documents(with_duplicates=True)}
+        incoming = (
+            sorted([*report.documents, *report.dropped], key=lambda d: d.id) if report else []
+        )
+        current = plan(current, incoming, change)
+        documents, dropped = drop_duplicates(current.values())
         if not documents:
             raise KinjectError(f"{kb_dir}: the update would leave the knowledge base empty")
         touched = set(change.added) | set(change.changed) | set(change.removed)
@@ -270,7 +291,7 @@ def _update(kb_dir, sources, plan, options: SourceOptions) -> Change:
         _clean_stale(kb_dir)
         staging = staging_dir(_snapshots(kb_dir), ".tmp-")
         try:
-            _commit(staging, documents, duplicates, kb.config, kb, change, options)
+            _commit(staging, documents, dropped, kb.config, kb, change, options)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -280,17 +301,17 @@ def _update(kb_dir, sources, plan, options: SourceOptions) -> Change:
 
 def drop_duplicates(
     documents,
-) -> tuple[list[IngestedDocument], dict[str, str]]:
-    """Documents sorted by id with exact-duplicate texts dropped (the first id is kept)."""
+) -> tuple[list[IngestedDocument], list[IngestedDocument]]:
+    """Documents sorted by id with exact-duplicate texts dropped (the first id is kept), and
+    the dropped ones, sorted by id."""
     kept: dict[str, IngestedDocument] = {}
-    duplicates: dict[str, str] = {}
+    dropped: list[IngestedDocument] = []
     for document in sorted(documents, key=lambda d: d.id):
-        first = kept.get(document.sha256)
-        if first is None:
-            kept[document.sha256] = document
+        if document.sha256 in kept:
+            dropped.append(document)
         else:
-            duplicates[document.id] = first.id
-    return sorted(kept.values(), key=lambda d: d.id), duplicates
+            kept[document.sha256] = document
+    return sorted(kept.values(), key=lambda d: d.id), dropped
 
 
 def _ingest(sources, config: KBConfig, options: SourceOptions):
@@ -322,7 +343,7 @@ def _clean_stale(kb_dir: Path) -> None:
 def _commit(
     staging: Path,
     documents: list[IngestedDocument],
-    duplicates: dict[str, str],
+    dropped: list[IngestedDocument],
     config: KBConfig,
     previous: KnowledgeBase | None,
     change: Change,
@@ -344,7 +365,7 @@ def _commit(
         kb_dir = previous.folder
         number = int(previous.snapshot.name) + 1
         snapshot = staging
-    _write_snapshot(snapshot, documents, duplicates, chunks, embeddings, config, change)
+    _write_snapshot(snapshot, documents, dropped, chunks, embeddings, config, change)
     final = kb_dir / "snapshots" / f"{number:06d}"
     if snapshot != final:
         os.rename(snapshot, final)
@@ -417,7 +438,7 @@ def _embeddings(
 def _write_snapshot(
     folder: Path,
     documents: list[IngestedDocument],
-    duplicates: dict[str, str],
+    dropped: list[IngestedDocument],
     chunks: list[Chunk],
     embeddings: np.ndarray,
     config: KBConfig,
@@ -436,18 +457,13 @@ def _write_snapshot(
     counts: dict[str, int] = {}
     for chunk in chunks:
         counts[chunk.doc_id] = counts.get(chunk.doc_id, 0) + 1
+    kept = {d.sha256: d.id for d in documents}
+    duplicates = {d.id: kept[d.sha256] for d in dropped}
     write_jsonl(
         folder / "manifest.jsonl",
         (
-            {
-                "id": d.id,
-                "sha256": d.sha256,
-                "source": d.source,
-                "root": d.root,
-                "chars": len(d.text),
-                "chunks": counts.get(d.id, 0),
-            }
-            for d in documents
+            _manifest_row(d, counts.get(d.id, 0), duplicates.get(d.id))
+            for d in sorted([*documents, *dropped], key=lambda d: d.id)
         ),
     )
     write_json(folder / "duplicates.json", duplicates)
@@ -466,6 +482,17 @@ def _write_snapshot(
         },
     )
     _fsync_tree(folder)
+
+
+def _manifest_row(document: IngestedDocument, chunks: int, duplicate_of: str | None) -> dict:
+    row = {"id": document.id, "sha256": document.sha256}
+    if document.title:
+        row["title"] = document.title
+    row |= {"source": document.source, "root": document.root, "chars": len(document.text)}
+    row |= {"chunks": chunks}
+    if duplicate_of is not None:
+        row["duplicate_of"] = duplicate_of  # not indexed: its text is its kept copy's
+    return row
 
 
 def _corpus_row(document: IngestedDocument) -> dict:
