@@ -76,12 +76,16 @@ def test_rag_context_is_the_top_chunks_in_rank_order(world_dir, kb_dir):
 def test_k_is_chosen_on_validation_and_test_is_scored_at_that_k_only(
     tmp_path, world_dir, kb_dir, tiny_llama_dir
 ):
-    config = _config(world_dir, kb_dir, tiny_llama_dir, select_k_on="validation")
+    config = _config(
+        world_dir, kb_dir, tiny_llama_dir, select_k_on="validation", select_k_sample=10
+    )
     result = run_evaluation(config, tmp_path / "run", show_progress=False)
     summary = json.loads((tmp_path / "run" / "metrics.json").read_text())
     selected = {int(s): k for s, k in summary["selected_k"].items()}
     grid = [m for m in result.metrics if m["arm"] == "rag" and m["split"] == "validation"]
     assert sorted((m["shots"], m["k"]) for m in grid) == [(s, k) for s in (0, 1) for k in (0, 1, 2)]
+    assert {m["n"] for m in grid} == {10}  # the seeded validation sample
+    assert all(m["n"] == 4 * 6 for m in result.metrics if m["split"] == "new")
     for shots, k in selected.items():  # the best validation accuracy, ties to the smaller K
         best = max(m["acc"] for m in grid if m["shots"] == shots)
         assert k == min(m["k"] for m in grid if m["shots"] == shots and m["acc"] == best)

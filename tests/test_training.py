@@ -109,3 +109,22 @@ def test_a_killed_run_resumes_to_the_same_weights(bpe_tokenizer, tmp_path):
     assert [entry["step"] for entry in result.log] == sorted(
         {entry["step"] for entry in result.log}
     )
+
+
+def test_a_checkpoint_of_another_format_is_refused_with_its_path(bpe_tokenizer, tmp_path):
+    from kinject.training.loop import StaleCheckpoint
+
+    model = _tiny_llama(bpe_tokenizer)
+    # the layout before checkpoints carried a format number
+    torch.save({"model": model.state_dict(), "step": 3}, tmp_path / "checkpoint.pt")
+    blocks = PackedBlocks(bpe_tokenizer, lambda e: DOCS, 32, 2)
+    schedule = Schedule(steps=4, learning_rate=1e-2, warmup_steps=1, weight_decay=0.1)
+    with pytest.raises(StaleCheckpoint, match="checkpoint.pt was written by another version"):
+        train(
+            model,
+            blocks.batch_for,
+            schedule,
+            bf16=False,
+            checkpoint_dir=tmp_path,
+            show_progress=False,
+        )

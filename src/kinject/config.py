@@ -200,6 +200,12 @@ class RagConfig(Section):
         description="A task name: score the K grid on it alone, then the other tasks at its "
         "best K (per shots). Without it, every task is scored at every K.",
     )
+    select_k_sample: int | None = Field(
+        None,
+        ge=1,
+        description="Score the K grid on this many questions of the select_k_on task (a "
+        "sample seeded by the run's seed); default: all of them.",
+    )
     template: str = Field(
         "{context}", description="Text before the question; {context}: the chunks joined."
     )
@@ -368,6 +374,9 @@ class DemoConfig(Section):
     rag_k: list[int] = Field(
         default_factory=lambda: [0, 1, 2, 3, 4, 5],
         description="K grid; the best K is chosen on the validation questions, never on test.",
+    )
+    rag_validation_sample: int | None = Field(
+        100, ge=1, description="Validation questions the K grid is scored on (null: all 700)."
     )
     shots: list[int] = Field(default_factory=lambda: [0, 5])
     scoring: ScoringConfig = ScoringConfig(batch_size=64)

@@ -77,7 +77,11 @@ def eval_config(config: DemoConfig, world: Path, model: Path, kb: Path | None) -
     rag = None
     if kb is not None:
         rag = RagConfig(
-            kb=str(kb), retriever=config.retriever, k=config.rag_k, select_k_on="validation"
+            kb=str(kb),
+            retriever=config.retriever,
+            k=config.rag_k,
+            select_k_on="validation",
+            select_k_sample=config.rag_validation_sample,
         )
     return EvalConfig(
         seed=config.world.seed,
