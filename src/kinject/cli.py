@@ -309,7 +309,8 @@ def kb_eval(
     from kinject.kb.report import quality_table
 
     results = evaluate_kb(kb_dir, questions, retriever or ["dense", "bm25", "hybrid"], out)
-    _print(quality_table(results.rows, f"retrieval on {questions.name} ({results.note})"))
+    _print(quality_table(results.rows, f"retrieval on {questions.name}"))
+    typer.echo(results.note)
 
 
 def _print(renderable) -> None:

@@ -15,10 +15,14 @@ def _fmt(metric: dict, key: str = "acc") -> str:
     return f"{metric[key]:.3f} [{low:.3f}, {high:.3f}]"
 
 
+def short_ci(value: float, ci: Sequence[float]) -> str:
+    """The terminal's narrow form of a figure and its interval: 0.947 [.927–.963]."""
+    low, high = (f"{bound:.3f}".removeprefix("0") for bound in ci)
+    return f"{value:.3f} [{low}–{high}]"
+
+
 def _short(metric: dict) -> str:
-    """The terminal's narrower form: 0.947 [.927–.963]."""
-    low, high = (f"{bound:.3f}".removeprefix("0") for bound in metric["acc_ci"])
-    return f"{metric['acc']:.3f} [{low}–{high}]"
+    return short_ci(metric["acc"], metric["acc_ci"])
 
 
 def _cell_text(metric: dict, short: bool = False) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from kinject.evaluation.report import short_ci
 from kinject.kb.store import Change, KnowledgeBase
 
 
@@ -43,29 +44,25 @@ def search_table(kb: KnowledgeBase, query: str, hits, width: int = 160):
 
 
 def quality_table(results: Sequence[dict], title: str):
+    """A row per metric, a column per retriever (narrow enough for 80 columns)."""
     from rich.table import Table
 
-    keys = [
-        key for key in results[0] if key.startswith(("recall@", "mrr@")) and not key.endswith("_ci")
-    ]
+    keys = _metric_keys(results)
     table = Table(title=title)
-    table.add_column("retriever")
-    table.add_column("n", justify="right")
-    for key in keys:
-        table.add_column(key, justify="right")
+    table.add_column(f"n = {results[0]['n']}")
     for result in results:
-        cells = []
-        for key in keys:
-            low, high = result[f"{key}_ci"]
-            cells.append(f"{result[key]:.3f} [{low:.3f}, {high:.3f}]")
-        table.add_row(result["retriever"], str(result["n"]), *cells)
+        table.add_column(result["retriever"], justify="right")
+    for key in keys:
+        table.add_row(key, *[short_ci(result[key], result[f"{key}_ci"]) for result in results])
     return table
 
 
+def _metric_keys(results: Sequence[dict]) -> list[str]:
+    return [k for k in results[0] if k.startswith(("recall@", "mrr@")) and not k.endswith("_ci")]
+
+
 def quality_markdown(results: Sequence[dict]) -> str:
-    keys = [
-        key for key in results[0] if key.startswith(("recall@", "mrr@")) and not key.endswith("_ci")
-    ]
+    keys = _metric_keys(results)
     lines = ["| retriever | n | " + " | ".join(keys) + " |", "|---|---:|" + "---:|" * len(keys)]
     for result in results:
         lines.append(
