@@ -18,22 +18,30 @@ class Document:
     meta: dict = field(default_factory=dict)
 
 
+CORPUS_FIELDS = ("id", "text", "title", "source", "meta")
+
+
+def check_corpus_record(path: Path, line: int, obj: dict) -> None:
+    """One line of corpus JSONL; a bad field raises a DataError naming file, line and field."""
+    for key in obj:
+        if key not in CORPUS_FIELDS:
+            raise DataError(path, line, key, "unknown field")
+    for key in ("id", "text"):
+        if not isinstance(obj.get(key), str) or not obj[key]:
+            raise DataError(path, line, key, "missing or not a non-empty string")
+    for key in ("title", "source"):
+        if obj.get(key) is not None and not isinstance(obj[key], str):
+            raise DataError(path, line, key, "expected a string")
+    if not isinstance(obj.get("meta", {}), dict):
+        raise DataError(path, line, "meta", "expected an object")
+
+
 def load_corpus_jsonl(path: str | Path) -> dict[str, Document]:
     path = Path(path)
     documents: dict[str, Document] = {}
     lines: dict[str, int] = {}
     for line, obj in read_jsonl(path):
-        for key in obj:
-            if key not in ("id", "text", "title", "source", "meta"):
-                raise DataError(path, line, key, "unknown field")
-        for key in ("id", "text"):
-            if not isinstance(obj.get(key), str) or not obj[key]:
-                raise DataError(path, line, key, "missing or not a non-empty string")
-        for key in ("title", "source"):
-            if obj.get(key) is not None and not isinstance(obj[key], str):
-                raise DataError(path, line, key, "expected a string")
-        if not isinstance(obj.get("meta", {}), dict):
-            raise DataError(path, line, "meta", "expected an object")
+        check_corpus_record(path, line, obj)
         doc_id = obj["id"]
         if doc_id in documents:
             raise DataError(

@@ -35,13 +35,13 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any
 
+from kinject.corpus import check_corpus_record
 from kinject.errors import DataError, KinjectError
 from kinject.progress import progress_bar
 
 SUPPORTED_SUFFIXES = (".txt", ".md", ".markdown", ".html", ".htm", ".jsonl", ".json", ".pdf")
 
 _BINARY_PROBE_BYTES = 8192
-_CORPUS_FIELDS = ("id", "text", "title", "source", "meta")
 _PDF_EXTRA = 'install the pdf extra: pip install "kinject[pdf]"'
 
 # HTML: elements whose contents are dropped (the page <title> is taken separately); block
@@ -477,26 +477,11 @@ def _jsonl_record(
         raise DataError(path, number, None, f"not valid JSON ({error.msg})") from None
     if not isinstance(obj, dict):
         raise DataError(path, number, None, "expected a JSON object")
-    _check_corpus_record(path, number, obj)
+    check_corpus_record(path, number, obj)
     text = clean_text(obj["text"])
     if not text:
         raise DataError(path, number, "text", "no text after cleaning")
     return obj["id"], text, _clean_title(obj.get("title"))
-
-
-def _check_corpus_record(path: Path, number: int, obj: dict[str, Any]) -> None:
-    """The corpus JSONL format: ``{"id": str, "text": str, "title"?, "source"?, "meta"?}``."""
-    for key in obj:
-        if key not in _CORPUS_FIELDS:
-            raise DataError(path, number, key, "unknown field")
-    for key in ("id", "text"):
-        if not isinstance(obj.get(key), str) or not obj[key]:
-            raise DataError(path, number, key, "missing or not a non-empty string")
-    for key in ("title", "source"):
-        if obj.get(key) is not None and not isinstance(obj[key], str):
-            raise DataError(path, number, key, "expected a string")
-    if not isinstance(obj.get("meta", {}), dict):
-        raise DataError(path, number, "meta", "expected an object")
 
 
 # --------------------------------------------------------------------------- SQuAD JSON
