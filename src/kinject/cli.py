@@ -130,6 +130,61 @@ def eval_command(
 
 @app.command()
 @user_errors
+def finetune(
+    config: Annotated[
+        Path, typer.Option("--config", "-c", help="Fine-tuning YAML (FinetuneConfig).")
+    ],
+    out: Annotated[
+        Path | None, typer.Option(help="Run folder (default: runs/<config name>).")
+    ] = None,
+    allow_contamination: Annotated[
+        bool,
+        typer.Option(
+            help="Train even if evaluation questions occur in the training text (recorded)."
+        ),
+    ] = False,
+) -> None:
+    """Fine-tune a model (full or LoRA) on text or QA pairs; choose LR and epochs on validation.
+
+    Example config (paths relative to the file):
+
+        model: {path: ./base-model}
+        data: {kind: text, corpus: world/kb.jsonl, paraphrases: world/paraphrases.jsonl,
+               n_paraphrases: 10}
+        method: lora
+        learning_rate: [1e-4, 3e-4]
+        epochs: 5
+        selection: {task: {path: world/tasks/validation.jsonl}}
+        contamination: {tasks: [{path: world/tasks/new.jsonl}]}
+
+    Example:
+
+        kinject finetune --config ft-par.yaml --out runs/ft-par
+
+    Then evaluate the result (and FT+RAG) with `kinject eval`, model `{path: ./base-model,
+    adapter: runs/ft-par/model}` for LoRA, or `{path: runs/ft-par/model}` for full.
+    """
+    from kinject.config import FinetuneConfig, load_config
+    from kinject.training.finetune import run_finetune
+
+    job = load_config(FinetuneConfig, config).with_paths_resolved(config.parent)
+    if allow_contamination:
+        job = job.model_copy(
+            update={"contamination": job.contamination.model_copy(update={"allow": True})}
+        )
+    run_dir = out or Path("runs") / config.stem
+    result = run_finetune(job, run_dir)
+    chosen = result.selection
+    figures = f"lr {chosen['learning_rate']:g}, epoch {chosen['epoch']}"
+    if chosen["validation_acc"] is not None:
+        figures += f", validation accuracy {chosen['validation_acc']:.3f}"
+    typer.echo(f"chosen: {figures}")
+    where = result.model.adapter or result.model.path
+    typer.echo(f"fine-tuned model: {where}\nrun folder: {run_dir}")
+
+
+@app.command()
+@user_errors
 def table(run_dir: Annotated[Path, typer.Argument(help="A run folder.")]) -> None:
     """Rebuild metrics.json and table.md from a run folder's records.jsonl, without a model.
 

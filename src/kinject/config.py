@@ -110,6 +110,9 @@ class ModelSpec(Section):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1 …")
     revision: str | None = None
+    adapter: str | None = Field(
+        None, description="A LoRA adapter folder (peft) applied on top of the model, merged."
+    )
 
 
 class ScoringConfig(Section):
@@ -268,6 +271,8 @@ class EvalConfig(Section):
         model = self.model
         if model_path.exists():  # otherwise a hub id
             model = self.model.model_copy(update={"path": str(model_path.resolve())})
+        if model.adapter is not None:
+            model = model.model_copy(update={"adapter": resolve(model.adapter)})
         tasks = [
             task.model_copy(update={"path": resolve(task.path), "dev": resolve(task.dev)})
             for task in self.tasks
@@ -277,6 +282,166 @@ class EvalConfig(Section):
             rag = rag.model_copy(update={"kb": resolve(rag.kb)})
         return self.model_copy(
             update={"model": model, "tasks": tasks, "corpus": resolve(self.corpus), "rag": rag}
+        )
+
+
+class TrainingData(Section):
+    """What a fine-tuning trains on: text (continued pretraining) or QA pairs (SFT)."""
+
+    kind: Literal["text", "qa"] = Field(
+        "text", description="text: next-token training on a corpus; qa: SFT on QA pairs."
+    )
+    corpus: str | None = Field(
+        None,
+        description="text: a corpus JSONL (a unit per document) or a knowledge-base folder "
+        "(a unit per chunk).",
+    )
+    paraphrases: str | None = Field(
+        None, description='JSONL of {"id": unit id, "paraphrases": [...]} (FT-par).'
+    )
+    n_paraphrases: int = Field(
+        0, ge=0, description="Paraphrases per unit trained on beside the original (0: FT-reg)."
+    )
+    qa: str | None = Field(
+        None, description='qa: JSONL in the alpaca layout {"instruction", "input"?, "output"}.'
+    )
+    template: str = Field(
+        "alpaca",
+        description="qa: the prompt before the response; 'alpaca' or a string with "
+        "{instruction} and {input}. The loss is on the response only.",
+    )
+    replay: str | None = Field(
+        None, description="General text (corpus JSONL or .txt) mixed in against forgetting."
+    )
+    replay_ratio: float = Field(
+        0.0, ge=0, description="Replay characters per character of training text, per epoch."
+    )
+    block_size: int = Field(256, ge=16, description="Tokens per packed training block.")
+    isolate_documents: bool = Field(
+        True, description="No attention across the units packed into one block."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainingData:
+        if self.kind == "text" and self.corpus is None:
+            raise ValueError("text training needs 'corpus'")
+        if self.kind == "qa" and self.qa is None:
+            raise ValueError("qa training needs 'qa' (alpaca-layout JSONL)")
+        if self.n_paraphrases and self.paraphrases is None:
+            raise ValueError("n_paraphrases > 0 needs a 'paraphrases' file")
+        if self.replay_ratio and self.replay is None:
+            raise ValueError("replay_ratio > 0 needs a 'replay' corpus")
+        if self.template != "alpaca" and "{instruction}" not in self.template:
+            raise ValueError("template must be 'alpaca' or contain {instruction}")
+        return self
+
+
+class LoraConfig(Section):
+    """LoRA (peft): low-rank adapters on the named modules, the base weights frozen."""
+
+    rank: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: [
+            "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"
+        ],
+        min_length=1,
+        description="Module names to adapt (Llama names by default), or ['all-linear'].",
+    )
+    merge: bool = Field(False, description="Also save the adapter merged into the weights.")
+
+
+class SelectionConfig(Section):
+    """Learning rate and epochs are chosen on validation questions, never on test."""
+
+    task: TaskSpec | None = Field(
+        None, description="Validation questions (paraphrased); none: the last epoch, first LR."
+    )
+    sample: int | None = Field(
+        None, ge=1, description="Score this many validation questions (seeded sample)."
+    )
+    shots: int = Field(0, ge=0)
+
+
+class ContaminationConfig(Section):
+    """Refuse to train on text that contains evaluation questions."""
+
+    tasks: list[TaskSpec] = Field(
+        default_factory=list, description="The evaluation tasks to check the training text against."
+    )
+    ngram: int = Field(8, ge=1, description="Words per n-gram (shorter questions: whole).")
+    threshold: float = Field(
+        0.5, gt=0, le=1, description="A question is contaminated when this share of its "
+        "n-grams occurs in the training text."
+    )
+    allow: bool = Field(False, description="Train anyway (recorded in the run folder).")
+
+
+class FinetuneConfig(Section):
+    """``kinject finetune``: one model, one training set, a learning-rate grid, best epoch."""
+
+    seed: int = 0
+    model: ModelSpec
+    data: TrainingData
+    method: Literal["full", "lora"] = "full"
+    lora: LoraConfig = LoraConfig()
+    learning_rate: list[float] = Field(
+        default_factory=lambda: [1e-6, 5e-6, 1e-5, 5e-5],
+        min_length=1,
+        description="Grid; the paper searched 1e-6..5e-5 for 7B models.",
+    )
+    epochs: int = Field(5, ge=1, description="At most; the best epoch is chosen on validation.")
+    batch_size: int = Field(64, ge=1, description="Blocks per optimizer step (the paper: 64).")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of the first epoch.")
+    weight_decay: float = Field(0.0, ge=0)
+    bf16: bool = Field(True, description="bf16 autocast (CPU or CUDA).")
+    selection: SelectionConfig = SelectionConfig()
+    contamination: ContaminationConfig = ContaminationConfig()
+    scoring: ScoringConfig = ScoringConfig()
+    checkpoint_every_s: float = Field(60.0, gt=0, description="Seconds between checkpoints.")
+
+    @model_validator(mode="after")
+    def _check(self) -> FinetuneConfig:
+        if any(lr <= 0 for lr in self.learning_rate):
+            raise ValueError("learning_rate values must be > 0")
+        if len(set(self.learning_rate)) != len(self.learning_rate):
+            raise ValueError("learning_rate values must be distinct")
+        return self
+
+    def with_paths_resolved(self, base: Path) -> FinetuneConfig:
+        """Paths in the file are relative to the file; the saved config holds absolute ones."""
+
+        def resolve(value: str | None) -> str | None:
+            return None if value is None else str((base / value).expanduser().resolve())
+
+        def task(spec: TaskSpec) -> TaskSpec:
+            return spec.model_copy(update={"path": resolve(spec.path), "dev": resolve(spec.dev)})
+
+        model = self.model
+        if (base / model.path).exists():
+            model = model.model_copy(update={"path": str((base / model.path).resolve())})
+        if model.adapter is not None:
+            model = model.model_copy(update={"adapter": resolve(model.adapter)})
+        data = self.data.model_copy(
+            update={
+                key: resolve(getattr(self.data, key))
+                for key in ("corpus", "paraphrases", "qa", "replay")
+            }
+        )
+        selection = self.selection
+        if selection.task is not None:
+            selection = selection.model_copy(update={"task": task(selection.task)})
+        contamination = self.contamination.model_copy(
+            update={"tasks": [task(spec) for spec in self.contamination.tasks]}
+        )
+        return self.model_copy(
+            update={
+                "model": model,
+                "data": data,
+                "selection": selection,
+                "contamination": contamination,
+            }
         )
 
 

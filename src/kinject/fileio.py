@@ -60,6 +60,20 @@ def staging_dir(parent: str | Path, prefix: str) -> Path:
     return folder
 
 
+def replace_dir(staging: Path, target: Path) -> None:
+    """Put the finished folder ``staging`` at ``target``, replacing what was there."""
+    import shutil
+
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        target.rename(old)
+        staging.rename(target)
+        shutil.rmtree(old)
+    else:
+        staging.rename(target)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

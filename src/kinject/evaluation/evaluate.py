@@ -133,8 +133,9 @@ def run_evaluation(
     run_dir = Path(run_dir)
     tasks = [load_task(spec) for spec in config.tasks]  # bad inputs fail before any model work
     if config.rag and config.rag.select_k_on and config.rag.select_k_sample:
+        size = config.rag.select_k_sample
         tasks = [
-            _sampled(task, config) if task.name == config.rag.select_k_on else task
+            sample_items(task, size, config.seed) if task.name == config.rag.select_k_on else task
             for task in tasks
         ]
     arms = build_arms(config)
@@ -167,16 +168,13 @@ def run_evaluation(
     return EvalResult(run_dir, metrics, select_on)
 
 
-def _sampled(task: Task, config: EvalConfig) -> Task:
-    """The validation task cut to ``rag.select_k_sample`` questions (seeded, in file order)."""
+def sample_items(task: Task, size: int, seed: int) -> Task:
+    """A validation task cut to ``size`` questions (a seeded sample, in file order)."""
     import random
 
-    size = config.rag.select_k_sample
     if size >= len(task.items):
         return task
-    keep = set(
-        random.Random(f"kinject-select-k-{config.seed}").sample(range(len(task.items)), size)
-    )
+    keep = set(random.Random(f"kinject-select-k-{seed}").sample(range(len(task.items)), size))
     return replace(task, items=tuple(item for i, item in enumerate(task.items) if i in keep))
 
 

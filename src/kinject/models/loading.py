@@ -42,6 +42,17 @@ def load_causal_lm(spec: ModelSpec):
     except OSError as error:
         reason = " ".join(str(error).split())  # transformers' messages span lines
         raise KinjectError(f"cannot load model '{source}': {reason}") from None
+    if spec.adapter is not None:
+        model = _merged_adapter(model, spec.adapter)
     model.to(resolve_device(spec.device))
     model.eval()
     return model, tokenizer
+
+
+def _merged_adapter(model, adapter: str):
+    """The model with a LoRA adapter folder applied and merged into its weights."""
+    from peft import PeftModel
+
+    if not (Path(adapter) / "adapter_config.json").exists():
+        raise KinjectError(f"adapter folder '{adapter}' has no adapter_config.json")
+    return PeftModel.from_pretrained(model, adapter).merge_and_unload()

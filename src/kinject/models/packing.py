@@ -91,6 +91,11 @@ class PackedBlocks:
                 self._epoch_sizes.append(n_blocks)
         return self._cached
 
+    def blocks_in_epoch(self, epoch: int) -> int:
+        while epoch >= len(self._epoch_sizes):
+            self._blocks(len(self._epoch_sizes))
+        return self._epoch_sizes[epoch]
+
     def _locate(self, index: int) -> tuple[int, int]:
         epoch, offset = 0, index
         while True:

@@ -26,7 +26,8 @@ class Schedule:
     """Linear warm-up, then ``cosine`` decay, or ``wsd`` (warm-up, stable, decay): constant
     until the last ``decay_fraction`` of the steps, then a linear decay.  Both end at
     ``min_lr_ratio`` of the peak.  WSD suits phased training, where a later phase must still
-    learn at full rate."""
+    learn at full rate.  ``constant`` stays at the peak after warm-up: fine-tuning uses it,
+    so that the model after epoch e of a 5-epoch run is the model of an e-epoch run."""
 
     steps: int
     learning_rate: float
@@ -34,12 +35,14 @@ class Schedule:
     weight_decay: float = 0.0
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
-    kind: str = "cosine"  # cosine | wsd
+    kind: str = "cosine"  # cosine | wsd | constant
     decay_fraction: float = 0.2
 
     def lr_at(self, step: int) -> float:
         if step < self.warmup_steps:
             return self.learning_rate * (step + 1) / self.warmup_steps
+        if self.kind == "constant":
+            return self.learning_rate
         if self.kind == "wsd":
             decay_start = self.steps - int(self.decay_fraction * self.steps)
             if step < decay_start:
@@ -60,10 +63,12 @@ class TrainingResult:
     final_loss: float
     resumed_from: int
     log: list[dict[str, Any]] = field(default_factory=list)
+    validation: list[dict[str, Any]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         summary = asdict(self)
         summary.pop("log")
+        summary.pop("validation")
         return summary
 
 
@@ -81,13 +86,20 @@ class _Progress:
     tokens: int = 0
     seconds: float = 0.0
     log: list[dict[str, Any]] = field(default_factory=list)
+    validation: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _trainable(model) -> dict[str, Any]:
+    """The parameters being trained (all of them, or a LoRA adapter's)."""
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
 def _optimizer(model, schedule: Schedule):
     import torch
 
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    trainable = list(_trainable(model).values())
+    decay = [p for p in trainable if p.ndim >= 2]
+    no_decay = [p for p in trainable if p.ndim < 2]
     return torch.optim.AdamW(
         [
             {"params": decay, "weight_decay": schedule.weight_decay},
@@ -116,7 +128,10 @@ def _load_checkpoint(path: Path | None, model, optimizer) -> _Progress:
         raise StaleCheckpoint(
             f"{path} was written by another version of kinject; delete it to start over"
         )
-    model.load_state_dict(state["model"])
+    missing = set(_trainable(model)) - set(state["model"])
+    if missing:
+        raise StaleCheckpoint(f"{path} does not hold '{sorted(missing)[0]}'; delete it to start over")
+    model.load_state_dict(state["model"], strict=False)
     optimizer.load_state_dict(state["optimizer"])
     return _Progress(**state["progress"])
 
@@ -126,7 +141,7 @@ def _save_checkpoint(path: Path, model, optimizer, progress: _Progress) -> None:
 
     state = {
         "format": CHECKPOINT_FORMAT,
-        "model": model.state_dict(),
+        "model": {name: p.detach() for name, p in _trainable(model).items()},
         "optimizer": optimizer.state_dict(),
         "progress": asdict(progress),
     }
@@ -148,7 +163,7 @@ def _update(
         raise FloatingPointError(f"{label}: loss became {loss.item()}")
     loss.backward()
     if schedule.grad_clip:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), schedule.grad_clip)
+        torch.nn.utils.clip_grad_norm_(list(_trainable(model).values()), schedule.grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss.item()
@@ -166,10 +181,15 @@ def train(
     description: str = "training",
     show_progress: bool = True,
     after_step: Callable[[int], None] | None = None,
+    evaluate: Callable[[int], dict[str, Any]] | None = None,
+    evaluate_every: int = 0,
 ) -> TrainingResult:
     """Train ``model`` in place for ``schedule.steps`` optimizer steps.
 
-    ``after_step(n)`` is called after the n-th step (validation, curricula, …).
+    ``after_step(n)`` is called after the n-th step.  ``evaluate(n)`` is called (model in
+    eval mode, no gradients) every ``evaluate_every`` steps and after the last; what it
+    returns goes into ``TrainingResult.validation`` and the checkpoint, which is written
+    right after, so a resumed run never evaluates the same step twice.
     """
     from kinject.progress import progress_bar
 
@@ -185,17 +205,18 @@ def train(
         bar.advance(resumed_from)
         for step in range(resumed_from, schedule.steps):
             batch = {k: v.to(device) for k, v in batch_for(step).items()}
-            if "labels" in batch and not bool((batch["labels"] != IGNORE_INDEX).any()):
-                bar.advance(1)  # nothing to learn from (every token masked): skip the update
-                continue
-            lr = schedule.lr_at(step)
-            label = f"{description}, step {step}"
-            value = _update(model, optimizer, batch, lr, schedule, bf16, label)
-            running = value if running is None else 0.95 * running + 0.05 * value
             progress.step = step + 1
-            progress.tokens += int(batch["input_ids"].numel())
+            if "labels" in batch and not bool((batch["labels"] != IGNORE_INDEX).any()):
+                value = None  # nothing to learn from (every token masked): skip the update
+            else:
+                lr = schedule.lr_at(step)
+                label = f"{description}, step {step}"
+                value = _update(model, optimizer, batch, lr, schedule, bf16, label)
+                running = value if running is None else 0.95 * running + 0.05 * value
+                progress.tokens += int(batch["input_ids"].numel())
             progress.seconds = time.perf_counter() - began
-            if progress.step % log_every == 0 or progress.step == schedule.steps:
+            logged = progress.step % log_every == 0 or progress.step == schedule.steps
+            if logged and value is not None:
                 progress.log.append(
                     {
                         "step": progress.step,
@@ -205,10 +226,18 @@ def train(
                         "seconds": round(progress.seconds, 2),
                     }
                 )
-            bar.advance(1, info=f"loss {running:.3f}")
+            bar.advance(1, info=f"loss {running:.3f}" if running is not None else None)
             if after_step is not None:
                 after_step(progress.step)
-            if checkpoint is not None and time.perf_counter() - last_save > checkpoint_every_s:
+            due = evaluate is not None and (
+                progress.step == schedule.steps
+                or (evaluate_every and progress.step % evaluate_every == 0)
+            )
+            if due:
+                progress.validation.append(_evaluated(model, evaluate, progress.step))
+            if checkpoint is not None and (
+                due or time.perf_counter() - last_save > checkpoint_every_s
+            ):
                 _save_checkpoint(checkpoint, model, optimizer, progress)
                 last_save = time.perf_counter()
     model.eval()
@@ -219,7 +248,19 @@ def train(
         final_loss=running if running is not None else float("nan"),
         resumed_from=resumed_from,
         log=progress.log,
+        validation=progress.validation,
     )
+
+
+def _evaluated(model, evaluate: Callable[[int], dict[str, Any]], step: int) -> dict[str, Any]:
+    import torch
+
+    model.eval()
+    try:
+        with torch.no_grad():
+            return {"step": step, **evaluate(step)}
+    finally:
+        model.train()
 
 
 def write_training_log(path: Path, result: TrainingResult) -> None:

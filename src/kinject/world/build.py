@@ -24,7 +24,7 @@ from pathlib import Path
 
 from kinject.config import WorldConfig, to_yaml
 from kinject.errors import KinjectError
-from kinject.fileio import staging_dir, write_json, write_jsonl, write_text
+from kinject.fileio import replace_dir, staging_dir, write_json, write_jsonl, write_text
 from kinject.world.people import (
     Person,
     all_names,
@@ -182,19 +182,8 @@ def write_world(world: World, out_dir: str | Path) -> Path:
             staging / "world.json",
             {"seed": world.config.seed, "people": len(world.people), "questions": counts},
         )
-        _replace_dir(staging, out_dir)
+        replace_dir(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out_dir
-
-
-def _replace_dir(staging: Path, target: Path) -> None:
-    if target.exists():
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        target.rename(old)
-        staging.rename(target)
-        shutil.rmtree(old)
-    else:
-        staging.rename(target)

@@ -1,0 +1,303 @@
+"""``kinject finetune``: full or LoRA fine-tuning with learning rate and epochs chosen on
+validation questions, through the one training loop.
+
+The run folder::
+
+    config.yaml            the resolved FinetuneConfig
+    env.json               package versions, machine
+    contamination.json     what the guard checked and found (and whether it was allowed)
+    candidates/lr-5e-05/   one training per learning rate of the grid
+      checkpoint/          resume point while it trains (removed when done)
+      best/                the weights (or adapter) after its best epoch on validation
+      best.json            that epoch and its validation figures
+      training_log.jsonl   training loss by step
+      validation.jsonl     validation accuracy and loss after every epoch
+      done.json            summary (steps, tokens, seconds)
+    selection.json         every (learning rate, epoch) scored, and the one chosen
+    model/                 the chosen weights: a model folder (full) or a LoRA adapter
+    merged/                LoRA with lora.merge: the adapter merged into the base weights
+
+A killed run resumes: finished candidates are kept, an unfinished one continues from its
+checkpoint with the very batches it would have seen.  The learning rate is constant after
+warm-up, so the model after epoch e of the run is the model an e-epoch run would give, and
+choosing the epoch by validation is choosing the number of epochs.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from kinject.config import FinetuneConfig, ModelSpec, load_config, to_yaml
+from kinject.errors import KinjectError
+from kinject.fileio import read_jsonl, replace_dir, staging_dir, write_json, write_jsonl, write_text
+from kinject.tasks.items import Task
+from kinject.training.data import TrainingSet
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    run_dir: Path
+    model: ModelSpec  # how to load the chosen fine-tuned model (for eval, FT+RAG)
+    selection: dict
+
+
+def _lr_name(lr: float) -> str:
+    return f"lr-{lr:g}"
+
+
+def finetuned_model_spec(run_dir: str | Path) -> ModelSpec:
+    """The fine-tuned model of a finished run folder, ready for ``kinject eval``."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "selection.json").exists():
+        raise KinjectError(f"{run_dir} holds no finished fine-tuning (no selection.json)")
+    config = load_config(FinetuneConfig, run_dir / "config.yaml")
+    if config.method == "full":
+        return config.model.model_copy(update={"path": str(run_dir / "model"), "adapter": None})
+    if config.lora.merge:
+        return config.model.model_copy(update={"path": str(run_dir / "merged"), "adapter": None})
+    return config.model.model_copy(update={"adapter": str(run_dir / "model")})
+
+
+def load_tasks_for(config: FinetuneConfig) -> tuple[Task | None, list[Task]]:
+    """The validation task (sampled) and the tasks the contamination guard checks."""
+    from kinject.evaluation.evaluate import load_task, sample_items
+
+    validation = None
+    if config.selection.task is not None:
+        validation = load_task(config.selection.task)
+        if config.selection.shots > len(validation.dev):
+            raise KinjectError(
+                f"validation task '{validation.name}' has {len(validation.dev)} dev examples; "
+                f"selection.shots is {config.selection.shots}"
+            )
+        if config.selection.sample:
+            validation = sample_items(validation, config.selection.sample, config.seed)
+    checked = [load_task(spec) for spec in config.contamination.tasks]
+    if validation is not None:
+        checked.append(validation)
+    return validation, checked
+
+
+def guard_contamination(training: TrainingSet, tasks: list[Task], config: FinetuneConfig):
+    from kinject.training.contamination import check_contamination
+
+    guard = config.contamination
+    report = check_contamination(training.texts(), tasks, guard.ngram, guard.threshold)
+    if report.contaminated and not guard.allow:
+        raise KinjectError(report.message())
+    return {**report.to_json(), "allowed": guard.allow}
+
+
+def run_finetune(
+    config: FinetuneConfig, run_dir: str | Path, show_progress: bool = True
+) -> FinetuneResult:
+    """Train every learning rate of the grid (resuming), choose on validation, write the run."""
+    from kinject.evaluation.environment import environment
+
+    run_dir = Path(run_dir)
+    training = TrainingSet(config.data, config.seed)  # bad inputs fail before anything is written
+    validation, checked = load_tasks_for(config)
+    contamination = guard_contamination(training, checked, config)
+    saved = run_dir / "config.yaml"
+    if saved.exists() and saved.read_text(encoding="utf-8") != to_yaml(config):
+        raise KinjectError(
+            f"{run_dir} holds a fine-tuning with a different config; choose another --out "
+            "(or delete the folder to start over)"
+        )
+    write_text(saved, to_yaml(config))
+    write_json(run_dir / "env.json", environment(config.seed))
+    write_json(run_dir / "contamination.json", contamination)
+    candidates = []
+    for lr in config.learning_rate:
+        folder = run_dir / "candidates" / _lr_name(lr)
+        if not (folder / "done.json").exists():
+            _train_candidate(config, training, validation, lr, folder, show_progress)
+        candidates.append((lr, folder))
+    selection = _select(candidates)
+    write_json(run_dir / "selection.json", selection)
+    _publish(config, run_dir, run_dir / "candidates" / _lr_name(selection["learning_rate"]))
+    return FinetuneResult(run_dir, finetuned_model_spec(run_dir), selection)
+
+
+def prepare_model(config: FinetuneConfig):
+    """``(model, tokenizer)``: the base model, wrapped in a fresh LoRA adapter if asked."""
+    import torch
+
+    from kinject.models.loading import load_causal_lm
+
+    model, tokenizer = load_causal_lm(config.model)
+    if config.method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        torch.manual_seed(config.seed)  # the adapter's initial weights
+        lora = config.lora
+        target = "all-linear" if lora.target_modules == ["all-linear"] else lora.target_modules
+        try:
+            model = get_peft_model(
+                model,
+                LoraConfig(
+                    r=lora.rank,
+                    lora_alpha=lora.alpha,
+                    lora_dropout=lora.dropout,
+                    target_modules=target,
+                    task_type="CAUSAL_LM",
+                ),
+            )
+        except ValueError as error:  # e.g. target modules not found in the model
+            raise KinjectError(f"lora: {error}") from None
+    return model, tokenizer
+
+
+def _train_candidate(config, training, validation, lr, folder: Path, show_progress) -> None:
+    from kinject.models.packing import PackedBlocks
+    from kinject.training.loop import Schedule, train
+
+    model, tokenizer = prepare_model(config)
+    data = config.data
+    blocks = PackedBlocks(
+        tokenizer, training.for_epoch, data.block_size, config.batch_size, data.isolate_documents
+    )
+    steps_per_epoch = math.ceil(blocks.blocks_in_epoch(0) / config.batch_size)
+    schedule = Schedule(
+        steps=steps_per_epoch * config.epochs,
+        learning_rate=lr,
+        warmup_steps=math.ceil(config.warmup_ratio * steps_per_epoch),
+        weight_decay=config.weight_decay,
+        kind="constant",
+    )
+    keeper = _BestKeeper(folder, model, tokenizer, config, validation, steps_per_epoch)
+    result = train(
+        model,
+        blocks.batch_for,
+        schedule,
+        bf16=config.bf16,
+        checkpoint_dir=folder / "checkpoint",
+        checkpoint_every_s=config.checkpoint_every_s,
+        log_every=max(1, min(10, steps_per_epoch)),
+        description=f"fine-tuning, lr {lr:g}",
+        show_progress=show_progress,
+        evaluate=keeper.evaluate,
+        evaluate_every=steps_per_epoch,
+    )
+    write_jsonl(folder / "training_log.jsonl", result.log)
+    write_jsonl(folder / "validation.jsonl", result.validation)
+    write_json(
+        folder / "done.json",
+        {**result.summary(), "learning_rate": lr, "steps_per_epoch": steps_per_epoch},
+    )
+    shutil.rmtree(folder / "checkpoint", ignore_errors=True)
+
+
+class _BestKeeper:
+    """After every epoch: score the validation questions; keep the best epoch's weights."""
+
+    def __init__(self, folder: Path, model, tokenizer, config, validation, steps_per_epoch):
+        self.folder = folder
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config
+        self.validation = validation
+        self.steps_per_epoch = steps_per_epoch
+
+    def evaluate(self, step: int) -> dict:
+        epoch = step // self.steps_per_epoch
+        figures = {"epoch": epoch, **self._score()}
+        best = self.folder / "best.json"
+        previous = None
+        if best.exists():
+            import json
+
+            previous = json.loads(best.read_text(encoding="utf-8"))
+        if previous is None or _better(figures, previous):
+            self._save_best(figures)
+        return figures
+
+    def _score(self) -> dict:
+        if self.validation is None:
+            return {}
+        from kinject.evaluation.arms import BaseArm
+        from kinject.evaluation.runner import accuracy, score_cell
+        from kinject.scoring.loglikelihood import LoglikelihoodScorer
+
+        scoring = self.config.scoring
+        scorer = LoglikelihoodScorer(
+            self.model, self.tokenizer, scoring.batch_size, bf16=scoring.bf16_autocast
+        )
+        records = score_cell(scorer, self.validation, BaseArm(), self.config.selection.shots)
+        loss = sum(-r["loglikelihoods"][r["answer"]] for r in records) / len(records)
+        return {"acc": accuracy(records), "loss": round(loss, 5), "n": len(records)}
+
+    def _save_best(self, figures: dict) -> None:
+        staging = staging_dir(self.folder, ".best.")
+        try:
+            self.model.save_pretrained(staging)
+            if self.config.method == "full":
+                self.tokenizer.save_pretrained(staging)
+            write_json(staging / "best.json", figures)
+            replace_dir(staging, self.folder / "best")
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        write_json(self.folder / "best.json", figures)
+
+
+def _better(new: dict, old: dict) -> bool:
+    """Higher validation accuracy, then lower validation loss; without validation, later."""
+    if "acc" not in new:
+        return True
+    return (new["acc"], -new["loss"]) > (old["acc"], -old["loss"])
+
+
+def _select(candidates: list[tuple[float, Path]]) -> dict:
+    """The best (learning rate, epoch) over every candidate; ties go to the earlier in the grid."""
+    import json
+
+    scored = []
+    chosen = None
+    for lr, folder in candidates:
+        best = json.loads((folder / "best.json").read_text(encoding="utf-8"))
+        for _, row in read_jsonl(folder / "validation.jsonl"):
+            scored.append({"learning_rate": lr, **row})
+        if chosen is None or _better(best, chosen[1]):
+            chosen = (lr, best)
+    lr, best = chosen
+    return {
+        "learning_rate": lr,
+        "epoch": best["epoch"],
+        "validation_acc": best.get("acc"),
+        "validation_loss": best.get("loss"),
+        "scored": scored,
+    }
+
+
+def _publish(config: FinetuneConfig, run_dir: Path, chosen: Path) -> None:
+    """Copy the chosen candidate's best weights to ``model/`` (and ``merged/`` for LoRA)."""
+    staging = staging_dir(run_dir, ".model.")
+    try:
+        shutil.rmtree(staging)
+        shutil.copytree(chosen / "best", staging)
+        replace_dir(staging, run_dir / "model")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if config.method == "lora" and config.lora.merge:
+        _merge(config, run_dir)
+
+
+def _merge(config: FinetuneConfig, run_dir: Path) -> None:
+    from kinject.models.loading import load_causal_lm
+
+    spec = config.model.model_copy(update={"adapter": str(run_dir / "model"), "device": "cpu"})
+    model, tokenizer = load_causal_lm(spec)  # loading with an adapter merges it
+    staging = staging_dir(run_dir, ".merged.")
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        replace_dir(staging, run_dir / "merged")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
