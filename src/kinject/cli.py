@@ -195,6 +195,13 @@ def table(run_dir: Annotated[Path, typer.Argument(help="A run folder.")]) -> Non
     from kinject.evaluation.evaluate import retabulate
     from kinject.evaluation.report import rich_tables
 
+    if (run_dir / "demo.yaml").exists():
+        from kinject.demo import demo_tables, tabulate_demo
+
+        tabulate_demo(run_dir)
+        for rendered in demo_tables(run_dir):
+            _print(rendered)
+        return
     result = retabulate(run_dir)
     for rendered in rich_tables(result.metrics, result.select_k_on):
         _print(rendered)

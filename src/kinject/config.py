@@ -232,6 +232,12 @@ class EvalConfig(Section):
 
     seed: int = Field(0, description="Seeds the bootstrap.")
     model: ModelSpec
+    label: str = Field(
+        "base",
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="The model's name in tables: a fine-tuned model's arms show as "
+        "'<label>' and '<label>+rag'.",
+    )
     tasks: list[TaskSpec] = Field(min_length=1)
     arms: list[Literal["base", "oracle", "rag"]] = Field(
         default_factory=lambda: ["base"], min_length=1
@@ -520,15 +526,45 @@ def to_yaml(config: BaseModel) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
 
 
+class DemoFinetune(Section):
+    """The demo's fine-tuned models (FT-reg, FT-par, SFT) and the paraphrase curve."""
+
+    method: Literal["full", "lora"] = Field("full", description="FT-reg and FT-par.")
+    learning_rate: list[float] = Field(
+        default_factory=lambda: [1e-3, 3e-3], min_length=1, description="Grid (tiny model)."
+    )
+    epochs: int = Field(5, ge=1, description="At most; the best epoch is chosen on validation.")
+    batch_size: int = Field(16, ge=1)
+    paraphrases: int = Field(10, ge=1, description="Paraphrases per document for FT-par.")
+    curve: list[int] = Field(
+        default_factory=lambda: [0, 1, 2, 5, 10],
+        description="Paraphrase counts of the accuracy-vs-paraphrases curve (at FT-par's LR).",
+    )
+    sft_method: Literal["full", "lora"] = "lora"
+    sft_learning_rate: list[float] = Field(default_factory=lambda: [1e-3, 3e-3], min_length=1)
+    sft_template: str = Field(
+        "Question: {instruction}\nAnswer: ",
+        description="The SFT prompt; the demo's questions are scored in this same form.",
+    )
+    lora: LoraConfig = LoraConfig(rank=16, alpha=32.0)
+    validation_sample: int | None = Field(
+        100, ge=1, description="Validation questions scored after each epoch (null: all)."
+    )
+
+
+DEMO_ARMS = ("base", "oracle", "rag", "ft-reg", "ft-par", "ft-reg+rag", "ft-par+rag", "sft")
+
+
 class DemoConfig(Section):
-    """``kinject demo``: world → tiny base model → evaluation, from one seed."""
+    """``kinject demo``: world → tiny base model → fine-tuned models → evaluation, one seed."""
 
     world: WorldConfig = WorldConfig()
     model: TinyModelConfig = TinyModelConfig()
     pretrain: PretrainConfig = PretrainConfig()
-    arms: list[Literal["base", "oracle", "rag"]] = Field(
-        default_factory=lambda: ["base", "oracle", "rag"]
-    )
+    arms: list[
+        Literal["base", "oracle", "rag", "ft-reg", "ft-par", "ft-reg+rag", "ft-par+rag", "sft"]
+    ] = Field(default_factory=lambda: list(DEMO_ARMS))
+    finetune: DemoFinetune = DemoFinetune()
     splits: list[Literal["known", "new", "updated", "reading"]] = Field(
         default_factory=lambda: ["known", "new", "updated"]
     )
@@ -572,5 +608,14 @@ QUICK_DEMO = {
         "reading_warmup_steps": 2,
     },
     "rag_k": [0, 1, 2],
+    "finetune": {
+        "learning_rate": [3e-3],
+        "sft_learning_rate": [3e-3],
+        "epochs": 1,
+        "batch_size": 4,
+        "paraphrases": 2,
+        "curve": [0, 2],
+        "validation_sample": 10,
+    },
     "bootstrap_resamples": 200,
 }

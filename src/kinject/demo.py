@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -15,16 +16,22 @@ from pathlib import Path
 
 from kinject.cache import cache_dir, cache_lock, fingerprint
 from kinject.config import (
+    DEMO_ARMS,
     QUICK_DEMO,
+    ContaminationConfig,
     DemoConfig,
     EvalConfig,
+    FinetuneConfig,
     ModelSpec,
     RagConfig,
+    SelectionConfig,
     TaskSpec,
+    TrainingData,
     load_config,
     parse_config,
     to_yaml,
 )
+from kinject.evaluation.runner import column_name
 from kinject.fileio import write_json, write_text
 
 CHANCE = 0.25
@@ -38,9 +45,10 @@ class Check:
 
 
 def world_dir(config: DemoConfig) -> Path:
-    from kinject.world.build import build_world, write_world
+    from kinject.world.build import WORLD_FORMAT, build_world, write_world
 
-    folder = cache_dir() / "worlds" / f"world-{fingerprint(config.world.model_dump(mode='json'))}"
+    key = fingerprint(WORLD_FORMAT, config.world.model_dump(mode="json"))
+    folder = cache_dir() / "worlds" / f"world-{key}"
     with cache_lock(folder):
         if not (folder / "world.json").exists():
             write_world(build_world(config.world), folder)
@@ -61,10 +69,20 @@ def world_kb(config: DemoConfig, world: Path, show_progress: bool = True) -> Pat
     return folder
 
 
-def eval_config(config: DemoConfig, world: Path, model: Path, kb: Path | None) -> EvalConfig:
+def eval_config(
+    config: DemoConfig,
+    world: Path,
+    model: ModelSpec,
+    kb: Path | None,
+    label: str = "base",
+    arms: list[str] | None = None,
+    splits: list[str] | None = None,
+    shots: list[int] | None = None,
+) -> EvalConfig:
     """Test splits for every arm; with rag, the validation questions first, to choose K."""
-    splits = list(config.splits)
-    if "rag" in config.arms:
+    arms = arms or [arm for arm in config.arms if arm in ("base", "oracle", "rag")]
+    splits = list(splits or config.splits)
+    if "rag" in arms:
         splits.insert(0, "validation")
     tasks = [
         TaskSpec(
@@ -75,7 +93,7 @@ def eval_config(config: DemoConfig, world: Path, model: Path, kb: Path | None) -
         for split in splits
     ]
     rag = None
-    if kb is not None:
+    if "rag" in arms:
         rag = RagConfig(
             kb=str(kb),
             retriever=config.retriever,
@@ -85,20 +103,86 @@ def eval_config(config: DemoConfig, world: Path, model: Path, kb: Path | None) -
         )
     return EvalConfig(
         seed=config.world.seed,
-        model=ModelSpec(path=str(model)),
+        model=model,
+        label=label,
         tasks=tasks,
-        arms=config.arms,
-        corpus=str(world / "kb.jsonl"),
+        arms=arms,
+        corpus=str(world / "kb.jsonl") if "oracle" in arms else None,
         rag=rag,
-        shots=config.shots,
+        shots=shots or config.shots,
         scoring=config.scoring,
         bootstrap_resamples=config.bootstrap_resamples,
     )
 
 
+FINETUNE_RECIPE = 1  # bump when the demo's fine-tuning changes meaning
+
+
+def finetune_job(
+    config: DemoConfig,
+    world: Path,
+    base: Path,
+    name: str,
+    n_paraphrases: int | None = None,
+    learning_rate: list[float] | None = None,
+) -> FinetuneConfig:
+    """FT-reg and FT-par: the KB text (± paraphrases); SFT: the world's QA pairs (LoRA)."""
+    tune = config.finetune
+    if name == "sft":
+        data = TrainingData(kind="qa", qa=str(world / "sft.jsonl"), template=tune.sft_template)
+        method, rates = tune.sft_method, tune.sft_learning_rate
+    else:
+        if n_paraphrases is None:
+            n_paraphrases = tune.paraphrases if name == "ft-par" else 0
+        data = TrainingData(
+            corpus=str(world / "kb.jsonl"),
+            paraphrases=str(world / "paraphrases.jsonl") if n_paraphrases else None,
+            n_paraphrases=n_paraphrases,
+            block_size=config.pretrain.block_size,
+        )
+        method, rates = tune.method, tune.learning_rate
+    tasks = world / "tasks"
+
+    def task(split: str) -> TaskSpec:
+        return TaskSpec(name=split, path=str(tasks / f"{split}.jsonl"), dev=str(tasks / "dev.jsonl"))
+
+    return FinetuneConfig(
+        seed=config.world.seed,
+        model=ModelSpec(path=str(base)),
+        data=data,
+        method=method,
+        lora=tune.lora,
+        learning_rate=learning_rate or rates,
+        epochs=tune.epochs,
+        batch_size=tune.batch_size,
+        bf16=config.pretrain.bf16,
+        selection=SelectionConfig(task=task("validation"), sample=tune.validation_sample),
+        contamination=ContaminationConfig(tasks=[task(split) for split in config.splits]),
+        scoring=config.scoring,
+    )
+
+
+def ensure_finetuned(job: FinetuneConfig, name: str, show_progress: bool = True):
+    """``(model spec, selection, was_cached)``, fine-tuning first (into the cache) if needed."""
+    from kinject.training.finetune import finetuned_model_spec, run_finetune
+
+    key = fingerprint(FINETUNE_RECIPE, job.model_dump(mode="json"))
+    folder = cache_dir() / "finetuned" / f"{name}-{key}"
+    with cache_lock(folder):
+        cached = (folder / "selection.json").exists()
+        if not cached:
+            run_finetune(job, folder, show_progress)
+    selection = json.loads((folder / "selection.json").read_text(encoding="utf-8"))
+    return finetuned_model_spec(folder), selection, cached
+
+
 def checks(metrics: list[dict]) -> list[Check]:
     """The base model's three promises, on the 0-shot cells the demo scored."""
-    acc = {(m["arm"], m["split"]): m["acc"] for m in metrics if m["shots"] == 0}
+    acc = {
+        (m["arm"], m["split"]): m["acc"]
+        for m in metrics
+        if m["shots"] == 0 and m.get("model", "base") == "base"
+    }
     result = []
     if ("base", "known") in acc:
         value = acc[("base", "known")]
@@ -143,7 +227,6 @@ def run_demo(
     from rich.console import Console
 
     from kinject.evaluation.evaluate import run_evaluation
-    from kinject.evaluation.report import rich_tables
     from kinject.models.base_model import ensure_base_model
 
     console = Console()
@@ -156,23 +239,138 @@ def run_demo(
         config.world, config.model, config.pretrain, show_progress
     )
     console.print(f"base model: {model_dir} ({'cached' if cached else 'pretrained now'})")
-    kb = world_kb(config, world, show_progress) if "rag" in config.arms else None
+    needs_kb = any(arm == "rag" or arm.endswith("+rag") for arm in config.arms)
+    kb = world_kb(config, world, show_progress) if needs_kb else None
     if kb is not None:
         console.print(f"knowledge base: {kb}")
-    result = run_evaluation(
-        eval_config(config, world, model_dir, kb), run_dir, show_progress=show_progress
-    )
+    finetuning: dict[str, dict] = {}
+    for label, spec, arms in _models(config, world, model_dir, console, show_progress, finetuning):
+        eval_run = eval_config(config, world, spec, kb, label, arms)
+        run_evaluation(eval_run, run_dir / "models" / label, show_progress=show_progress)
+    if "ft-par" in finetuning and config.finetune.curve:
+        finetuning["curve"] = _paraphrase_curve(
+            config, world, model_dir, finetuning, run_dir, console, show_progress
+        )
     write_text(run_dir / "demo.yaml", to_yaml(config))
-    results = checks(result.metrics)
+    write_json(run_dir / "finetuning.json", finetuning)
+    metrics = tabulate_demo(run_dir)
+    results = checks(metrics)
     write_json(
         run_dir / "checks.json",
         {"checks": [{"check": c.label, "value": c.value, "passed": c.passed} for c in results]},
     )
-    title = "kinject demo: accuracy [95% CI]"
-    for table in rich_tables(result.metrics, result.select_k_on, title):
+    for table in demo_tables(run_dir):
         console.print(table)
     for check in results:
         mark = "[green]PASS[/green]" if check.passed else "[red]FAIL[/red]"
         console.print(f"{mark} {check.label}: {check.value:.3f}")
     console.print(f"run folder: {run_dir}  ({time.perf_counter() - started:.0f} s)")
-    return run_dir, result.metrics, results
+    return run_dir, metrics, results
+
+
+FINETUNED = ("ft-reg", "ft-par", "sft")
+
+
+def _models(config: DemoConfig, world, model_dir, console, show_progress, finetuning):
+    """``(label, model spec, arms)`` for the base model and every fine-tuned model asked for."""
+    base_arms = [arm for arm in config.arms if arm in ("base", "oracle", "rag")]
+    if base_arms:
+        yield "base", ModelSpec(path=str(model_dir)), base_arms
+    for name in FINETUNED:
+        arms = [arm for arm in ("base", "rag") if column_name(name, arm) in config.arms]
+        if not arms:
+            continue
+        job = finetune_job(config, world, model_dir, name)
+        spec, selection, cached = ensure_finetuned(job, name, show_progress)
+        finetuning[name] = _chosen(selection, spec)
+        console.print(
+            f"{name}: lr {selection['learning_rate']:g}, epoch {selection['epoch']} "
+            f"({'cached' if cached else 'fine-tuned now'})"
+        )
+        yield name, spec, arms
+
+
+def _chosen(selection: dict, spec: ModelSpec) -> dict:
+    return {
+        "learning_rate": selection["learning_rate"],
+        "epoch": selection["epoch"],
+        "validation_acc": selection["validation_acc"],
+        "model": spec.model_dump(mode="json"),
+    }
+
+
+def _paraphrase_curve(
+    config, world, model_dir, finetuning, run_dir, console, show_progress
+) -> list[dict]:
+    """Accuracy on ``new`` (0-shot) by the number of paraphrases, at FT-par's learning rate."""
+    from kinject.evaluation.evaluate import run_evaluation
+
+    rate = finetuning["ft-par"]["learning_rate"]
+    points = []
+    for count in config.finetune.curve:
+        job = finetune_job(config, world, model_dir, "ft-par", count, [rate])
+        spec, selection, cached = ensure_finetuned(job, f"ft-par{count}", show_progress)
+        label = f"paraphrases-{count}"
+        console.print(
+            f"{label}: epoch {selection['epoch']} ({'cached' if cached else 'fine-tuned now'})"
+        )
+        eval_run = eval_config(config, world, spec, None, label, ["base"], ["new"], [0])
+        run_evaluation(eval_run, run_dir / "curve" / label, show_progress=show_progress)
+        points.append({"paraphrases": count, **_chosen(selection, spec)})
+    return points
+
+
+def tabulate_demo(run_dir: Path) -> list[dict]:
+    """The demo's metrics.json, records.jsonl and table.md from its models' run folders."""
+    from kinject.evaluation.evaluate import retabulate
+    from kinject.evaluation.report import demo_markdown
+
+    finetuning = json.loads((run_dir / "finetuning.json").read_text(encoding="utf-8"))
+    cells, records, selected_k = [], [], {}
+    for folder in _model_runs(run_dir):
+        result = retabulate(folder)
+        cells += result.metrics
+        summary = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+        if "selected_k" in summary:
+            selected_k[folder.name] = summary["selected_k"]
+        records += (folder / "records.jsonl").read_text(encoding="utf-8").splitlines()
+    cells.sort(key=_column_order)
+    curve = []
+    for point in finetuning.get("curve", []):
+        label = f"paraphrases-{point['paraphrases']}"
+        metric = retabulate(run_dir / "curve" / label).metrics[0]
+        curve.append({**point, **{k: metric[k] for k in ("n", "acc", "acc_ci")}})
+    summary = {"cells": cells, "select_k_on": "validation", "selected_k": selected_k}
+    summary["finetuning"] = {k: v for k, v in finetuning.items() if k != "curve"}
+    summary["paraphrase_curve"] = curve
+    write_json(run_dir / "metrics.json", summary)
+    write_text(run_dir / "records.jsonl", "".join(line + "\n" for line in records))
+    write_text(run_dir / "table.md", demo_markdown(cells, curve))
+    return cells
+
+
+def _model_runs(run_dir: Path) -> list[Path]:
+    order = {"base": 0, **{name: i + 1 for i, name in enumerate(FINETUNED)}}
+    folders = [f for f in (run_dir / "models").iterdir() if (f / "config.yaml").exists()]
+    return sorted(folders, key=lambda f: (order.get(f.name, len(order)), f.name))
+
+
+def _column_order(metric: dict) -> int:
+    name = column_name(metric.get("model", "base"), metric["arm"])
+    return DEMO_ARMS.index(name) if name in DEMO_ARMS else len(DEMO_ARMS)
+
+
+def demo_tables(run_dir: Path) -> list:
+    """The terminal's tables, from the demo's metrics.json."""
+    from kinject.evaluation.report import arm_table, curve_table, forgetting_table, rich_tables
+
+    summary = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    cells = summary["cells"]
+    tables = [arm_table(cells, "validation", "kinject demo: accuracy [95% CI]")]
+    tables += rich_tables(cells, "validation")[1:]  # the K grid
+    forgetting = forgetting_table(cells)
+    if forgetting is not None:
+        tables.append(forgetting)
+    if summary["paraphrase_curve"]:
+        tables.append(curve_table(summary["paraphrase_curve"]))
+    return tables

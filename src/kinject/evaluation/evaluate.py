@@ -163,7 +163,7 @@ def run_evaluation(
     ]
     session.score(test)
     plan += test
-    cells = [Cell(arm.name, task.name, shots, arm.k) for task, arm, shots in plan]
+    cells = [Cell(arm.name, task.name, shots, arm.k, config.label) for task, arm, shots in plan]
     metrics = tabulate(run_dir, cells, config)
     return EvalResult(run_dir, metrics, select_on)
 
@@ -209,7 +209,10 @@ class _ScoringSession:
     def score(self, plan) -> None:
         from kinject.progress import progress_bar
 
-        pending = [p for p in plan if not self.store.has(Cell(p[1].name, p[0].name, p[2], p[1].k))]
+        label = self.config.label
+        pending = [
+            p for p in plan if not self.store.has(Cell(p[1].name, p[0].name, p[2], p[1].k, label))
+        ]
         if not pending:
             return
         scorer = self.scorer()  # fails before any file is written
@@ -217,9 +220,15 @@ class _ScoringSession:
         with progress_bar("scoring", total=total, enabled=self.show_progress) as bar:
             for task, arm, shots in pending:
                 records = score_cell(
-                    scorer, task, arm, shots, on_batch=bar.advance, selector=self.selector
+                    scorer,
+                    task,
+                    arm,
+                    shots,
+                    on_batch=bar.advance,
+                    selector=self.selector,
+                    model=label,
                 )
-                self.store.write(Cell(arm.name, task.name, shots, arm.k), records)
+                self.store.write(Cell(arm.name, task.name, shots, arm.k, label), records)
 
 
 def _load(config: EvalConfig):
@@ -233,7 +242,7 @@ def choose_k(store: CellStore, task: str, config: EvalConfig) -> dict[int, int]:
     entries = []
     for shots in config.shots:
         for k in config.rag.k:
-            rows = store.read(Cell("rag", task, shots, k))
+            rows = store.read(Cell("rag", task, shots, k, config.label))
             entries.append((shots, k, accuracy(rows)))
     return best_k(entries)
 
@@ -288,7 +297,8 @@ def retabulate(run_dir: str | Path) -> EvalResult:
     config = load_config(EvalConfig, run_dir / "config.yaml")
     groups: dict[tuple, list[dict]] = {}
     for _, row in read_jsonl(run_dir / "records.jsonl"):
-        groups.setdefault((row["arm"], row["split"], row["shots"], row["k"]), []).append(row)
+        key = (row.get("model", "base"), row["arm"], row["split"], row["shots"], row["k"])
+        groups.setdefault(key, []).append(row)
     metrics = [
         cell_metrics(rows, config.seed, config.bootstrap_resamples) for rows in groups.values()
     ]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from kinject.evaluation.runner import column_name
+
 
 def _fmt(metric: dict, key: str = "acc") -> str:
     low, high = metric[f"{key}_ci"]
@@ -35,9 +37,10 @@ def _cell_text(metric: dict, short: bool = False) -> str:
 
 
 def _column(metric: dict) -> str:
+    name = column_name(metric.get("model", "base"), metric["arm"])
     if metric["arm"] == "rag" and "selected" not in metric:
-        return f"rag k={metric['k']}"
-    return metric["arm"]
+        return f"{name} k={metric['k']}"
+    return name
 
 
 def _pivot(metrics: Sequence[dict], select_k_on: str | None) -> tuple[list[str], list[tuple], dict]:
@@ -75,14 +78,17 @@ def _k_grid_rows(
     metrics: Sequence[dict], task: str, short: bool = False
 ) -> tuple[list[str], list[list[str]]]:
     grid = [m for m in metrics if m["arm"] == "rag" and m["split"] == task]
-    shots = sorted({m["shots"] for m in grid})
+    columns = []  # (model, shots), models in order of appearance
+    for m in grid:
+        if (m.get("model", "base"), m["shots"]) not in columns:
+            columns.append((m.get("model", "base"), m["shots"]))
     ks = sorted({m["k"] for m in grid})
-    by = {(m["k"], m["shots"]): m for m in grid}
+    by = {(m["k"], m.get("model", "base"), m["shots"]): m for m in grid}
     body = []
     for k in ks:
         row = [str(k)]
-        for s in shots:
-            m = by.get((k, s))
+        for model, s in columns:
+            m = by.get((k, model, s))
             if m is None:
                 row.append("–")
                 continue
@@ -91,7 +97,10 @@ def _k_grid_rows(
                 text += f" R@{k}={m['recall']:.2f}"
             row.append(text)
         body.append(row)
-    return ["K", *[f"{s}-shot" for s in shots]], body
+    models = {model for model, _ in columns}
+    if models == {"base"}:
+        return ["K", *[f"{s}-shot" for _, s in columns]], body
+    return ["K", *[f"{column_name(model, 'rag')} {s}-shot" for model, s in columns]], body
 
 
 def _markdown(header: list[str], body: list[list[str]]) -> list[str]:
@@ -102,12 +111,19 @@ def _markdown(header: list[str], body: list[list[str]]) -> list[str]:
 
 def markdown_table(metrics: Sequence[dict], select_k_on: str | None = None) -> str:
     """Accuracy with 95% bootstrap CI: the main table, the K grid, then every cell."""
+    return "\n".join(_summary_lines(metrics, select_k_on) + [""] + _detail_lines(metrics)) + "\n"
+
+
+def _summary_lines(metrics: Sequence[dict], select_k_on: str | None) -> list[str]:
     lines = _markdown(*_main_rows(metrics, select_k_on))
     if select_k_on:
         lines += ["", f"RAG: K chosen on '{select_k_on}' (* = chosen), accuracy by K:", ""]
         lines += _markdown(*_k_grid_rows(metrics, select_k_on))
-    lines += [
-        "",
+    return lines
+
+
+def _detail_lines(metrics: Sequence[dict]) -> list[str]:
+    lines = [
         (
             "Accuracy (acc) with 95% bootstrap confidence intervals; R@k: the share of "
             "questions whose gold document was among the k retrieved chunks."
@@ -118,11 +134,12 @@ def markdown_table(metrics: Sequence[dict], select_k_on: str | None = None) -> s
     ]
     for m in metrics:
         recall = f"{m['recall']:.3f}" if "recall" in m else "–"
+        arm = column_name(m.get("model", "base"), m["arm"])
         lines.append(
-            f"| {m['arm']} | {m['split']} | {m['shots']} | {m['k']} | {m['n']} | "
+            f"| {arm} | {m['split']} | {m['shots']} | {m['k']} | {m['n']} | "
             f"{_fmt(m)} | {_fmt(m, 'acc_norm')} | {recall} |"
         )
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def rich_tables(
@@ -146,3 +163,118 @@ def rich_tables(
     for row in body:
         k_table.add_row(*row)
     return [table, k_table]
+
+
+# --- fine-tuning: what each fine-tuned model gained, and what it forgot -----------------------
+
+GAIN_SPLITS = ("new", "updated")
+KNOWN_SPLIT = "known"
+
+
+def forgetting_rows(metrics: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
+    """Per fine-tuned model (closed book) and shots: gain over the base model on the splits it
+    had to learn, and the drop on ``known`` (what the base model knew)."""
+    closed = {
+        (m.get("model", "base"), m["split"], m["shots"]): m
+        for m in metrics
+        if m["arm"] == "base"
+    }
+    models = []
+    for model, _, _ in closed:
+        if model != "base" and model not in models:
+            models.append(model)
+    shots = sorted({s for _, _, s in closed})
+    body = []
+    for model in models:
+        for s in shots:
+            row = [model, str(s)]
+            for split in GAIN_SPLITS:
+                mine, base = closed.get((model, split, s)), closed.get(("base", split, s))
+                row.append(f"{mine['acc'] - base['acc']:+.3f}" if mine and base else "–")
+            mine, base = closed.get((model, KNOWN_SPLIT, s)), closed.get(("base", KNOWN_SPLIT, s))
+            if mine and base:
+                row.append(f"{short_ci(mine['acc'], mine['acc_ci'])} ({base['acc'] - mine['acc']:+.3f})")
+            else:
+                row.append("–")
+            body.append(row)
+    header = ["model", "shots", *[f"gain on {split}" for split in GAIN_SPLITS]]
+    return [*header, f"{KNOWN_SPLIT} accuracy (drop)"], body
+
+
+def curve_rows(curve: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
+    body = [
+        [
+            str(point["paraphrases"]),
+            f"{point['learning_rate']:g}",
+            str(point["epoch"]),
+            f"{point['validation_acc']:.3f}" if point["validation_acc"] is not None else "–",
+            short_ci(point["acc"], point["acc_ci"]),
+        ]
+        for point in curve
+    ]
+    return ["paraphrases", "lr", "epoch", "validation acc", "new acc (0-shot)"], body
+
+
+def demo_markdown(metrics: Sequence[dict], curve: Sequence[dict]) -> str:
+    """The demo's table.md: accuracy, K grid, forgetting, the paraphrase curve, every cell."""
+    lines = [*_summary_lines(metrics, "validation"), ""]
+    header, body = forgetting_rows(metrics)
+    if body:
+        lines += [
+            "Fine-tuning: gain over the base model (closed book) on what it had to learn, and "
+            "accuracy on what the base model knew (drop after fine-tuning):",
+            "",
+            *_markdown(header, body),
+            "",
+        ]
+    if curve:
+        lines += [
+            "FT-par: accuracy by the number of paraphrases per document (learning rate: "
+            "FT-par's; epoch chosen on validation):",
+            "",
+            *_markdown(*curve_rows(curve)),
+            "",
+        ]
+    return "\n".join(lines + _detail_lines(metrics)) + "\n"
+
+
+def _rich(title: str, header: list[str], body: list[list[str]]):
+    from rich.table import Table
+
+    table = Table(title=title)
+    for position, name in enumerate(header):
+        table.add_column(name, justify="left" if position == 0 else "right")
+    for row in body:
+        table.add_row(*row)
+    return table
+
+
+def forgetting_table(metrics: Sequence[dict]):
+    header, body = forgetting_rows(metrics)
+    if not body:
+        return None
+    return _rich("fine-tuning: gain (closed book) and forgetting on known", header, body)
+
+
+def curve_table(curve: Sequence[dict]):
+    return _rich("FT-par: accuracy on new by paraphrases per document", *curve_rows(curve))
+
+
+def arm_table(metrics: Sequence[dict], select_k_on: str | None, title: str):
+    """The main table turned for many arms: a row per arm, a column per (task, shots)."""
+    columns, rows, cells = _pivot(metrics, select_k_on)
+    header = ["arm", *[f"{split} {shots}-shot" for split, shots in rows]]
+    body = []
+    for column in columns:
+        line = [column]
+        for row in rows:
+            metric = cells.get((row, column))
+            if metric is None:
+                line.append("–")
+                continue
+            text = _short(metric)
+            if metric["arm"] == "rag":
+                text += f" k{metric['k']}"
+            line.append(text)
+        body.append(line)
+    return _rich(title, header, body)

@@ -28,11 +28,25 @@ class Cell:
     split: str  # the task's name
     shots: int
     k: int  # retrieved chunks per question (0 for arms that retrieve nothing)
+    model: str = "base"  # the model's label: the base model, or a fine-tuned one ("ft-par")
 
     @property
     def key(self) -> str:
         raw = f"{self.arm}__{self.split}__{self.shots}shot__k{self.k}"
+        if self.model != "base":
+            raw = f"{self.model}__{raw}"
         return re.sub(r"[^A-Za-z0-9_.-]", "_", raw)
+
+    @property
+    def column(self) -> str:
+        return column_name(self.model, self.arm)
+
+
+def column_name(model: str, arm: str) -> str:
+    """What a table calls an arm of a model: rag, ft-par, ft-par+rag."""
+    if model == "base":
+        return arm
+    return model if arm == "base" else f"{model}+{arm}"
 
 
 def argmax(values: Sequence[float]) -> int:
@@ -51,9 +65,10 @@ def score_cell(
     shots: int,
     on_batch: Callable[[int], None] | None = None,
     selector: ExampleSelector | None = None,
+    model: str = "base",
 ) -> list[dict]:
     """Per-question records of one cell: log-likelihood of every choice, predictions, truth."""
-    cell = Cell(arm.name, task.name, shots, arm.k)
+    cell = Cell(arm.name, task.name, shots, arm.k, model)
     arm.prepare(task.items)
     contexts = [arm.context_for(item) for item in task.items]
     examples = (selector or FirstExamples()).examples(task, task.items, shots)
@@ -97,6 +112,7 @@ def cell_metrics(records: Sequence[dict], seed: int, resamples: int) -> dict:
     correct = [float(r["correct"]) for r in records]
     correct_norm = [float(r["correct_norm"]) for r in records]
     metrics = {
+        "model": first.get("model", "base"),
         "arm": first["arm"],
         "split": first["split"],
         "shots": first["shots"],

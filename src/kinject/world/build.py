@@ -11,7 +11,9 @@ Layout of a world folder (every file is in a format a user could have written by
     tasks/updated.jsonl   the changed attributes; the old value is always a distractor
     tasks/reading.jsonl   people seen in pretraining only with their bio in context
     tasks/dev.jsonl       k-shot examples (known people, never in a test split)
-    tasks/validation.jsonl  new and updated facts asked with reserved question templates
+    tasks/validation.jsonl  new and updated facts asked with the first reserved question template
+    sft.jsonl             QA pairs (alpaca layout) on every KB fact, asked with the second
+                          reserved template: training data for the SFT arm, never a test
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from kinject.world.people import (
 )
 from kinject.world.vocabulary import ATTRIBUTES, Attribute
 
+WORLD_FORMAT = 2  # bump when the files of a world change (2: sft.jsonl, fixed validation wording)
 SPLITS = ("known", "new", "updated", "reading")
 TASK_FILES = SPLITS + ("dev", "validation")
 
@@ -146,7 +149,7 @@ def task_questions(world: World, task: str) -> list[dict]:
     if task == "validation":
         for person in world.split("new") + world.split("updated"):
             for attribute in _asked_attributes(person):
-                template = rng.choice(attribute.reserved_questions)
+                template = attribute.reserved_questions[0]
                 rows.append(_question(task, person, attribute, template, rng))
         return rows
     for person in world.split(task):
@@ -154,6 +157,27 @@ def task_questions(world: World, task: str) -> list[dict]:
             rows.append(_question(task, person, attribute, attribute.test_questions[0], rng))
     if task == "dev":
         rng.shuffle(rows)  # k-shot takes the first k: mix people and attributes
+    return rows
+
+
+def sft_pairs(world: World) -> list[dict]:
+    """Every fact of the knowledge base as an instruction and its answer (alpaca layout).
+
+    The questions use the second reserved template: not the test questions' wording, and not
+    the validation questions' (which choose the fine-tuning's learning rate and epochs).
+    """
+    rows = []
+    for person in world.kb_people:
+        for attribute in ATTRIBUTES:
+            rows.append(
+                {
+                    "id": f"sft-{person.id}-{attribute.name}",
+                    "instruction": question_text(attribute.reserved_questions[1], person.name),
+                    "input": "",
+                    "output": person.values[attribute.name],
+                    "doc_ids": [person.id],
+                }
+            )
     return rows
 
 
@@ -173,6 +197,7 @@ def write_world(world: World, out_dir: str | Path) -> Path:
         write_jsonl(staging / "people.jsonl", (person.to_json() for person in world.people))
         write_jsonl(staging / "kb.jsonl", kb_documents(world))
         write_jsonl(staging / "paraphrases.jsonl", paraphrases(world))
+        write_jsonl(staging / "sft.jsonl", sft_pairs(world))
         counts = {}
         for task in TASK_FILES:
             rows = task_questions(world, task)
