@@ -3,9 +3,12 @@
     python bench/budgets.py                 # --help startup, demo cold and warm
     python bench/budgets.py --make-test     # also: clean clone + `make test` (warm pip cache)
 
-Budgets (issue 2): `kinject --help` < 2 s; `kinject demo` cold <= 10 min (world + base model
-pretraining + evaluation, not counting package install), warm (cached base model) <= 2 min;
-`make test` <= 10 min including install on a warm pip cache.
+Budgets: `kinject --help` < 2 s; `make test` <= 10 min including install on a warm pip
+cache (issue 2).  `kinject demo` with a warm cache (world, base model, knowledge base and
+fine-tuned models cached; every arm scored again into a new run folder) within "a few
+minutes" (issue 4: 5 min here).  The cold demo (world + base-model pretraining + the
+fine-tunings + evaluation) is reported against issue 2's 10 min, which predates the
+fine-tuning arms.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ def main() -> None:
             seconds, cold_out = timed([kinject, "demo", "--out", "cold"], scratch, env)
             rows.append(("kinject demo, cold cache", seconds, 600.0))
             seconds, _ = timed([kinject, "demo", "--out", "warm"], scratch, env)
-            rows.append(("kinject demo, warm cache (new run folder)", seconds, 120.0))
+            rows.append(("kinject demo, warm cache (new run folder)", seconds, 300.0))
             print(cold_out)
         if args.make_test:
             clone = scratch / "clone"

@@ -111,16 +111,32 @@ def test_quick_demo_end_to_end_and_second_run_uses_the_cache(tmp_path):
     for line in ("closed-book accuracy on known >= 0.80", "oracle-context accuracy on new >= 0.80"):
         assert line in first.stdout
     run = tmp_path / "run1"
-    for name in (
-        "config.yaml",
-        "env.json",
-        "records.jsonl",
-        "metrics.json",
-        "table.md",
-        "demo.yaml",
-        "checks.json",
-    ):
+    for name in ("records.jsonl", "metrics.json", "table.md", "demo.yaml", "checks.json"):
         assert (run / name).exists(), name
+    for model in ("base", "ft-reg", "ft-par", "sft"):
+        for name in ("config.yaml", "env.json", "records.jsonl", "metrics.json"):
+            assert (run / "models" / model / name).exists(), (model, name)
+    summary = json.loads((run / "metrics.json").read_text())
+    columns = {(m["model"], m["arm"]) for m in summary["cells"]}
+    assert columns == {
+        ("base", "base"),
+        ("base", "oracle"),
+        ("base", "rag"),
+        ("ft-reg", "base"),
+        ("ft-reg", "rag"),
+        ("ft-par", "base"),
+        ("ft-par", "rag"),
+        ("sft", "base"),
+    }
+    assert [p["paraphrases"] for p in summary["paraphrase_curve"]] == [0, 2]
+    assert {m["split"] for m in summary["cells"] if m.get("open")} == {"new_open"}
+    table = (run / "table.md").read_text()
+    assert "gain on new" in table and "paraphrases per document" in table
+    assert "ft-par+rag" in table and "Open questions" in table
+    (run / "table.md").unlink()
+    rebuilt = kinject("table", "run1", cwd=tmp_path, env_extra=env)
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert (run / "table.md").read_text() == table
     models = list((tmp_path / "cache" / "base-models").glob("tiny-llama-*"))
     assert len(models) == 1 and (models[0] / "config.json").exists()
     assert not [m for m in models if not m.name.endswith(tuple("0123456789abcdef"))]

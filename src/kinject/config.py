@@ -118,13 +118,21 @@ class ModelSpec(Section):
 class ScoringConfig(Section):
     batch_size: int = Field(32, ge=1, description="Sequences per forward pass.")
     bf16_autocast: bool = Field(False, description="Faster; fp32 is exact to lm-eval.")
+    max_new_tokens: int = Field(32, ge=1, description="Open questions: the answer's length cap.")
+    stop: list[str] = Field(
+        default_factory=lambda: ["\n"], description="Open questions: the answer ends at these."
+    )
 
 
 class TaskSpec(Section):
     """A multiple-choice task: kinject JSONL, or one MMLU subject's test CSV."""
 
     name: str | None = Field(None, description="Defaults to the file name (mmlu_<subject>).")
-    format: Literal["jsonl", "mmlu_csv"] = "jsonl"
+    format: Literal["jsonl", "mmlu_csv", "open_jsonl"] = Field(
+        "jsonl",
+        description="jsonl: multiple choice; open_jsonl: open questions scored by generation "
+        "(exact match, token F1, BLEU-4, ROUGE); mmlu_csv: one MMLU subject.",
+    )
     path: str
     dev: str | None = Field(
         None, description="k-shot examples; MMLU guesses ../dev/<subject>_dev.csv."
@@ -413,13 +421,18 @@ class FinetuneConfig(Section):
             raise ValueError("learning_rate values must be > 0")
         if len(set(self.learning_rate)) != len(self.learning_rate):
             raise ValueError("learning_rate values must be distinct")
+        if self.method == "lora" and self.model.adapter is not None:
+            raise ValueError(
+                "LoRA on a model that already has an adapter: merge it first (lora.merge) "
+                "and fine-tune the merged model"
+            )
         return self
 
     def with_paths_resolved(self, base: Path) -> FinetuneConfig:
         """Paths in the file are relative to the file; the saved config holds absolute ones."""
 
         def resolve(value: str | None) -> str | None:
-            return None if value is None else str((base / value).expanduser().resolve())
+            return None if value is None else str((base / Path(value).expanduser()).resolve())
 
         def task(spec: TaskSpec) -> TaskSpec:
             return spec.model_copy(update={"path": resolve(spec.path), "dev": resolve(spec.dev)})
@@ -567,6 +580,10 @@ class DemoConfig(Section):
     finetune: DemoFinetune = DemoFinetune()
     splits: list[Literal["known", "new", "updated", "reading"]] = Field(
         default_factory=lambda: ["known", "new", "updated"]
+    )
+    open_splits: list[Literal["known", "new", "updated"]] = Field(
+        default_factory=lambda: ["new"],
+        description="Splits also asked as open questions (greedy generation; EM, F1, BLEU, ROUGE).",
     )
     kb: KBConfig = Field(
         KBConfig(), description="The knowledge base built from the world's kb.jsonl."

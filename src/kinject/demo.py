@@ -81,6 +81,7 @@ def eval_config(
 ) -> EvalConfig:
     """Test splits for every arm; with rag, the validation questions first, to choose K."""
     arms = arms or [arm for arm in config.arms if arm in ("base", "oracle", "rag")]
+    splits_given = splits
     splits = list(splits or config.splits)
     if "rag" in arms:
         splits.insert(0, "validation")
@@ -92,6 +93,16 @@ def eval_config(
         )
         for split in splits
     ]
+    if splits_given is None:
+        tasks += [
+            TaskSpec(
+                name=f"{split}_open",
+                format="open_jsonl",
+                path=str(world / "tasks" / f"{split}_open.jsonl"),
+                dev=str(world / "tasks" / "dev_open.jsonl"),
+            )
+            for split in config.open_splits
+        ]
     rag = None
     if "rag" in arms:
         rag = RagConfig(

@@ -22,10 +22,17 @@ from kinject.evaluation.arms import Arm, BaseArm, OracleArm, RagArm, RetrievalCa
 from kinject.evaluation.environment import environment
 from kinject.evaluation.fewshot import ExampleSelector, FirstExamples, NearestExamples
 from kinject.evaluation.report import markdown_table
-from kinject.evaluation.runner import Cell, CellStore, accuracy, cell_metrics, score_cell
+from kinject.evaluation.runner import (
+    Cell,
+    CellStore,
+    accuracy,
+    cell_metrics,
+    score_cell,
+    score_open_cell,
+)
 from kinject.fileio import read_jsonl, write_json, write_jsonl, write_text
 from kinject.tasks.items import Task
-from kinject.tasks.loaders import jsonl_task, mmlu_task
+from kinject.tasks.loaders import jsonl_task, mmlu_task, open_task
 
 
 @dataclass(frozen=True)
@@ -39,6 +46,9 @@ def load_task(spec: TaskSpec) -> Task:
     if spec.format == "mmlu_csv":
         task = mmlu_task(spec.path, spec.dev)
         updates = {"style": spec.style or "letter"}
+    elif spec.format == "open_jsonl":
+        task = open_task(spec.name or Path(spec.path).stem, spec.path, spec.dev)
+        updates = {}
     else:
         name = spec.name or Path(spec.path).stem
         task = jsonl_task(name, spec.path, spec.dev, spec.style or "option")
@@ -189,15 +199,25 @@ class _ScoringSession:
         self.show_progress = show_progress
         self.selector = build_selector(config)
         self._scorer = None
+        self._generator = None
+        self._begun = False
+
+    def _model(self):
+        """The model, loaded on first need; the run folder is begun once it has loaded."""
+        if self.model_and_tokenizer is None:
+            self.model_and_tokenizer = _load(self.config)
+        if not self._begun:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_text(self.run_dir / "config.yaml", to_yaml(self.config))
+            write_json(self.run_dir / "env.json", environment(self.config.seed))
+            self._begun = True
+        return self.model_and_tokenizer
 
     def scorer(self):
         if self._scorer is None:
             from kinject.scoring.loglikelihood import LoglikelihoodScorer, MemoizedScorer
 
-            model, tokenizer = self.model_and_tokenizer or _load(self.config)
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            write_text(self.run_dir / "config.yaml", to_yaml(self.config))
-            write_json(self.run_dir / "env.json", environment(self.config.seed))
+            model, tokenizer = self._model()
             scoring = self.config.scoring
             self._scorer = MemoizedScorer(
                 LoglikelihoodScorer(
@@ -205,6 +225,22 @@ class _ScoringSession:
                 )
             )
         return self._scorer
+
+    def generator(self):
+        if self._generator is None:
+            from kinject.scoring.generation import GreedyGenerator
+
+            model, tokenizer = self._model()
+            scoring = self.config.scoring
+            self._generator = GreedyGenerator(
+                model,
+                tokenizer,
+                scoring.batch_size,
+                scoring.max_new_tokens,
+                scoring.stop,
+                scoring.bf16_autocast,
+            )
+        return self._generator
 
     def score(self, plan) -> None:
         from kinject.progress import progress_bar
@@ -215,12 +251,18 @@ class _ScoringSession:
         ]
         if not pending:
             return
-        scorer = self.scorer()  # fails before any file is written
-        total = sum(len(item.choices) for task, _, _ in pending for item in task.items)
+        self._model()  # fails before any file is written
+        total = sum(
+            1 if task.is_open else len(item.choices)
+            for task, _, _ in pending
+            for item in task.items
+        )
         with progress_bar("scoring", total=total, enabled=self.show_progress) as bar:
             for task, arm, shots in pending:
-                records = score_cell(
-                    scorer,
+                score = score_open_cell if task.is_open else score_cell
+                backend = self.generator() if task.is_open else self.scorer()
+                records = score(
+                    backend,
                     task,
                     arm,
                     shots,

@@ -123,21 +123,42 @@ def _summary_lines(metrics: Sequence[dict], select_k_on: str | None) -> list[str
 
 
 def _detail_lines(metrics: Sequence[dict]) -> list[str]:
-    lines = [
-        (
-            "Accuracy (acc) with 95% bootstrap confidence intervals; R@k: the share of "
-            "questions whose gold document was among the k retrieved chunks."
-        ),
-        "",
-        "| arm | task | shots | k | n | acc | acc_norm | recall |",
-        "|---|---|---:|---:|---:|---|---|---:|",
-    ]
-    for m in metrics:
+    closed = [m for m in metrics if not m.get("open")]
+    lines = []
+    if closed:
+        lines += [
+            (
+                "Accuracy (acc) with 95% bootstrap confidence intervals; R@k: the share of "
+                "questions whose gold document was among the k retrieved chunks."
+            ),
+            "",
+            "| arm | task | shots | k | n | acc | acc_norm | recall |",
+            "|---|---|---:|---:|---:|---|---|---:|",
+        ]
+    for m in closed:
         recall = f"{m['recall']:.3f}" if "recall" in m else "–"
         arm = column_name(m.get("model", "base"), m["arm"])
         lines.append(
             f"| {arm} | {m['split']} | {m['shots']} | {m['k']} | {m['n']} | "
             f"{_fmt(m)} | {_fmt(m, 'acc_norm')} | {recall} |"
+        )
+    generated = [m for m in metrics if m.get("open")]
+    if generated:
+        lines += [
+            "" if closed else "",
+            "Open questions, answered by greedy generation: exact match (the table's acc) and "
+            "token F1 with 95% bootstrap CIs, corpus BLEU-4, mean ROUGE F-measures.",
+            "",
+            "| arm | task | shots | k | n | exact match | token F1 | BLEU-4 | ROUGE-1 | ROUGE-2 "
+            "| ROUGE-L |",
+            "|---|---|---:|---:|---:|---|---|---:|---:|---:|---:|",
+        ]
+    for m in generated:
+        arm = column_name(m.get("model", "base"), m["arm"])
+        lines.append(
+            f"| {arm} | {m['split']} | {m['shots']} | {m['k']} | {m['n']} | {_fmt(m)} | "
+            f"{_fmt(m, 'f1')} | {m['bleu4']:.3f} | {m['rouge1']:.3f} | {m['rouge2']:.3f} | "
+            f"{m['rougeL']:.3f} |"
         )
     return lines
 

@@ -102,6 +102,45 @@ def score_cell(
     return records
 
 
+def score_open_cell(
+    generator,
+    task: Task,
+    arm: Arm,
+    shots: int,
+    on_batch: Callable[[int], None] | None = None,
+    selector: ExampleSelector | None = None,
+    model: str = "base",
+) -> list[dict]:
+    """Per-question records of a cell of open questions: the generated answer and its scores."""
+    from kinject.evaluation.open_metrics import exact_match, token_f1
+    from kinject.tasks.prompts import build_open_prompt
+
+    cell = Cell(arm.name, task.name, shots, arm.k, model)
+    arm.prepare(task.items)
+    contexts = [arm.context_for(item) for item in task.items]
+    examples = (selector or FirstExamples()).examples(task, task.items, shots)
+    prompts = [
+        build_open_prompt(task, item, shots, context.text if context else None, shown)
+        for item, context, shown in zip(task.items, contexts, examples)
+    ]
+    predictions = generator.generate(prompts, on_batch=on_batch)
+    records = []
+    for item, prediction, context in zip(task.items, predictions, contexts):
+        record = {
+            **asdict(cell),
+            "question_id": item.id,
+            "prediction": prediction,
+            "answers": list(item.answers),
+            "correct": bool(exact_match(prediction, item.answers)),
+            "f1": round(token_f1(prediction, item.answers), 6),
+        }
+        if context is not None and context.retrieved is not None:
+            record["retrieved"] = list(context.retrieved)
+            record["doc_ids"] = list(context.gold if context.gold is not None else item.doc_ids)
+        records.append(record)
+    return records
+
+
 def accuracy(records: Sequence[dict], key: str = "correct") -> float:
     """The share of correct answers, rounded as in metrics.json (what K selection compares)."""
     return round(sum(float(r[key]) for r in records) / len(records), 4)
@@ -109,6 +148,8 @@ def accuracy(records: Sequence[dict], key: str = "correct") -> float:
 
 def cell_metrics(records: Sequence[dict], seed: int, resamples: int) -> dict:
     first = records[0]
+    if "prediction" in first:
+        return _open_metrics(records, seed, resamples)
     correct = [float(r["correct"]) for r in records]
     correct_norm = [float(r["correct_norm"]) for r in records]
     metrics = {
@@ -126,6 +167,35 @@ def cell_metrics(records: Sequence[dict], seed: int, resamples: int) -> dict:
     recalls = [retrieval_recall(r) for r in records if r.get("doc_ids") and "retrieved" in r]
     if recalls and first["k"] > 0:
         metrics["recall"] = round(sum(recalls) / len(recalls), 4)  # gold documents among the k
+    return metrics
+
+
+def _open_metrics(records: Sequence[dict], seed: int, resamples: int) -> dict:
+    """Open questions: ``acc`` is exact match; token F1, BLEU-4 and ROUGE beside it."""
+    from kinject.evaluation.open_metrics import bleu4, rouge
+
+    first = records[0]
+    predictions = [r["prediction"] for r in records]
+    answers = [r["answers"] for r in records]
+    f1 = [r["f1"] for r in records]
+    metrics = {
+        "model": first.get("model", "base"),
+        "arm": first["arm"],
+        "split": first["split"],
+        "shots": first["shots"],
+        "k": first["k"],
+        "n": len(records),
+        "open": True,
+        "acc": accuracy(records),
+        "acc_ci": list(bootstrap_ci([float(r["correct"]) for r in records], seed, resamples)),
+        "f1": round(sum(f1) / len(f1), 4),
+        "f1_ci": list(bootstrap_ci(f1, seed, resamples)),
+        "bleu4": round(bleu4(predictions, answers), 4),
+        **{kind: round(value, 4) for kind, value in rouge(predictions, answers).items()},
+    }
+    recalls = [retrieval_recall(r) for r in records if r.get("doc_ids") and "retrieved" in r]
+    if recalls and first["k"] > 0:
+        metrics["recall"] = round(sum(recalls) / len(recalls), 4)
     return metrics
 
 

@@ -23,6 +23,17 @@ def quiet_transformers() -> None:
     logging.disable_progress_bar()
 
 
+def load_tokenizer(spec: ModelSpec):
+    """The model's tokenizer alone (cheap: no weights are read)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(spec.path, revision=spec.revision)
+    except OSError as error:
+        reason = " ".join(str(error).split())
+        raise KinjectError(f"cannot load the tokenizer of '{spec.path}': {reason}") from None
+
+
 def load_causal_lm(spec: ModelSpec):
     """``(model, tokenizer)`` in eval mode on the requested device and dtype."""
     import torch

@@ -1,4 +1,4 @@
-"""The multiple-choice item and task types every loader produces."""
+"""The item and task types every loader produces: multiple choice, and open questions."""
 
 from __future__ import annotations
 
@@ -16,12 +16,27 @@ class MCItem:
 
 
 @dataclass(frozen=True)
+class OpenItem:
+    """A question answered by generation; any of ``answers`` counts as right."""
+
+    id: str
+    question: str
+    answers: tuple[str, ...]
+    doc_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Task:
     """Test items plus the dev items k-shot examples are taken from (first k, as lm-eval)."""
 
     name: str
-    items: tuple[MCItem, ...]
-    dev: tuple[MCItem, ...] = ()
+    items: tuple[MCItem, ...] | tuple[OpenItem, ...]
+    dev: tuple[MCItem, ...] | tuple[OpenItem, ...] = ()
     description: str = ""  # text before the k-shot examples (MMLU's "The following are …")
     style: str = "option"  # letter | option
     source: dict = field(default_factory=dict)
+
+    @property
+    def is_open(self) -> bool:
+        """Open questions (scored by generation) rather than multiple choice."""
+        return bool(self.items) and isinstance(self.items[0], OpenItem)

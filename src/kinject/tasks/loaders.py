@@ -12,7 +12,7 @@ from typing import Any
 
 from kinject.errors import DataError
 from kinject.fileio import read_jsonl
-from kinject.tasks.items import MCItem, Task
+from kinject.tasks.items import MCItem, OpenItem, Task
 
 MMLU_LETTERS = ("A", "B", "C", "D")
 
@@ -72,6 +72,40 @@ def load_mc_jsonl(path: str | Path) -> list[MCItem]:
         lines.append(line)
     _check_unique(items, path, lines)
     return items
+
+
+def load_open_jsonl(path: str | Path) -> list[OpenItem]:
+    """``{"id", "question", "answers": [str, …], "doc_ids"?}`` per line (open questions)."""
+    path = Path(path)
+    items, lines = [], []
+    for line, obj in read_jsonl(path):
+        for key in obj:
+            if key not in ("id", "question", "answers", "doc_ids"):
+                raise DataError(path, line, key, "unknown field")
+        item_id = _require(obj, "id", str, path, line)
+        if not item_id:
+            raise DataError(path, line, "id", "empty")
+        question = _require(obj, "question", str, path, line)
+        answers = _require(obj, "answers", list, path, line)
+        if not answers or not all(isinstance(a, str) and a.strip() for a in answers):
+            raise DataError(path, line, "answers", "expected a non-empty list of non-empty strings")
+        doc_ids = obj.get("doc_ids", [])
+        if not isinstance(doc_ids, list) or not all(isinstance(d, str) for d in doc_ids):
+            raise DataError(path, line, "doc_ids", "expected a list of strings")
+        items.append(OpenItem(item_id, question, tuple(answers), tuple(doc_ids)))
+        lines.append(line)
+    _check_unique(items, path, lines)
+    return items
+
+
+def open_task(name: str, path: str | Path, dev_path: str | Path | None = None) -> Task:
+    dev = load_open_jsonl(dev_path) if dev_path is not None else []
+    return Task(
+        name=name,
+        items=tuple(load_open_jsonl(path)),
+        dev=tuple(dev),
+        source={"format": "open_jsonl", "path": str(path), "dev": str(dev_path) if dev_path else None},
+    )
 
 
 def load_mmlu_csv(path: str | Path, subject: str | None = None) -> list[MCItem]:

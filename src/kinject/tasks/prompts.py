@@ -88,3 +88,30 @@ def build_prompt(
         continuations=tuple(TARGET_DELIMITER + choice for choice in choices),
         choice_texts=tuple(choices),
     )
+
+
+def build_open_prompt(
+    task: Task,
+    item,
+    shots: int,
+    context: str | None = None,
+    examples: Sequence | None = None,
+) -> str:
+    """An open question in the option style, answered by generation after ``Answer:``::
+
+    {description}Question: {ex1}\\nAnswer: {ex1 answers[0]}\\n\\n … {context}\\n\\nQuestion: {q}\\nAnswer:
+    """
+    if examples is None:
+        if shots > len(task.dev):
+            raise ValueError(
+                f"task '{task.name}' has {len(task.dev)} dev examples; {shots}-shot needs {shots}"
+            )
+        examples = task.dev[:shots]
+    prefix = task.description + "".join(
+        f"Question: {example.question}\nAnswer:{TARGET_DELIMITER}{example.answers[0]}"
+        + FEWSHOT_DELIMITER
+        for example in examples
+    )
+    if context:
+        prefix += context + FEWSHOT_DELIMITER
+    return prefix + f"Question: {item.question}\nAnswer:"

@@ -33,6 +33,7 @@ from pathlib import Path
 from kinject.config import FinetuneConfig, ModelSpec, load_config, to_yaml
 from kinject.errors import KinjectError
 from kinject.fileio import read_jsonl, replace_dir, staging_dir, write_json, write_jsonl, write_text
+from kinject.models.loading import load_tokenizer
 from kinject.tasks.items import Task
 from kinject.training.data import TrainingSet
 
@@ -101,6 +102,7 @@ def run_finetune(
     training = TrainingSet(config.data, config.seed)  # bad inputs fail before anything is written
     validation, checked = load_tasks_for(config)
     contamination = guard_contamination(training, checked, config)
+    _blocks(config, training, load_tokenizer(config.model))  # enough text for one block?
     saved = run_dir / "config.yaml"
     if saved.exists() and saved.read_text(encoding="utf-8") != to_yaml(config):
         raise KinjectError(
@@ -152,14 +154,10 @@ def prepare_model(config: FinetuneConfig):
 
 
 def _train_candidate(config, training, validation, lr, folder: Path, show_progress) -> None:
-    from kinject.models.packing import PackedBlocks
     from kinject.training.loop import Schedule, train
 
     model, tokenizer = prepare_model(config)
-    data = config.data
-    blocks = PackedBlocks(
-        tokenizer, training.for_epoch, data.block_size, config.batch_size, data.isolate_documents
-    )
+    blocks = _blocks(config, training, tokenizer)
     steps_per_epoch = math.ceil(blocks.blocks_in_epoch(0) / config.batch_size)
     schedule = Schedule(
         steps=steps_per_epoch * config.epochs,
@@ -189,6 +187,25 @@ def _train_candidate(config, training, validation, lr, folder: Path, show_progre
         {**result.summary(), "learning_rate": lr, "steps_per_epoch": steps_per_epoch},
     )
     shutil.rmtree(folder / "checkpoint", ignore_errors=True)
+
+
+def _blocks(config: FinetuneConfig, training: TrainingSet, tokenizer):
+    """The packed blocks of the training text; too little text for one block is an error."""
+    from kinject.models.packing import PackedBlocks
+
+    data = config.data
+    blocks = PackedBlocks(
+        tokenizer, training.for_epoch, data.block_size, config.batch_size, data.isolate_documents
+    )
+    try:
+        blocks.blocks_in_epoch(0)
+    except ValueError:
+        source = data.corpus if data.kind == "text" else data.qa
+        raise KinjectError(
+            f"{source}: the training text is shorter than one block of {data.block_size} "
+            "tokens; lower data.block_size or add text"
+        ) from None
+    return blocks
 
 
 class _BestKeeper:
@@ -252,7 +269,8 @@ def _better(new: dict, old: dict) -> bool:
 
 
 def _select(candidates: list[tuple[float, Path]]) -> dict:
-    """The best (learning rate, epoch) over every candidate; ties go to the earlier in the grid."""
+    """The best (learning rate, epoch) over every candidate; ties go to the earlier in the grid.
+    Without validation questions every candidate's best is its last epoch: the first LR wins."""
     import json
 
     scored = []
@@ -261,7 +279,7 @@ def _select(candidates: list[tuple[float, Path]]) -> dict:
         best = json.loads((folder / "best.json").read_text(encoding="utf-8"))
         for _, row in read_jsonl(folder / "validation.jsonl"):
             scored.append({"learning_rate": lr, **row})
-        if chosen is None or _better(best, chosen[1]):
+        if chosen is None or ("acc" in best and _better(best, chosen[1])):
             chosen = (lr, best)
     lr, best = chosen
     return {

@@ -12,6 +12,7 @@ Layout of a world folder (every file is in a format a user could have written by
     tasks/reading.jsonl   people seen in pretraining only with their bio in context
     tasks/dev.jsonl       k-shot examples (known people, never in a test split)
     tasks/validation.jsonl  new and updated facts asked with the first reserved question template
+    tasks/<split>_open.jsonl  known, new, updated, dev as open questions (answers: the value)
     sft.jsonl             QA pairs (alpaca layout) on every KB fact, asked with the second
                           reserved template: training data for the SFT arm, never a test
 """
@@ -38,9 +39,10 @@ from kinject.world.people import (
 )
 from kinject.world.vocabulary import ATTRIBUTES, Attribute
 
-WORLD_FORMAT = 2  # bump when the files of a world change (2: sft.jsonl, fixed validation wording)
+WORLD_FORMAT = 3  # bump when a world's files change (3: sft.jsonl, open questions, fixed validation wording)
 SPLITS = ("known", "new", "updated", "reading")
 TASK_FILES = SPLITS + ("dev", "validation")
+OPEN_SPLITS = ("known", "new", "updated", "dev")
 
 
 @dataclass(frozen=True)
@@ -160,6 +162,20 @@ def task_questions(world: World, task: str) -> list[dict]:
     return rows
 
 
+def open_questions(world: World, split: str) -> list[dict]:
+    """The test questions of ``split`` without options: answered by generation."""
+    return [
+        {
+            "id": f"{split}-open-{person.id}-{attribute.name}",
+            "question": question_text(attribute.test_questions[0], person.name),
+            "answers": [person.values[attribute.name]],
+            "doc_ids": [person.id],
+        }
+        for person in world.split(split)
+        for attribute in _asked_attributes(person)
+    ]
+
+
 def sft_pairs(world: World) -> list[dict]:
     """Every fact of the knowledge base as an instruction and its answer (alpaca layout).
 
@@ -198,6 +214,8 @@ def write_world(world: World, out_dir: str | Path) -> Path:
         write_jsonl(staging / "kb.jsonl", kb_documents(world))
         write_jsonl(staging / "paraphrases.jsonl", paraphrases(world))
         write_jsonl(staging / "sft.jsonl", sft_pairs(world))
+        for split in OPEN_SPLITS:
+            write_jsonl(staging / "tasks" / f"{split}_open.jsonl", open_questions(world, split))
         counts = {}
         for task in TASK_FILES:
             rows = task_questions(world, task)

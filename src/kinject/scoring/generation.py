@@ -1,0 +1,82 @@
+"""Greedy generation for open questions: batched, left-padded, cut at a stop string.
+
+Prompts are sorted by length (longest first) so a batch pads little; results come back in
+the caller's order.  Decoding is greedy (deterministic); the answer is the generated text up
+to the first stop string, stripped of surrounding whitespace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+
+class GreedyGenerator:
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        batch_size: int = 32,
+        max_new_tokens: int = 32,
+        stop: Sequence[str] = ("\n",),
+        bf16: bool = False,
+    ):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.max_new_tokens = max_new_tokens
+        self.stop = tuple(stop)
+        self.bf16 = bf16
+
+    def generate(
+        self, prompts: Sequence[str], on_batch: Callable[[int], None] | None = None
+    ) -> list[str]:
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+        answers: list[str] = [""] * len(prompts)
+        for first in range(0, len(order), self.batch_size):
+            batch = order[first : first + self.batch_size]
+            for index, text in zip(batch, self._batch([prompts[i] for i in batch])):
+                answers[index] = text
+            if on_batch is not None:
+                on_batch(len(batch))
+        return answers
+
+    def _batch(self, prompts: list[str]) -> list[str]:
+        import torch
+
+        from kinject.training.loop import autocast_context
+
+        tokenizer = self.tokenizer
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        encoded = [self._encode(prompt) for prompt in prompts]
+        width = max(len(ids) for ids in encoded)
+        device = next(self.model.parameters()).device
+        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in encoded], device=device)
+        mask = torch.tensor(
+            [[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], device=device
+        )
+        with torch.no_grad(), autocast_context(device.type, self.bf16):
+            output = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=mask,
+                max_new_tokens=self.max_new_tokens,
+                do_sample=False,
+                pad_token_id=pad,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+        texts = tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
+        return [self._cut(text) for text in texts]
+
+    def _encode(self, prompt: str) -> list[int]:
+        ids = self.tokenizer.encode(prompt)  # special tokens as the log-likelihood scorer's
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        if limit:
+            ids = ids[-(limit - self.max_new_tokens) :]
+        return ids
+
+    def _cut(self, text: str) -> str:
+        end = len(text)
+        for stop in self.stop:
+            position = text.find(stop)
+            if position != -1:
+                end = min(end, position)
+        return text[:end].strip()
