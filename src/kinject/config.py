@@ -123,6 +123,12 @@ class ScoringConfig(Section):
         default_factory=lambda: ["\n"], description="Open questions: the answer ends at these."
     )
 
+    @model_validator(mode="after")
+    def _check(self) -> ScoringConfig:
+        if any(stop == "" for stop in self.stop):
+            raise ValueError("stop strings must not be empty")
+        return self
+
 
 class TaskSpec(Section):
     """A multiple-choice task: kinject JSONL, or one MMLU subject's test CSV."""
@@ -235,6 +241,17 @@ class RagConfig(Section):
         return self
 
 
+def _resolved_model(model: ModelSpec, base: Path) -> ModelSpec:
+    """A model folder relative to the config file made absolute (a hub id stays as it is)."""
+    path = base / Path(model.path).expanduser()
+    if path.exists():
+        model = model.model_copy(update={"path": str(path.resolve())})
+    if model.adapter is not None:
+        adapter = (base / Path(model.adapter).expanduser()).resolve()
+        model = model.model_copy(update={"adapter": str(adapter)})
+    return model
+
+
 class EvalConfig(Section):
     """``kinject eval``: one model, its arms, tasks and shots; every combination is a cell."""
 
@@ -281,12 +298,7 @@ class EvalConfig(Section):
         def resolve(value: str | None) -> str | None:
             return None if value is None else str((base / value).resolve())
 
-        model_path = base / self.model.path
-        model = self.model
-        if model_path.exists():  # otherwise a hub id
-            model = self.model.model_copy(update={"path": str(model_path.resolve())})
-        if model.adapter is not None:
-            model = model.model_copy(update={"adapter": resolve(model.adapter)})
+        model = _resolved_model(self.model, base)
         tasks = [
             task.model_copy(update={"path": resolve(task.path), "dev": resolve(task.dev)})
             for task in self.tasks
@@ -437,11 +449,7 @@ class FinetuneConfig(Section):
         def task(spec: TaskSpec) -> TaskSpec:
             return spec.model_copy(update={"path": resolve(spec.path), "dev": resolve(spec.dev)})
 
-        model = self.model
-        if (base / model.path).exists():
-            model = model.model_copy(update={"path": str((base / model.path).resolve())})
-        if model.adapter is not None:
-            model = model.model_copy(update={"adapter": resolve(model.adapter)})
+        model = _resolved_model(self.model, base)
         data = self.data.model_copy(
             update={
                 key: resolve(getattr(self.data, key))

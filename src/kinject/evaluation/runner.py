@@ -69,13 +69,7 @@ def score_cell(
 ) -> list[dict]:
     """Per-question records of one cell: log-likelihood of every choice, predictions, truth."""
     cell = Cell(arm.name, task.name, shots, arm.k, model)
-    arm.prepare(task.items)
-    contexts = [arm.context_for(item) for item in task.items]
-    examples = (selector or FirstExamples()).examples(task, task.items, shots)
-    prompts = [
-        build_prompt(task, item, shots, context.text if context else None, shown)
-        for item, context, shown in zip(task.items, contexts, examples)
-    ]
+    contexts, prompts = _prompts(build_prompt, task, arm, shots, selector)
     requests = [(p.context, c) for p in prompts for c in p.continuations]
     scores = scorer.loglikelihood(requests, on_batch=on_batch)
     records, position = [], 0
@@ -95,11 +89,28 @@ def score_cell(
             "correct": pred == item.answer,
             "correct_norm": pred_norm == item.answer,
         }
-        if context is not None and context.retrieved is not None:
-            record["retrieved"] = list(context.retrieved)
-            record["doc_ids"] = list(context.gold if context.gold is not None else item.doc_ids)
-        records.append(record)
+        records.append(_with_retrieval(record, context, item))
     return records
+
+
+def _prompts(build, task: Task, arm: Arm, shots: int, selector: ExampleSelector | None):
+    """Each question's context from the arm, and its prompt with the k-shot examples."""
+    arm.prepare(task.items)
+    contexts = [arm.context_for(item) for item in task.items]
+    examples = (selector or FirstExamples()).examples(task, task.items, shots)
+    prompts = [
+        build(task, item, shots, context.text if context else None, shown)
+        for item, context, shown in zip(task.items, contexts, examples)
+    ]
+    return contexts, prompts
+
+
+def _with_retrieval(record: dict, context, item) -> dict:
+    """A record of a retrieving arm also holds what was retrieved and the gold documents."""
+    if context is not None and context.retrieved is not None:
+        record["retrieved"] = list(context.retrieved)
+        record["doc_ids"] = list(context.gold if context.gold is not None else item.doc_ids)
+    return record
 
 
 def score_open_cell(
@@ -116,13 +127,7 @@ def score_open_cell(
     from kinject.tasks.prompts import build_open_prompt
 
     cell = Cell(arm.name, task.name, shots, arm.k, model)
-    arm.prepare(task.items)
-    contexts = [arm.context_for(item) for item in task.items]
-    examples = (selector or FirstExamples()).examples(task, task.items, shots)
-    prompts = [
-        build_open_prompt(task, item, shots, context.text if context else None, shown)
-        for item, context, shown in zip(task.items, contexts, examples)
-    ]
+    contexts, prompts = _prompts(build_open_prompt, task, arm, shots, selector)
     predictions = generator.generate(prompts, on_batch=on_batch)
     records = []
     for item, prediction, context in zip(task.items, predictions, contexts):
@@ -134,10 +139,7 @@ def score_open_cell(
             "correct": bool(exact_match(prediction, item.answers)),
             "f1": round(token_f1(prediction, item.answers), 6),
         }
-        if context is not None and context.retrieved is not None:
-            record["retrieved"] = list(context.retrieved)
-            record["doc_ids"] = list(context.gold if context.gold is not None else item.doc_ids)
-        records.append(record)
+        records.append(_with_retrieval(record, context, item))
     return records
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from kinject.errors import KinjectError
+
 
 class GreedyGenerator:
     def __init__(
@@ -45,6 +47,7 @@ class GreedyGenerator:
 
         from kinject.training.loop import autocast_context
 
+        self.model.eval()
         tokenizer = self.tokenizer
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         encoded = [self._encode(prompt) for prompt in prompts]
@@ -54,6 +57,7 @@ class GreedyGenerator:
         mask = torch.tensor(
             [[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], device=device
         )
+        stopping = {"stop_strings": list(self.stop), "tokenizer": tokenizer} if self.stop else {}
         with torch.no_grad(), autocast_context(device.type, self.bf16):
             output = self.model.generate(
                 input_ids=input_ids,
@@ -62,6 +66,7 @@ class GreedyGenerator:
                 do_sample=False,
                 pad_token_id=pad,
                 eos_token_id=tokenizer.eos_token_id,
+                **stopping,  # a batch ends early once every answer has reached a stop string
             )
         texts = tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
         return [self._cut(text) for text in texts]
@@ -70,6 +75,11 @@ class GreedyGenerator:
         ids = self.tokenizer.encode(prompt)  # special tokens as the log-likelihood scorer's
         limit = getattr(self.model.config, "max_position_embeddings", None)
         if limit:
+            if self.max_new_tokens >= limit:
+                raise KinjectError(
+                    f"scoring.max_new_tokens ({self.max_new_tokens}) leaves no room for the "
+                    f"prompt in the model's {limit} positions"
+                )
             ids = ids[-(limit - self.max_new_tokens) :]
         return ids
 

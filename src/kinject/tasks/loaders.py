@@ -26,6 +26,13 @@ def _require(obj: dict, key: str, kind: type, path: Path, line: int) -> Any:
     return value
 
 
+def _doc_ids(obj: dict, path: Path, line: int) -> tuple[str, ...]:
+    doc_ids = obj.get("doc_ids", [])
+    if not isinstance(doc_ids, list) or not all(isinstance(d, str) for d in doc_ids):
+        raise DataError(path, line, "doc_ids", "expected a list of strings")
+    return tuple(doc_ids)
+
+
 def _check_unique(items: list[MCItem], path: Path, lines: list[int]) -> None:
     seen: dict[str, int] = {}
     for item, line in zip(items, lines):
@@ -65,10 +72,8 @@ def load_mc_jsonl(path: str | Path) -> list[MCItem]:
         subject = obj.get("subject")
         if subject is not None and not isinstance(subject, str):
             raise DataError(path, line, "subject", "expected a string")
-        doc_ids = obj.get("doc_ids", [])
-        if not isinstance(doc_ids, list) or not all(isinstance(d, str) for d in doc_ids):
-            raise DataError(path, line, "doc_ids", "expected a list of strings")
-        items.append(MCItem(item_id, question, tuple(choices), answer, subject, tuple(doc_ids)))
+        doc_ids = _doc_ids(obj, path, line)
+        items.append(MCItem(item_id, question, tuple(choices), answer, subject, doc_ids))
         lines.append(line)
     _check_unique(items, path, lines)
     return items
@@ -89,10 +94,7 @@ def load_open_jsonl(path: str | Path) -> list[OpenItem]:
         answers = _require(obj, "answers", list, path, line)
         if not answers or not all(isinstance(a, str) and a.strip() for a in answers):
             raise DataError(path, line, "answers", "expected a non-empty list of non-empty strings")
-        doc_ids = obj.get("doc_ids", [])
-        if not isinstance(doc_ids, list) or not all(isinstance(d, str) for d in doc_ids):
-            raise DataError(path, line, "doc_ids", "expected a list of strings")
-        items.append(OpenItem(item_id, question, tuple(answers), tuple(doc_ids)))
+        items.append(OpenItem(item_id, question, tuple(answers), _doc_ids(obj, path, line)))
         lines.append(line)
     _check_unique(items, path, lines)
     return items
