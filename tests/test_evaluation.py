@@ -206,3 +206,32 @@ def test_an_empty_task_file_is_an_error(tmp_path, world_dir, tiny_llama_dir):
     )
     with pytest.raises(KinjectError, match="has no questions"):
         run_evaluation(config, tmp_path / "run", show_progress=False)
+
+
+def test_forgetting_rows_show_gain_and_change_against_the_base_model():
+    from kinject.evaluation.report import forgetting_rows
+
+    def cell(model, split, acc, arm="base"):
+        return {
+            "model": model,
+            "arm": arm,
+            "split": split,
+            "shots": 0,
+            "k": 0,
+            "n": 10,
+            "acc": acc,
+            "acc_ci": [acc - 0.1, acc],
+        }
+
+    metrics = [
+        cell("base", "new", 0.25),
+        cell("base", "updated", 0.0),
+        cell("base", "known", 1.0),
+        cell("ft-par", "new", 0.8),
+        cell("ft-par", "updated", 0.7),
+        cell("ft-par", "known", 0.9),
+        cell("ft-par", "new", 0.95, arm="rag"),  # FT+RAG is not a closed-book row
+    ]
+    header, body = forgetting_rows(metrics)
+    assert header[-1] == "known accuracy (change)"
+    assert body == [["ft-par", "0", "+0.550", "+0.700", "0.900 [.800–.900] (-0.100)"]]

@@ -194,7 +194,7 @@ KNOWN_SPLIT = "known"
 
 def forgetting_rows(metrics: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
     """Per fine-tuned model (closed book) and shots: gain over the base model on the splits it
-    had to learn, and the drop on ``known`` (what the base model knew)."""
+    had to learn, and the change on ``known`` (what the base model knew: forgetting < 0)."""
     closed = {
         (m.get("model", "base"), m["split"], m["shots"]): m
         for m in metrics
@@ -214,12 +214,13 @@ def forgetting_rows(metrics: Sequence[dict]) -> tuple[list[str], list[list[str]]
                 row.append(f"{mine['acc'] - base['acc']:+.3f}" if mine and base else "–")
             mine, base = closed.get((model, KNOWN_SPLIT, s)), closed.get(("base", KNOWN_SPLIT, s))
             if mine and base:
-                row.append(f"{short_ci(mine['acc'], mine['acc_ci'])} ({base['acc'] - mine['acc']:+.3f})")
+                change = mine["acc"] - base["acc"]
+                row.append(f"{short_ci(mine['acc'], mine['acc_ci'])} ({change:+.3f})")
             else:
                 row.append("–")
             body.append(row)
     header = ["model", "shots", *[f"gain on {split}" for split in GAIN_SPLITS]]
-    return [*header, f"{KNOWN_SPLIT} accuracy (drop)"], body
+    return [*header, f"{KNOWN_SPLIT} accuracy (change)"], body
 
 
 def curve_rows(curve: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
@@ -243,7 +244,7 @@ def demo_markdown(metrics: Sequence[dict], curve: Sequence[dict]) -> str:
     if body:
         lines += [
             "Fine-tuning: gain over the base model (closed book) on what it had to learn, and "
-            "accuracy on what the base model knew (drop after fine-tuning):",
+            "accuracy on what the base model knew (change from the base model: forgetting):",
             "",
             *_markdown(header, body),
             "",
