@@ -161,6 +161,10 @@ def finetune(
 
         kinject finetune --config ft-par.yaml --out runs/ft-par
 
+    On several devices (or CPU processes), the same command under accelerate:
+
+        accelerate launch --num_processes 2 -m kinject finetune --config ft-par.yaml
+
     Then evaluate the result (and FT+RAG) with `kinject eval`, model `{path: ./base-model,
     adapter: runs/ft-par/model}` for LoRA, or `{path: runs/ft-par/model}` for full.
     """
@@ -174,6 +178,8 @@ def finetune(
         )
     run_dir = out or Path("runs") / config.stem
     result = run_finetune(job, run_dir)
+    if result is None:  # a secondary process of `accelerate launch`
+        return
     chosen = result.selection
     figures = f"lr {chosen['learning_rate']:g}, epoch {chosen['epoch']}"
     if chosen["validation_acc"] is not None:

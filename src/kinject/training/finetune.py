@@ -36,6 +36,7 @@ from kinject.fileio import read_jsonl, replace_dir, staging_dir, write_json, wri
 from kinject.models.loading import load_tokenizer
 from kinject.tasks.items import Task
 from kinject.training.data import TrainingSet
+from kinject.training.loop import is_main_process
 
 
 @dataclass(frozen=True)
@@ -94,8 +95,11 @@ def guard_contamination(training: TrainingSet, tasks: list[Task], config: Finetu
 
 def run_finetune(
     config: FinetuneConfig, run_dir: str | Path, show_progress: bool = True
-) -> FinetuneResult:
-    """Train every learning rate of the grid (resuming), choose on validation, write the run."""
+) -> FinetuneResult | None:
+    """Train every learning rate of the grid (resuming), choose on validation, write the run.
+
+    Under ``accelerate launch`` every process trains its share of each batch; the first
+    writes the run folder and returns the result, the others return None."""
     from kinject.evaluation.environment import environment
 
     run_dir = Path(run_dir)
@@ -109,15 +113,19 @@ def run_finetune(
             f"{run_dir} holds a fine-tuning with a different config; choose another --out "
             "(or delete the folder to start over)"
         )
-    write_text(saved, to_yaml(config))
-    write_json(run_dir / "env.json", environment(config.seed))
-    write_json(run_dir / "contamination.json", contamination)
+    main = is_main_process()  # under `accelerate launch`, the first process writes
+    if main:
+        write_text(saved, to_yaml(config))
+        write_json(run_dir / "env.json", environment(config.seed))
+        write_json(run_dir / "contamination.json", contamination)
     candidates = []
     for lr in config.learning_rate:
         folder = run_dir / "candidates" / _lr_name(lr)
         if not (folder / "done.json").exists():
             _train_candidate(config, training, validation, lr, folder, show_progress)
         candidates.append((lr, folder))
+    if not main:
+        return None
     selection = _select(candidates)
     write_json(run_dir / "selection.json", selection)
     _publish(config, run_dir, run_dir / "candidates" / _lr_name(selection["learning_rate"]))
@@ -180,6 +188,8 @@ def _train_candidate(config, training, validation, lr, folder: Path, show_progre
         evaluate=keeper.evaluate,
         evaluate_every=steps_per_epoch,
     )
+    if not is_main_process():
+        return
     write_jsonl(folder / "training_log.jsonl", result.log)
     write_jsonl(folder / "validation.jsonl", result.validation)
     write_json(

@@ -150,23 +150,73 @@ def _save_checkpoint(path: Path, model, optimizer, progress: _Progress) -> None:
 
 
 def _update(
-    model, optimizer, batch, lr: float, schedule: Schedule, bf16: bool, label: str
+    model, optimizer, batch, lr: float, schedule: Schedule, bf16: bool, label: str, group
 ) -> float:
-    """One optimizer step; returns the loss."""
+    """One optimizer step; returns the loss (averaged over the processes of a group)."""
     import torch
 
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+    for param_group in optimizer.param_groups:
+        param_group["lr"] = lr
+    forward = group.wrapped if group is not None else model
     with autocast_context(batch["input_ids"].device.type, bf16):
-        loss = model(**batch).loss
+        loss = forward(**batch).loss
     if not torch.isfinite(loss):
         raise FloatingPointError(f"{label}: loss became {loss.item()}")
-    loss.backward()
+    loss.backward()  # under DDP: gradients averaged over the processes
     if schedule.grad_clip:
         torch.nn.utils.clip_grad_norm_(list(_trainable(model).values()), schedule.grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    if group is not None:
+        loss = group.accelerator.reduce(loss.detach(), "mean")
     return loss.item()
+
+
+@dataclass
+class _ProcessGroup:
+    """Data-parallel training under ``accelerate launch``: every process takes its share of
+    the rows of each step's batch (rank r: rows r, r + n, …), so the global batch is the one
+    a single process would train on; the main process alone evaluates and writes."""
+
+    accelerator: Any
+    wrapped: Any  # the model wrapped for gradient averaging (DDP)
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def size(self) -> int:
+        return self.accelerator.num_processes
+
+    def shard(self, batch: dict, step: int) -> dict:
+        rows = batch["input_ids"].shape[0]
+        if rows % self.size:
+            raise KinjectError(
+                f"step {step}: a batch of {rows} rows cannot be split over {self.size} "
+                "processes; make the batch size a multiple of the number of processes"
+            )
+        return {key: value[self.rank :: self.size] for key, value in batch.items()}
+
+
+def is_main_process() -> bool:
+    """False in the processes of an ``accelerate launch`` other than the first."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _process_group(model):
+    """A :class:`_ProcessGroup` when started by ``accelerate launch`` with several processes."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import Accelerator
+
+    device = next(model.parameters()).device
+    accelerator = Accelerator(cpu=device.type == "cpu")
+    return _ProcessGroup(accelerator, accelerator.prepare_model(model))
 
 
 def train(
@@ -193,6 +243,8 @@ def train(
     """
     from kinject.progress import progress_bar
 
+    group = _process_group(model)
+    main = group is None or group.accelerator.is_main_process
     device = next(model.parameters()).device
     optimizer = _optimizer(model, schedule)
     checkpoint = checkpoint_dir / "checkpoint.pt" if checkpoint_dir else None
@@ -201,19 +253,22 @@ def train(
     model.train()
     began, last_save = time.perf_counter() - progress.seconds, time.perf_counter()
     running = None
-    with progress_bar(description, total=schedule.steps, enabled=show_progress) as bar:
+    with progress_bar(description, total=schedule.steps, enabled=show_progress and main) as bar:
         bar.advance(resumed_from)
         for step in range(resumed_from, schedule.steps):
             batch = {k: v.to(device) for k, v in batch_for(step).items()}
+            tokens = int(batch["input_ids"].numel())  # the global batch's
+            if group is not None:
+                batch = group.shard(batch, step)
             progress.step = step + 1
             if "labels" in batch and not bool((batch["labels"] != IGNORE_INDEX).any()):
                 value = None  # nothing to learn from (every token masked): skip the update
             else:
                 lr = schedule.lr_at(step)
                 label = f"{description}, step {step}"
-                value = _update(model, optimizer, batch, lr, schedule, bf16, label)
+                value = _update(model, optimizer, batch, lr, schedule, bf16, label, group)
                 running = value if running is None else 0.95 * running + 0.05 * value
-                progress.tokens += int(batch["input_ids"].numel())
+                progress.tokens += tokens
             progress.seconds = time.perf_counter() - began
             logged = progress.step % log_every == 0 or progress.step == schedule.steps
             if logged and value is not None:
@@ -233,13 +288,19 @@ def train(
                 progress.step == schedule.steps
                 or (evaluate_every and progress.step % evaluate_every == 0)
             )
-            if due:
+            if due and main:
                 progress.validation.append(_evaluated(model, evaluate, progress.step))
-            if checkpoint is not None and (
+            save = checkpoint is not None and (
                 due or time.perf_counter() - last_save > checkpoint_every_s
-            ):
-                _save_checkpoint(checkpoint, model, optimizer, progress)
+            )
+            if group is not None:  # every process saves at the same steps (rank 0's clock)
+                save = _agreed(group, save)
+            if save:
+                if main:
+                    _save_checkpoint(checkpoint, model, optimizer, progress)
                 last_save = time.perf_counter()
+            if group is not None and (save or due):
+                group.accelerator.wait_for_everyone()
     model.eval()
     return TrainingResult(
         steps=schedule.steps,
@@ -250,6 +311,16 @@ def train(
         log=progress.log,
         validation=progress.validation,
     )
+
+
+def _agreed(group: _ProcessGroup, flag: bool) -> bool:
+    """Rank 0's decision, shared with every process."""
+    import torch
+
+    from accelerate.utils import broadcast
+
+    value = torch.tensor([int(flag)], device=group.accelerator.device)
+    return bool(broadcast(value, from_process=0).item())
 
 
 def _evaluated(model, evaluate: Callable[[int], dict[str, Any]], step: int) -> dict[str, Any]:
