@@ -370,7 +370,13 @@ class LoraConfig(Section):
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] = Field(
         default_factory=lambda: [
-            "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
         ],
         min_length=1,
         description="Module names to adapt (Llama names by default), or ['all-linear'].",
@@ -398,8 +404,11 @@ class ContaminationConfig(Section):
     )
     ngram: int = Field(8, ge=1, description="Words per n-gram (shorter questions: whole).")
     threshold: float = Field(
-        0.5, gt=0, le=1, description="A question is contaminated when this share of its "
-        "n-grams occurs in the training text."
+        0.5,
+        gt=0,
+        le=1,
+        description="A question is contaminated when this share of its "
+        "n-grams occurs in the training text.",
     )
     allow: bool = Field(False, description="Train anyway (recorded in the run folder).")
 

@@ -155,7 +155,9 @@ def finetune_job(
     tasks = world / "tasks"
 
     def task(split: str) -> TaskSpec:
-        return TaskSpec(name=split, path=str(tasks / f"{split}.jsonl"), dev=str(tasks / "dev.jsonl"))
+        return TaskSpec(
+            name=split, path=str(tasks / f"{split}.jsonl"), dev=str(tasks / "dev.jsonl")
+        )
 
     return FinetuneConfig(
         seed=config.world.seed,

@@ -145,12 +145,16 @@ def _detail_lines(metrics: Sequence[dict]) -> list[str]:
     generated = [m for m in metrics if m.get("open")]
     if generated:
         lines += [
-            "" if closed else "",
-            "Open questions, answered by greedy generation: exact match (the table's acc) and "
-            "token F1 with 95% bootstrap CIs, corpus BLEU-4, mean ROUGE F-measures.",
+            *([""] if closed else []),
+            (
+                "Open questions, answered by greedy generation: exact match (the table's acc) "
+                "and token F1 with 95% bootstrap CIs, corpus BLEU-4, mean ROUGE F-measures."
+            ),
             "",
-            "| arm | task | shots | k | n | exact match | token F1 | BLEU-4 | ROUGE-1 | ROUGE-2 "
-            "| ROUGE-L |",
+            (
+                "| arm | task | shots | k | n | exact match | token F1 | BLEU-4 | ROUGE-1 "
+                "| ROUGE-2 | ROUGE-L |"
+            ),
             "|---|---|---:|---:|---:|---|---|---:|---:|---:|---:|",
         ]
     for m in generated:
@@ -196,9 +200,7 @@ def forgetting_rows(metrics: Sequence[dict]) -> tuple[list[str], list[list[str]]
     """Per fine-tuned model (closed book) and shots: gain over the base model on the splits it
     had to learn, and the change on ``known`` (what the base model knew: forgetting < 0)."""
     closed = {
-        (m.get("model", "base"), m["split"], m["shots"]): m
-        for m in metrics
-        if m["arm"] == "base"
+        (m.get("model", "base"), m["split"], m["shots"]): m for m in metrics if m["arm"] == "base"
     }
     models = []
     for model, _, _ in closed:
@@ -243,16 +245,21 @@ def demo_markdown(metrics: Sequence[dict], curve: Sequence[dict]) -> str:
     header, body = forgetting_rows(metrics)
     if body:
         lines += [
-            "Fine-tuning: gain over the base model (closed book) on what it had to learn, and "
-            "accuracy on what the base model knew (change from the base model: forgetting):",
+            (
+                "Fine-tuning: gain over the base model (closed book) on what it had to learn, "
+                "and accuracy on what the base model knew (change from the base model: "
+                "forgetting):"
+            ),
             "",
             *_markdown(header, body),
             "",
         ]
     if curve:
         lines += [
-            "FT-par: accuracy by the number of paraphrases per document (learning rate: "
-            "FT-par's; epoch chosen on validation):",
+            (
+                "FT-par: accuracy by the number of paraphrases per document (learning rate: "
+                "FT-par's; epoch chosen on validation):"
+            ),
             "",
             *_markdown(*curve_rows(curve)),
             "",

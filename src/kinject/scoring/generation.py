@@ -49,11 +49,15 @@ class GreedyGenerator:
 
         self.model.eval()
         tokenizer = self.tokenizer
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        pad = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        )
         encoded = [self._encode(prompt) for prompt in prompts]
         width = max(len(ids) for ids in encoded)
         device = next(self.model.parameters()).device
-        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in encoded], device=device)
+        input_ids = torch.tensor(
+            [[pad] * (width - len(ids)) + ids for ids in encoded], device=device
+        )
         mask = torch.tensor(
             [[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], device=device
         )

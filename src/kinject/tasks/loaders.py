@@ -106,7 +106,11 @@ def open_task(name: str, path: str | Path, dev_path: str | Path | None = None) -
         name=name,
         items=tuple(load_open_jsonl(path)),
         dev=tuple(dev),
-        source={"format": "open_jsonl", "path": str(path), "dev": str(dev_path) if dev_path else None},
+        source={
+            "format": "open_jsonl",
+            "path": str(path),
+            "dev": str(dev_path) if dev_path else None,
+        },
     )
 
 

@@ -54,7 +54,9 @@ def load_units(corpus: str | Path) -> list[Unit]:
     if (corpus / "kb.json").exists():
         from kinject.kb.store import KnowledgeBase
 
-        return [Unit(chunk.id, chunk.doc_id, chunk.text) for chunk in KnowledgeBase.open(corpus).chunks]
+        return [
+            Unit(chunk.id, chunk.doc_id, chunk.text) for chunk in KnowledgeBase.open(corpus).chunks
+        ]
     if corpus.is_dir():
         raise KinjectError(f"{corpus} is a folder but not a knowledge base (no kb.json)")
     from kinject.corpus import load_corpus_jsonl
@@ -164,7 +166,9 @@ class TrainingSet:
         documents = []
         for unit in units:
             documents.append(TrainingDocument(unit.text))
-            documents += [TrainingDocument(text) for text in table.get(unit.id, [])[: data.n_paraphrases]]
+            documents += [
+                TrainingDocument(text) for text in table.get(unit.id, [])[: data.n_paraphrases]
+            ]
         return documents
 
     def texts(self) -> list[str]:

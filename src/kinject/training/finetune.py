@@ -328,4 +328,3 @@ def _merge(config: FinetuneConfig, run_dir: Path) -> None:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-

@@ -130,7 +130,7 @@ def _load_checkpoint(path: Path | None, model, optimizer) -> _Progress:
         )
     missing = set(_trainable(model)) - set(state["model"])
     if missing:
-        raise StaleCheckpoint(f"{path} does not hold '{sorted(missing)[0]}'; delete it to start over")
+        raise StaleCheckpoint(f"{path} does not hold '{min(missing)}'; delete it to start over")
     model.load_state_dict(state["model"], strict=False)
     optimizer.load_state_dict(state["optimizer"])
     return _Progress(**state["progress"])
@@ -316,7 +316,6 @@ def train(
 def _agreed(group: _ProcessGroup, flag: bool) -> bool:
     """Rank 0's decision, shared with every process."""
     import torch
-
     from accelerate.utils import broadcast
 
     value = torch.tensor([int(flag)], device=group.accelerator.device)

@@ -39,7 +39,9 @@ from kinject.world.people import (
 )
 from kinject.world.vocabulary import ATTRIBUTES, Attribute
 
-WORLD_FORMAT = 3  # bump when a world's files change (3: sft.jsonl, open questions, fixed validation wording)
+WORLD_FORMAT = (
+    3  # bump when a world's files change (3: sft.jsonl, open questions, fixed validation wording)
+)
 SPLITS = ("known", "new", "updated", "reading")
 TASK_FILES = SPLITS + ("dev", "validation")
 OPEN_SPLITS = ("known", "new", "updated", "dev")
