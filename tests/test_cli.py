@@ -104,7 +104,7 @@ def test_eval_command_on_a_local_model_and_table_rebuild(tmp_path, tiny_gpt2_dir
 
 
 def test_quick_demo_end_to_end_and_second_run_uses_the_cache(tmp_path):
-    env = {"KINJECT_CACHE_DIR": str(tmp_path / "cache")}
+    env = {"KINJECT_CACHE_DIR": str(tmp_path / "cache"), "COLUMNS": "400"}
     first = kinject("demo", "--quick", "--out", "run1", cwd=tmp_path, env_extra=env)
     assert first.returncode == 0, first.stderr
     assert "pretrained now" in first.stdout
@@ -148,7 +148,8 @@ def test_quick_demo_end_to_end_and_second_run_uses_the_cache(tmp_path):
 
 
 def test_two_demos_at_once_share_the_cache_safely(tmp_path):
-    env = {**os.environ, "KINJECT_CACHE_DIR": str(tmp_path / "cache")}
+    # Wide lines: rich would wrap "(pretrained now)" after a long cache path.
+    env = {**os.environ, "KINJECT_CACHE_DIR": str(tmp_path / "cache"), "COLUMNS": "400"}
     processes = [
         subprocess.Popen(
             [sys.executable, "-m", "kinject", "demo", "--quick", "--out", f"run{i}"],
@@ -162,6 +163,14 @@ def test_two_demos_at_once_share_the_cache_safely(tmp_path):
     ]
     outputs = [p.communicate(timeout=600) for p in processes]
     assert [p.returncode for p in processes] == [0, 0], outputs
-    said = sorted("cached" if "(cached)" in out else "trained" for out, _ in outputs)
-    assert said == ["cached", "trained"]
+    base_lines = [
+        next(line for line in out.splitlines() if line.startswith("base model:"))
+        for out, _ in outputs
+    ]
+    said = sorted("trained" if "(pretrained now)" in line else "cached" for line in base_lines)
+    assert said == ["cached", "trained"], base_lines
+    folders = (tmp_path / "cache" / "finetuned").iterdir()
+    finetuned = sorted(p.name.rsplit("-", 1)[0] for p in folders if p.is_dir())
+    # Each trained once; the curve's points 0 and 2 are FT-reg and FT-par themselves here.
+    assert finetuned == ["ft-par", "ft-reg", "sft"]
     assert len(list((tmp_path / "cache" / "worlds").glob("world-*"))) == 1

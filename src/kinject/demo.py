@@ -321,16 +321,35 @@ def _paraphrase_curve(
     rate = finetuning["ft-par"]["learning_rate"]
     points = []
     for count in config.finetune.curve:
-        job = finetune_job(config, world, model_dir, "ft-par", count, [rate])
-        spec, selection, cached = ensure_finetuned(job, f"ft-par{count}", show_progress)
         label = f"paraphrases-{count}"
-        console.print(
-            f"{label}: epoch {selection['epoch']} ({'cached' if cached else 'fine-tuned now'})"
-        )
+        same = _same_training(config, finetuning, count, rate)
+        if same is not None:  # FT-par (or FT-reg) at this learning rate: already trained
+            chosen = finetuning[same]
+            console.print(f"{label}: the {same} model")
+        else:
+            job = finetune_job(config, world, model_dir, "ft-par", count, [rate])
+            spec, selection, cached = ensure_finetuned(job, f"ft-par{count}", show_progress)
+            chosen = _chosen(selection, spec)
+            console.print(
+                f"{label}: epoch {selection['epoch']} ({'cached' if cached else 'fine-tuned now'})"
+            )
+        spec = ModelSpec(**chosen["model"])
         eval_run = eval_config(config, world, spec, None, label, ["base"], ["new"], [0])
         run_evaluation(eval_run, run_dir / "curve" / label, show_progress=show_progress)
-        points.append({"paraphrases": count, **_chosen(selection, spec)})
+        points.append({"paraphrases": count, **chosen})
     return points
+
+
+def _same_training(config: DemoConfig, finetuning: dict, count: int, rate: float) -> str | None:
+    """The fine-tuned model that already is this curve point's training, if any: the best
+    epoch of FT-par's (or FT-reg's) candidate at ``rate`` is what a run at ``rate`` alone
+    would choose."""
+    if count == config.finetune.paraphrases:
+        return "ft-par"
+    reg = finetuning.get("ft-reg")
+    if count == 0 and reg is not None and reg["learning_rate"] == rate:
+        return "ft-reg"
+    return None
 
 
 def tabulate_demo(run_dir: Path) -> list[dict]:
