@@ -42,13 +42,7 @@ from kinject.training.finetune import finetuned_model_spec, run_finetune
 from kinject.training.loop import Schedule, StaleCheckpoint, train
 from kinject.world.build import build_world, write_world
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -173,12 +173,7 @@ def rich_tables(
     """The main table, and the rag arm's accuracy by K on the validation task if it has one."""
     from rich.table import Table
 
-    header, body = _main_rows(metrics, select_k_on, short=True)
-    table = Table(title=title)
-    for position, name in enumerate(header):
-        table.add_column(name, justify="left" if position == 0 else "right")
-    for row in body:
-        table.add_row(*row)
+    table = _rich(title, *_main_rows(metrics, select_k_on, short=True))
     if not select_k_on:
         return [table]
     header, body = _k_grid_rows(metrics, select_k_on, short=True)
