@@ -134,14 +134,42 @@ def test_killed_evaluation_resumes_without_redoing_finished_cells(
     } == finished
 
 
-def test_a_run_folder_refuses_a_different_config(tmp_path, world_dir, tiny_llama_dir):
-    run_evaluation(
-        _config(world_dir, tiny_llama_dir, shots=[0]), tmp_path / "run", show_progress=False
+def test_a_changed_config_rescores_only_the_cells_it_changes(
+    tmp_path, world_dir, tiny_llama_dir, monkeypatch
+):
+    run = tmp_path / "run"
+    first = run_evaluation(_config(world_dir, tiny_llama_dir, shots=[0]), run, show_progress=False)
+    before = {p.name: p.stat().st_mtime_ns for p in (run / "cells").glob("*.jsonl")}
+
+    real, scored = evaluate_module.score_cell, []
+
+    def counting(*args, **kwargs):
+        scored.append((args[2].name, args[1].name, args[3]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "score_cell", counting)
+    wider = run_evaluation(
+        _config(world_dir, tiny_llama_dir, shots=[0, 2]), run, show_progress=False
+    ).metrics
+    assert scored and all(shots == 2 for _, _, shots in scored)  # the 0-shot cells were kept
+    assert [m for m in wider if m["shots"] == 0] == first.metrics
+    kept = {p.name: p.stat().st_mtime_ns for p in (run / "cells").glob("*.jsonl")}
+    assert {name: kept[name] for name in before} == before
+
+    scored.clear()  # a changed scoring setting that changes predictions: every cell again
+    changed = _config(world_dir, tiny_llama_dir, shots=[0])
+    changed = changed.model_copy(
+        update={"scoring": changed.scoring.model_copy(update={"bf16_autocast": True})}
     )
-    with pytest.raises(KinjectError, match="different config"):
-        run_evaluation(
-            _config(world_dir, tiny_llama_dir, shots=[0, 2]), tmp_path / "run", show_progress=False
-        )
+    run_evaluation(changed, run, show_progress=False)
+    assert len(scored) == len(first.metrics)
+    scored.clear()  # one that cannot (the batch size): nothing again
+    same = _config(world_dir, tiny_llama_dir, shots=[0])
+    same = same.model_copy(update={"scoring": same.scoring.model_copy(update={"batch_size": 3})})
+    assert run_evaluation(same, run, show_progress=False).metrics == first.metrics
+    assert scored == []
+    saved = (run / "config.yaml").read_text()
+    assert "batch_size: 3" in saved  # the folder's config is the latest run's
 
 
 def test_tables_rebuild_from_records_without_a_model(tmp_path, world_dir, tiny_llama_dir):

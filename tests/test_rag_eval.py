@@ -118,11 +118,11 @@ def test_k_is_chosen_on_validation_and_test_is_scored_at_that_k_only(
 def test_rag_run_resumes_without_rescoring(tmp_path, world_dir, kb_dir, tiny_llama_dir):
     config = _config(world_dir, kb_dir, tiny_llama_dir, select_k_on="validation")
     run_evaluation(config, tmp_path / "run", show_progress=False)
-    cells = sorted((tmp_path / "run" / "cells").iterdir())
+    cells = sorted((tmp_path / "run" / "cells").glob("*.jsonl"))
     stamps = {p.name: p.stat().st_mtime_ns for p in cells}
     (cells[-1]).unlink()  # as if killed before the last cell finished
     run_evaluation(config, tmp_path / "run", show_progress=False)
-    after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run" / "cells").iterdir()}
+    after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run" / "cells").glob("*.jsonl")}
     assert set(after) == set(stamps)
     assert [name for name in after if after[name] != stamps[name]] == [cells[-1].name]
 

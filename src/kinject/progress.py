@@ -12,6 +12,11 @@ class _Bar:
         self._progress = progress
         self._task = task
 
+    def describe(self, description: str) -> None:
+        """Change the text before the bar (what is being worked on now)."""
+        if self._progress is not None:
+            self._progress.update(self._task, description=description)
+
     def advance(self, n: int = 1, info: str | None = None) -> None:
         if self._progress is None:
             return

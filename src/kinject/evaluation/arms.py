@@ -2,8 +2,9 @@
 
 An arm's contract is :meth:`Arm.context_for`: the text (if any) placed before a question, with
 what was retrieved for it.  :meth:`Arm.prepare` lets an arm do its work for a whole task at
-once (the rag arm retrieves for all questions in batches).  Later arms (fine-tuning) add
-preparation of the model.
+once (the rag arm retrieves for all questions in batches); :meth:`Arm.identity` says what
+decides its contexts, so a finished cell is reused only while that is unchanged.
+Fine-tuned models are not arms: they are other models, scored with these same arms.
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ class Arm(ABC):
     @abstractmethod
     def context_for(self, item: MCItem) -> Context | None:
         """What to put before the question, or None."""
+
+    def identity(self) -> dict:
+        """What decides this arm's contexts (JSON-able); part of every cell's key."""
+        return {"arm": self.name, "k": self.k}
 
 
 class BaseArm(Arm):
@@ -68,13 +73,19 @@ class OracleArm(Arm):
             )
         return Context(CONTEXT_SEPARATOR.join(self.corpus[doc_id] for doc_id in item.doc_ids))
 
+    def identity(self) -> dict:
+        from kinject.evaluation.identity import file_identity
+
+        return {"arm": self.name, "corpus": file_identity(self.corpus_path)}
+
 
 class RetrievalCache:
     """Top chunks per question, retrieved once at the deepest K and shared by every K."""
 
-    def __init__(self, kb, retriever, depth: int):
+    def __init__(self, kb, retriever, depth: int, retriever_name: str = "dense"):
         self.kb = kb
         self.retriever = retriever
+        self.retriever_name = retriever_name  # with its settings, e.g. "hybrid rrf_k=60"
         self.depth = depth
         self._hits: dict[str, list] = {}
 
@@ -113,6 +124,17 @@ class RagArm(Arm):
     def prepare(self, items: Sequence[MCItem]) -> None:
         if self.k:
             self.cache.fetch(items)
+
+    def identity(self) -> dict:
+        return {
+            "arm": self.name,
+            "k": self.k,
+            "kb": self.cache.kb.identity(),
+            "retriever": self.cache.retriever_name,
+            "template": self.template,
+            "separator": self.separator,
+            "best_last": self.best_last,
+        }
 
     def context_for(self, item: MCItem) -> Context | None:
         aliases = self.cache.kb.duplicates  # gold ids the KB dropped as exact duplicates

@@ -2,19 +2,24 @@
 
 The run folder (the contract later tools rely on)::
 
-    config.yaml     the resolved config (absolute paths)
+    config.yaml     the resolved config (absolute paths) of the latest run
     env.json        package versions, seed, torch threads, machine
-    cells/*.jsonl   finished cells (resume points)
+    cells/<cell>-<digest>.jsonl   finished cells (resume points); the digest hashes what
+                    decides the cell's records, so a changed config reuses every cell it
+                    did not change and scores only the others
+    cells/<cell>-<digest>.cost.json   the cell's scoring time
     records.jsonl   one line per (cell, question)
     metrics.json    {"cells": [{arm, split, shots, k, n, acc, acc_ci, acc_norm, acc_norm_ci}]}
+    costs.json      {"cells": [{arm, split, shots, k, seconds, latency_ms, …}]}
     table.md        the human table
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from kinject.cache import fingerprint
 from kinject.config import EmbedderConfig, EvalConfig, RagConfig, TaskSpec, to_yaml
 from kinject.corpus import load_corpus_jsonl
 from kinject.errors import KinjectError
@@ -78,7 +83,8 @@ def _rag_arms(rag: RagConfig) -> list[Arm]:
     from kinject.kb.store import KnowledgeBase
 
     kb = KnowledgeBase.open(rag.kb)
-    cache = RetrievalCache(kb, kb.retriever(rag.retriever, rag.rrf_k), max(rag.k))
+    name = f"{rag.retriever} rrf_k={rag.rrf_k}" if rag.retriever == "hybrid" else rag.retriever
+    cache = RetrievalCache(kb, kb.retriever(rag.retriever, rag.rrf_k), max(rag.k), name)
     best_last = rag.order == "best_last"
     return [RagArm(cache, k, rag.template, rag.chunk_separator, best_last) for k in rag.k]
 
@@ -118,16 +124,6 @@ def validate_plan(config: EvalConfig, tasks: list[Task], arms: list[Arm]) -> Non
                 arm.context_for(item)
 
 
-def check_run_dir(config: EvalConfig, run_dir: Path) -> None:
-    """An existing run folder must have been made by the same config (then it resumes)."""
-    saved = run_dir / "config.yaml"
-    if saved.exists() and saved.read_text(encoding="utf-8") != to_yaml(config):
-        raise KinjectError(
-            f"{run_dir} holds a run of a different config; choose another --out "
-            "(or delete the folder to start over)"
-        )
-
-
 def run_evaluation(
     config: EvalConfig,
     run_dir: str | Path,
@@ -150,21 +146,20 @@ def run_evaluation(
         ]
     arms = build_arms(config)
     validate_plan(config, tasks, arms)
-    check_run_dir(config, run_dir)
     session = _ScoringSession(config, run_dir, model_and_tokenizer, show_progress)
     select_on = config.rag.select_k_on if config.rag else None
     grid = [arm for arm in arms if arm.name == "rag"] if select_on else []
     plan = [
-        (task, arm, shots)
+        session.planned(task, arm, shots)
         for task in tasks
         if task.name == select_on
         for arm in grid
         for shots in config.shots
     ]
     session.score(plan)  # the K grid on the validation task
-    selected = choose_k(session.store, select_on, config) if select_on else None
+    selected = choose_k(session.store, plan) if select_on else None
     test = [
-        (task, arm, shots)
+        session.planned(task, arm, shots)
         for task in tasks
         if task.name != select_on
         for arm in arms
@@ -172,10 +167,19 @@ def run_evaluation(
         if arm not in grid or arm.k == selected[shots]
     ]
     session.score(test)
-    plan += test
-    cells = [Cell(arm.name, task.name, shots, arm.k, config.label) for task, arm, shots in plan]
-    metrics = tabulate(run_dir, cells, config)
+    metrics = tabulate(run_dir, plan + test, config)
     return EvalResult(run_dir, metrics, select_on)
+
+
+@dataclass(frozen=True)
+class PlannedCell:
+    """A cell to score, and the digest of everything that decides its records."""
+
+    task: Task
+    arm: Arm
+    shots: int
+    cell: Cell
+    digest: str
 
 
 def sample_items(task: Task, size: int, seed: int) -> Task:
@@ -242,35 +246,64 @@ class _ScoringSession:
             )
         return self._generator
 
-    def score(self, plan) -> None:
+    def planned(self, task: Task, arm: Arm, shots: int) -> PlannedCell:
+        from kinject.evaluation.identity import (
+            CELL_FORMAT,
+            model_identity,
+            scoring_identity,
+            task_identity,
+        )
+
+        config = self.config
+        digest = fingerprint(
+            CELL_FORMAT,
+            model_identity(config.model),
+            task_identity(task),
+            arm.identity(),
+            shots,
+            self.selector.identity() if shots else None,
+            scoring_identity(config.scoring, task.is_open),
+        )
+        cell = Cell(arm.name, task.name, shots, arm.k, config.label)
+        return PlannedCell(task, arm, shots, cell, digest[:10])
+
+    def score(self, plan: list[PlannedCell]) -> None:
+        import time
+
         from kinject.progress import progress_bar
 
-        label = self.config.label
-        pending = [
-            p for p in plan if not self.store.has(Cell(p[1].name, p[0].name, p[2], p[1].k, label))
-        ]
+        pending = [p for p in plan if not self.store.has(p.cell, p.digest)]
         if not pending:
             return
         self._model()  # fails before any file is written
         total = sum(
-            1 if task.is_open else len(item.choices)
-            for task, _, _ in pending
-            for item in task.items
+            1 if p.task.is_open else len(item.choices) for p in pending for item in p.task.items
         )
         with progress_bar("scoring", total=total, enabled=self.show_progress) as bar:
-            for task, arm, shots in pending:
-                score = score_open_cell if task.is_open else score_cell
-                backend = self.generator() if task.is_open else self.scorer()
+            for number, p in enumerate(pending, 1):
+                score = score_open_cell if p.task.is_open else score_cell
+                backend = self.generator() if p.task.is_open else self.scorer()
+                bar.describe(
+                    f"cell {number}/{len(pending)}: {p.cell.column} · {p.task.name} · "
+                    f"{p.shots}-shot" + (f" · k={p.arm.k}" if p.arm.k else "")
+                )
+                started = time.perf_counter()
                 records = score(
                     backend,
-                    task,
-                    arm,
-                    shots,
+                    p.task,
+                    p.arm,
+                    p.shots,
                     on_batch=bar.advance,
                     selector=self.selector,
-                    model=label,
+                    model=self.config.label,
                 )
-                self.store.write(Cell(arm.name, task.name, shots, arm.k, label), records)
+                seconds = time.perf_counter() - started
+                cost = {
+                    "seconds": round(seconds, 3),
+                    "questions": len(records),
+                    "latency_ms": round(1000 * seconds / len(records), 3),
+                }
+                self.store.write(p.cell, p.digest, records, cost)
 
 
 def _load(config: EvalConfig):
@@ -279,14 +312,10 @@ def _load(config: EvalConfig):
     return load_causal_lm(config.model)
 
 
-def choose_k(store: CellStore, task: str, config: EvalConfig) -> dict[int, int]:
-    """The best K on ``task`` for each number of shots: highest acc, then the smallest K."""
-    entries = []
-    for shots in config.shots:
-        for k in config.rag.k:
-            rows = store.read(Cell("rag", task, shots, k, config.label))
-            entries.append((shots, k, accuracy(rows)))
-    return best_k(entries)
+def choose_k(store: CellStore, grid: list[PlannedCell]) -> dict[int, int]:
+    """The best K of the validation grid for each number of shots: highest acc, then the
+    smallest K."""
+    return best_k((p.shots, p.arm.k, accuracy(store.read(p.cell, p.digest))) for p in grid)
 
 
 def best_k(entries) -> dict[int, int]:
@@ -298,15 +327,18 @@ def best_k(entries) -> dict[int, int]:
     return {shots: -key[1] for shots, key in best.items()}
 
 
-def tabulate(run_dir: Path, cells: list[Cell], config: EvalConfig) -> list[dict]:
-    """Rebuild records.jsonl, metrics.json and table.md from the finished cells."""
+def tabulate(run_dir: Path, plan: list[PlannedCell], config: EvalConfig) -> list[dict]:
+    """Rebuild records.jsonl, metrics.json, costs.json and table.md from the finished cells."""
     store = CellStore(run_dir)
-    records, metrics = [], []
-    for cell in cells:
-        rows = store.read(cell)
+    records, metrics, costs = [], [], []
+    for p in plan:
+        rows = store.read(p.cell, p.digest)
         records.extend(rows)
         metrics.append(cell_metrics(rows, config.seed, config.bootstrap_resamples))
+        costs.append({**asdict(p.cell), **store.cost(p.cell, p.digest)})
+    write_text(run_dir / "config.yaml", to_yaml(config))
     write_jsonl(run_dir / "records.jsonl", records)
+    write_json(run_dir / "costs.json", {"cells": costs})
     return _write_metrics(run_dir, metrics, config)
 
 

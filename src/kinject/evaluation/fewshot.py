@@ -18,6 +18,10 @@ class ExampleSelector(ABC):
     def examples(self, task: Task, items: Sequence[MCItem], shots: int) -> list[list[MCItem]]:
         """The k-shot examples for each of ``items``, in prompt order."""
 
+    def identity(self) -> dict:
+        """What decides the examples chosen (JSON-able); part of every k-shot cell's key."""
+        return {"selector": type(self).__name__}
+
 
 class FirstExamples(ExampleSelector):
     def examples(self, task: Task, items: Sequence[MCItem], shots: int) -> list[list[MCItem]]:
@@ -33,6 +37,14 @@ class NearestExamples(ExampleSelector):
         self.rrf_k = rrf_k
         self._embedder = None
         self._retrievers: dict[str, object] = {}
+
+    def identity(self) -> dict:
+        return {
+            "selector": "nearest",
+            "retriever": self.kind,
+            "embedder": self.embedder_config.model_dump(mode="json", exclude={"device", "batch_size"}),
+            "rrf_k": self.rrf_k,
+        }
 
     def examples(self, task: Task, items: Sequence[MCItem], shots: int) -> list[list[MCItem]]:
         if shots == 0:

@@ -8,6 +8,7 @@ from them without a model).
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -16,7 +17,7 @@ from pathlib import Path
 from kinject.evaluation.arms import Arm
 from kinject.evaluation.fewshot import ExampleSelector, FirstExamples
 from kinject.evaluation.stats import bootstrap_ci
-from kinject.fileio import read_jsonl, write_jsonl
+from kinject.fileio import read_jsonl, write_json, write_jsonl
 from kinject.scoring.loglikelihood import LoglikelihoodScorer, MemoizedScorer
 from kinject.tasks.items import Task
 from kinject.tasks.prompts import build_prompt
@@ -209,19 +210,25 @@ def retrieval_recall(record: dict) -> float:
 
 
 class CellStore:
-    """The ``cells/`` folder of a run: finished cells, one JSONL file each."""
+    """The ``cells/`` folder of a run: finished cells, one JSONL file each, named by the cell
+    and the digest of what decides it; its cost (scoring time) in a JSON file beside it."""
 
     def __init__(self, run_dir: Path):
         self.folder = run_dir / "cells"
 
-    def path(self, cell: Cell) -> Path:
-        return self.folder / f"{cell.key}.jsonl"
+    def path(self, cell: Cell, digest: str) -> Path:
+        return self.folder / f"{cell.key}-{digest}.jsonl"
 
-    def has(self, cell: Cell) -> bool:
-        return self.path(cell).exists()
+    def has(self, cell: Cell, digest: str) -> bool:
+        return self.path(cell, digest).exists()
 
-    def write(self, cell: Cell, records: list[dict]) -> None:
-        write_jsonl(self.path(cell), records)
+    def write(self, cell: Cell, digest: str, records: list[dict], cost: dict) -> None:
+        write_json(self.path(cell, digest).with_suffix(".cost.json"), cost)
+        write_jsonl(self.path(cell, digest), records)  # last: its existence marks the cell done
 
-    def read(self, cell: Cell) -> list[dict]:
-        return [row for _, row in read_jsonl(self.path(cell))]
+    def read(self, cell: Cell, digest: str) -> list[dict]:
+        return [row for _, row in read_jsonl(self.path(cell, digest))]
+
+    def cost(self, cell: Cell, digest: str) -> dict:
+        path = self.path(cell, digest).with_suffix(".cost.json")
+        return json.loads(path.read_text(encoding="utf-8"))

@@ -1,0 +1,81 @@
+"""What determines a cell's records, as JSON-able dicts hashed into the cell's file name.
+
+A finished cell is reused only while everything that decides its per-question records is
+unchanged: the model (its spec and its files), the task (its questions, dev examples, style),
+the arm (what it puts before a question), the shots and the scoring settings that change a
+prediction.  Change one of them and only the cells it touches are scored again; settings that
+cannot change a record (batch size, device, the bootstrap) are left out on purpose.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict
+from pathlib import Path
+
+from kinject.config import ModelSpec, ScoringConfig
+from kinject.tasks.items import Task
+
+CELL_FORMAT = 1  # bump when a record's meaning changes: every cell is then scored again
+
+_WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.gguf")
+
+
+def file_identity(path: str | Path | None) -> dict | None:
+    """A local file or folder by content of its small files and size/mtime of its weights."""
+    if path is None:
+        return None
+    path = Path(path)
+    if not path.exists():
+        return {"name": str(path)}  # a hub id: the revision (in the spec) pins it
+    if path.is_file():
+        return {"name": str(path.resolve()), "sha256": sha256_of(path)}
+    files = {}
+    for child in sorted(path.iterdir()):
+        if not child.is_file():
+            continue
+        if any(child.match(pattern) for pattern in _WEIGHT_FILES):
+            stat = child.stat()
+            files[child.name] = [stat.st_size, stat.st_mtime_ns]
+        elif child.suffix in (".json", ".txt", ".model", ".yaml"):
+            files[child.name] = sha256_of(child)
+    return {"name": str(path.resolve()), "files": files}
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_identity(spec: ModelSpec) -> dict:
+    return {
+        "model": file_identity(spec.path),
+        "dtype": spec.dtype,
+        "revision": spec.revision,
+        "adapter": file_identity(spec.adapter),
+    }
+
+
+def task_identity(task: Task) -> dict:
+    """The questions as loaded (after any sampling), the dev examples and how they are shown."""
+    digest = hashlib.sha256()
+    for part in (task.items, task.dev):
+        for item in part:
+            digest.update(repr(asdict(item)).encode())
+        digest.update(b"\x00")
+    return {
+        "name": task.name,
+        "items": digest.hexdigest(),
+        "style": task.style,
+        "description": task.description,
+    }
+
+
+def scoring_identity(scoring: ScoringConfig, is_open: bool) -> dict:
+    identity: dict = {"bf16_autocast": scoring.bf16_autocast}
+    if is_open:
+        identity.update(max_new_tokens=scoring.max_new_tokens, stop=list(scoring.stop))
+    return identity
