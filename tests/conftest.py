@@ -147,3 +147,26 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+REPO = Path(__file__).resolve().parent.parent
+QUICK_EXPERIMENT = REPO / "examples" / "quick" / "experiment.yaml"
+
+
+@pytest.fixture(scope="session")
+def quick_experiment_run(tmp_path_factory) -> Path:
+    """A finished `kinject run` of examples/quick/experiment.yaml (every kind of arm, a sweep);
+    tests copy it before changing anything in it."""
+    import torch
+
+    from kinject.experiments.files import load_experiment
+    from kinject.experiments.runner import run_experiment
+
+    run_dir = tmp_path_factory.mktemp("quick-experiment") / "run"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_experiment(load_experiment(QUICK_EXPERIMENT), run_dir, show_progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return run_dir

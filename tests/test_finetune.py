@@ -38,7 +38,12 @@ from kinject.errors import DataError, KinjectError
 from kinject.models.loading import load_causal_lm
 from kinject.models.packing import IGNORE_INDEX, PackedBlocks
 from kinject.training.data import ALPACA_NO_INPUT, ALPACA_WITH_INPUT, TrainingSet
-from kinject.training.finetune import finetuned_model_spec, run_finetune
+from kinject.training.finetune import (
+    _peak_memory,
+    _reset_peak_memory,
+    finetuned_model_spec,
+    run_finetune,
+)
 from kinject.training.loop import Schedule, StaleCheckpoint, train
 from kinject.world.build import build_world, write_world
 
@@ -108,6 +113,8 @@ def test_full_finetuning_writes_the_run_and_chooses_the_best_validation_epoch(
         done = json.loads((folder / "done.json").read_text())
         assert (done["steps_per_epoch"], done["steps"]) == (per_epoch, per_epoch * config.epochs)
         assert done["resumed_from"] == 0
+        assert done["peak_memory_kind"] == "process_peak_rss"  # the config asks for the CPU
+        assert isinstance(done["peak_memory_mb"], float) and done["peak_memory_mb"] > 0
         rows = read_rows(folder / "validation.jsonl")
         assert [(row["epoch"], row["step"]) for row in rows] == [
             (e, e * per_epoch) for e in range(1, config.epochs + 1)
@@ -119,6 +126,27 @@ def test_full_finetuning_writes_the_run_and_chooses_the_best_validation_epoch(
     assert full_run.model == finetuned_model_spec(run)
     assert (full_run.model.path, full_run.model.adapter) == (str(run / "model"), None)
     load_causal_lm(full_run.model)  # a model folder transformers loads
+
+
+def test_peak_memory_on_cpu_is_the_process_peak_rss_in_mb(monkeypatch):
+    import resource
+
+    usage = type("Usage", (), {"ru_maxrss": 3 * 1024 * 1024 + 100})  # KiB, as Linux reports
+    monkeypatch.setattr(resource, "getrusage", lambda who: usage)
+    monkeypatch.setattr(sys, "platform", "linux")
+    peak = _peak_memory(torch.nn.Linear(2, 2))
+    assert peak == {"peak_memory_mb": 3072.1, "peak_memory_kind": "process_peak_rss"}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_peak_memory_on_cuda_counts_allocations_since_the_reset():
+    model = torch.nn.Linear(2, 2).cuda()
+    _reset_peak_memory(model)
+    block = torch.empty(64 * 2**20, dtype=torch.uint8, device="cuda")  # 64 MiB
+    del block
+    peak = _peak_memory(model)
+    assert peak["peak_memory_kind"] == "cuda_allocated"
+    assert 64 <= peak["peak_memory_mb"] < 65
 
 
 def test_the_chosen_epoch_is_the_model_a_run_of_that_many_epochs_gives(

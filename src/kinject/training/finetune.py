@@ -12,7 +12,7 @@ The run folder::
       best.json            that epoch and its validation figures
       training_log.jsonl   training loss by step
       validation.jsonl     validation accuracy and loss after every epoch
-      done.json            summary (steps, tokens, seconds)
+      done.json            summary (steps, tokens, seconds, peak memory)
     selection.json         every (learning rate, epoch) scored, and the one chosen
     model/                 the chosen weights: a model folder (full) or a LoRA adapter
     merged/                LoRA with lora.merge: the adapter merged into the base weights
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,6 +176,7 @@ def _train_candidate(config, training, validation, lr, folder: Path, show_progre
         kind="constant",
     )
     keeper = _BestKeeper(folder, model, tokenizer, config, validation, steps_per_epoch)
+    _reset_peak_memory(model)
     result = train(
         model,
         blocks.batch_for,
@@ -194,9 +196,47 @@ def _train_candidate(config, training, validation, lr, folder: Path, show_progre
     write_jsonl(folder / "validation.jsonl", result.validation)
     write_json(
         folder / "done.json",
-        {**result.summary(), "learning_rate": lr, "steps_per_epoch": steps_per_epoch},
+        {
+            **result.summary(),
+            "learning_rate": lr,
+            "steps_per_epoch": steps_per_epoch,
+            **_peak_memory(model),
+        },
     )
     shutil.rmtree(folder / "checkpoint", ignore_errors=True)
+
+
+def _on_cuda(model) -> bool:
+    import torch
+
+    return torch.cuda.is_available() and next(model.parameters()).device.type == "cuda"
+
+
+def _reset_peak_memory(model) -> None:
+    """Start the CUDA peak afresh for one candidate (a process's peak RSS cannot be reset)."""
+    import torch
+
+    if _on_cuda(model):
+        torch.cuda.reset_peak_memory_stats(next(model.parameters()).device)
+
+
+def _peak_memory(model) -> dict:
+    """``peak_memory_mb`` and what it measured, ``peak_memory_kind``: on CUDA the most memory
+    torch allocated since :func:`_reset_peak_memory` (``cuda_allocated``); on CPU the peak
+    resident set of the whole process so far (``process_peak_rss``), which also counts what
+    ran before this candidate in the same process."""
+    import torch
+
+    if _on_cuda(model):
+        device = next(model.parameters()).device
+        peak, kind = torch.cuda.max_memory_allocated(device) / 2**20, "cuda_allocated"
+    else:
+        import resource
+
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+        peak = rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+        kind = "process_peak_rss"
+    return {"peak_memory_mb": round(peak, 1), "peak_memory_kind": kind}
 
 
 def _blocks(config: FinetuneConfig, training: TrainingSet, tokenizer):

@@ -1,0 +1,136 @@
+"""Reading an experiment file: ``include:`` of base files, paths relative to the file that
+wrote them, and the ``${world}`` placeholders of an experiment on the synthetic world."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from kinject.config import ExperimentConfig, parse_config
+from kinject.errors import KinjectError
+
+PLACEHOLDERS = ("${world}", "${world_model}", "${world_kb}")
+
+
+def load_experiment(path: str | Path) -> ExperimentConfig:
+    """The experiment in ``path`` with its includes merged in (the including file wins) and
+    every relative path made absolute against the file it was written in."""
+    path = Path(path)
+    data = _read(path, ())
+    return parse_config(ExperimentConfig, data, path)
+
+
+def _read(path: Path, seen: tuple[Path, ...]) -> dict:
+    import yaml
+
+    path = path.resolve()
+    if path in seen:
+        chain = " -> ".join(str(p) for p in (*seen, path))
+        raise KinjectError(f"include cycle: {chain}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        where = f" (included from {seen[-1]})" if seen else ""
+        raise KinjectError(f"{path}: experiment file not found{where}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise KinjectError(f"{path}: not valid YAML ({error})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise KinjectError(f"{path}: expected a mapping at the top level")
+    includes = data.pop("include", [])
+    if isinstance(includes, str):
+        includes = [includes]
+    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
+        raise KinjectError(f"{path}: key 'include': expected a file name or a list of them")
+    _resolve_paths(data, path.parent)
+    merged: dict = {}
+    for include in includes:
+        merged = deep_merge(merged, _read(path.parent / include, (*seen, path)))
+    return deep_merge(merged, data)
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """Mappings merge key by key; anything else (lists too) is replaced by ``override``'s."""
+    result = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = deep_merge(result[key], value)
+        else:
+            result[key] = value
+    return result
+
+
+def _resolve_paths(data: dict, base: Path) -> None:
+    """Relative paths in ``data`` (one file's mapping, before validation) made absolute."""
+
+    def file(value: Any) -> Any:
+        if not isinstance(value, str) or value.startswith("${"):
+            return value
+        return str((base / Path(value).expanduser()).resolve())
+
+    def task(spec: Any) -> None:
+        if isinstance(spec, dict):
+            for key in ("path", "dev"):
+                if key in spec:
+                    spec[key] = file(spec[key])
+
+    for model in _list(data.get("models")):
+        if isinstance(model, dict):
+            local = model.get("path")
+            placeholder = not isinstance(local, str) or local.startswith("${")
+            if not placeholder and (base / Path(local).expanduser()).exists():  # else a hub id
+                model["path"] = file(local)
+            if "adapter" in model:
+                model["adapter"] = file(model["adapter"])
+    for spec in _list(data.get("tasks")):
+        task(spec)
+    validation = data.get("validation")
+    if isinstance(validation, dict):
+        task(validation.get("task"))
+    for key in ("corpus", "finetune_dir"):
+        if key in data:
+            data[key] = file(data[key])
+    rag = data.get("rag")
+    if isinstance(rag, dict) and "kb" in rag:
+        rag["kb"] = file(rag["kb"])
+    recipes = data.get("finetunes")
+    if isinstance(recipes, dict):
+        for recipe in recipes.values():
+            training = recipe.get("data") if isinstance(recipe, dict) else None
+            if isinstance(training, dict):
+                for key in ("corpus", "paraphrases", "qa", "replay"):
+                    if key in training:
+                        training[key] = file(training[key])
+
+
+def _list(value: Any) -> list:
+    return value if isinstance(value, list) else []
+
+
+def with_world(config: ExperimentConfig, values: dict[str, str]) -> ExperimentConfig:
+    """The experiment with ``${world}``, ``${world_model}`` and ``${world_kb}`` replaced."""
+    text_of = {f"${{{name}}}": value for name, value in values.items()}
+
+    def substitute(value: Any) -> Any:
+        if isinstance(value, str):
+            for placeholder, replacement in text_of.items():
+                value = value.replace(placeholder, replacement)
+            return value
+        if isinstance(value, dict):
+            return {key: substitute(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [substitute(item) for item in value]
+        return value
+
+    return parse_config(ExperimentConfig, substitute(config.model_dump(mode="json")))
+
+
+def unresolved_placeholder(config: ExperimentConfig) -> str | None:
+    """The first ``${…}`` left in the experiment (a typo, or no ``world:`` section)."""
+    import re
+
+    found = re.search(r"\$\{[^}]*\}", str(config.model_dump(mode="json")))
+    return found.group(0) if found else None

@@ -1,0 +1,402 @@
+"""``kinject run``: every cell of an experiment, resumable, each result stored as it finishes.
+
+The grid is models × arms × tasks × shots × K × fine-tuning sweeps.  For each base model:
+
+1. the base model is scored with the arms that need no training (base, oracle, rag); rag
+   scores its K grid on the validation questions first and the test tasks at the best K;
+2. each named fine-tuning is trained (LR grid, best epoch on validation; kept in
+   ``finetune_dir`` under a hash of its whole config, so it is trained once) and scored
+   closed book and with rag;
+3. each sweep trains one model per value at the fine-tuning's chosen LR (reusing any
+   fine-tuned model that is the same training) and scores it closed book.
+
+Run folder::
+
+    experiment.yaml        the resolved experiment (includes merged, absolute paths)
+    env.json               package versions, machine
+    models/<label>/        one `kinject eval` run folder per evaluated model (cells, records)
+    sweeps/<label>/        the same, per sweep point
+    finetuned/<name>-<hash>/   fine-tuning runs (unless finetune_dir says elsewhere)
+    plan.json              the evaluated models: base model, fine-tuning, sweep point, training
+    records.jsonl          every question of every cell
+    metrics.json           accuracies with CIs, K chosen, McNemar tests, gains, sweeps
+    costs.json             training tokens/time/memory, index build, scoring latency
+    table.md, tables/*.csv the paper's Table 1 and Table 2 layouts, costs, every cell
+
+Every cell is keyed by a digest of what decides it, so rerunning after a kill resumes, and
+rerunning after changing one axis scores only the cells that axis touches.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kinject.cache import cache_dir, cache_lock, fingerprint
+from kinject.config import (
+    ContaminationConfig,
+    EvalConfig,
+    ExperimentConfig,
+    ExperimentModel,
+    FinetuneConfig,
+    FinetuneRecipe,
+    ModelSpec,
+    SelectionConfig,
+    SweepConfig,
+    TaskSpec,
+    WorldSetup,
+    parse_config,
+    to_yaml,
+)
+from kinject.errors import KinjectError
+from kinject.fileio import write_json, write_text
+
+FINETUNE_RECIPE = 1  # bump when fine-tuning changes meaning: every fine-tuning is trained again
+BASE_ARMS = ("base", "oracle", "rag")
+
+
+@dataclass
+class ModelRun:
+    """One model to evaluate: a base model, a fine-tuned one, or a sweep point."""
+
+    label: str  # its name in records and tables
+    base_model: str  # the experiment model it comes from
+    arms: list[str]  # base, oracle, rag
+    finetune: str | None = None
+    sweep: dict | None = None  # {name, key, value}
+    spec: ModelSpec | None = None  # known once trained
+    training: dict = field(default_factory=dict)  # chosen LR, epoch, fine-tuning folder
+
+    def folder(self, run_dir: Path) -> Path:
+        return run_dir / ("sweeps" if self.sweep else "models") / self.label
+
+
+@dataclass(frozen=True)
+class ExperimentResult:
+    run_dir: Path
+    metrics: dict
+
+
+def run_experiment(
+    config: ExperimentConfig, run_dir: str | Path, show_progress: bool = True, console=None
+) -> ExperimentResult:
+    from rich.console import Console
+
+    from kinject.evaluation.environment import environment
+    from kinject.evaluation.evaluate import load_task, run_evaluation
+    from kinject.experiments.tabulate import tabulate_experiment
+
+    console = console or Console()
+    run_dir = Path(run_dir)
+    config = resolve_world(config, show_progress, console)
+    for spec in all_task_specs(config):
+        load_task(spec)  # bad inputs fail before any model work
+    for sweep in config.sweeps:
+        swept(config, sweep, sweep.values[0])  # a bad key fails now, not after hours
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(run_dir / "experiment.yaml", to_yaml(config))
+    write_json(run_dir / "env.json", environment(config.seed))
+    runs: list[ModelRun] = []
+    stages = stage_count(config)
+    for model in config.models:
+        for run in model_runs(config, model):
+            runs.append(run)
+            console.print(f"[{len(runs)}/{stages}] {_describe(run)}")
+            if run.sweep is None and run.finetune is not None:
+                job = finetune_config(config, model, config.finetunes[run.finetune])
+                run.spec, run.training = ensure_finetuned(config, job, run.finetune, run_dir)
+                console.print(f"    {_training_line(run.training)}")
+            elif run.sweep is not None:
+                _train_sweep_point(config, model, run, runs, run_dir, console)
+            else:
+                run.spec = model.spec()
+            if run.arms:
+                evaluation = eval_config(config, run)
+                run_evaluation(evaluation, run.folder(run_dir), show_progress=show_progress)
+    write_json(run_dir / "plan.json", {"runs": [_plan_row(run) for run in runs]})
+    metrics = tabulate_experiment(run_dir)
+    return ExperimentResult(run_dir, metrics)
+
+
+def resolve_world(config: ExperimentConfig, show_progress: bool, console) -> ExperimentConfig:
+    """Build (or reuse) the synthetic world the experiment names, and put in its paths."""
+    from kinject.experiments.files import unresolved_placeholder, with_world
+
+    if config.world is not None:
+        values = prepare_world(config.world, show_progress, console)
+        config = with_world(config, values)
+    left = unresolved_placeholder(config)
+    if left is not None:
+        hint = "" if config.world is not None else " (placeholders need a 'world:' section)"
+        raise KinjectError(f"the experiment still holds '{left}'{hint}")
+    return config
+
+
+def prepare_world(setup: WorldSetup, show_progress: bool = True, console=None) -> dict[str, str]:
+    """``{world, world_model, world_kb}``: the world's folder, its pretrained base model and a
+    knowledge base of its kb.jsonl, each built once and cached by its config."""
+    from kinject.models.base_model import ensure_base_model
+
+    world = world_dir(setup)
+    model, cached = ensure_base_model(setup.world, setup.model, setup.pretrain, show_progress)
+    kb = world_kb(setup, world, show_progress)
+    if console is not None:
+        console.print(f"world: {world}")
+        console.print(f"base model: {model} ({'cached' if cached else 'pretrained now'})")
+        console.print(f"knowledge base: {kb}")
+    return {"world": str(world), "world_model": str(model), "world_kb": str(kb)}
+
+
+def world_dir(setup: WorldSetup) -> Path:
+    from kinject.world.build import WORLD_FORMAT, build_world, write_world
+
+    key = fingerprint(WORLD_FORMAT, setup.world.model_dump(mode="json"))
+    folder = cache_dir() / "worlds" / f"world-{key}"
+    with cache_lock(folder):
+        if not (folder / "world.json").exists():
+            write_world(build_world(setup.world), folder)
+    return folder
+
+
+def world_kb(setup: WorldSetup, world: Path, show_progress: bool = True) -> Path:
+    """The world's kb.jsonl as a knowledge base (cached by the world's and the KB's config)."""
+    import shutil
+
+    from kinject.kb.store import SourceOptions, build_kb
+
+    key = fingerprint(setup.world.model_dump(mode="json"), setup.kb.model_dump(mode="json"))
+    folder = cache_dir() / "kbs" / f"world-kb-{key}"
+    with cache_lock(folder):
+        if not (folder / "kb.json").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            options = SourceOptions(strict=True, show_progress=show_progress)
+            build_kb([world / "kb.jsonl"], folder, setup.kb, options)
+    return folder
+
+
+def all_task_specs(config: ExperimentConfig) -> list[TaskSpec]:
+    specs = list(config.tasks)
+    if config.validation is not None:
+        specs.append(config.validation.task)
+    return specs
+
+
+def task_name(spec: TaskSpec) -> str:
+    return spec.name or Path(spec.path).stem
+
+
+def model_runs(config: ExperimentConfig, model: ExperimentModel) -> list[ModelRun]:
+    """The models to evaluate for one base model, in order: itself, its fine-tunings, sweeps."""
+    several = len(config.models) > 1
+    prefix = f"{model.label}." if several else ""
+    runs = []
+    base_arms = [arm for arm in config.arms if arm in BASE_ARMS]
+    if base_arms:
+        runs.append(ModelRun(model.label if several else "base", model.label, base_arms))
+    for name in config.finetunes:
+        arms = [arm for arm in ("base", "rag") if _column(name, arm) in config.arms]
+        if arms:
+            runs.append(ModelRun(prefix + name, model.label, arms, name))
+    for sweep in config.sweeps:
+        for value in sweep.values:
+            label = f"{prefix}{sweep.name}-{_slug(value)}"
+            point = {"name": sweep.name, "key": sweep.key, "value": value}
+            runs.append(ModelRun(label, model.label, ["base"], sweep.finetune, point))
+    return runs
+
+
+def stage_count(config: ExperimentConfig) -> int:
+    return sum(len(model_runs(config, model)) for model in config.models)
+
+
+def _column(finetune: str, arm: str) -> str:
+    return finetune if arm == "base" else f"{finetune}+{arm}"
+
+
+def _slug(value) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", str(value))
+
+
+def _describe(run: ModelRun) -> str:
+    if run.sweep is not None:
+        sweep = run.sweep
+        return f"{run.label}: {run.finetune} with {sweep['key']} = {sweep['value']}"
+    if run.finetune is not None:
+        return f"{run.label}: fine-tune {run.base_model} ({run.finetune}), arms {run.arms}"
+    return f"{run.label}: {run.base_model}, arms {run.arms}"
+
+
+def _training_line(training: dict) -> str:
+    state = "cached" if training.get("cached") else "trained now"
+    return f"lr {training['learning_rate']:g}, epoch {training['epoch']} ({state})"
+
+
+def finetune_config(
+    config: ExperimentConfig, model: ExperimentModel, recipe: FinetuneRecipe
+) -> FinetuneConfig:
+    """A fine-tuning of ``model`` by ``recipe``: chosen on validation, guarded against the
+    test tasks."""
+    validation = config.validation
+    guard = config.contamination
+    return FinetuneConfig(
+        **recipe.model_dump(),
+        seed=config.seed,
+        model=model.spec(),
+        selection=SelectionConfig(task=validation.task, sample=validation.finetune_sample),
+        contamination=ContaminationConfig(
+            tasks=list(config.tasks),
+            ngram=guard.ngram,
+            threshold=guard.threshold,
+            allow=guard.allow,
+        ),
+        scoring=config.scoring,
+    )
+
+
+def finetune_root(config: ExperimentConfig, run_dir: Path) -> Path:
+    return Path(config.finetune_dir) if config.finetune_dir else run_dir / "finetuned"
+
+
+def ensure_finetuned(
+    config: ExperimentConfig, job: FinetuneConfig, name: str, run_dir: Path
+) -> tuple[ModelSpec, dict]:
+    """The fine-tuned model and what chose it, training first if no finished run exists.
+
+    The folder is named by a hash of the whole fine-tuning config: the same training is
+    found again by any experiment sharing ``finetune_dir``; a killed one resumes."""
+    from kinject.training.finetune import finetuned_model_spec, run_finetune
+
+    key = fingerprint(FINETUNE_RECIPE, job.model_dump(mode="json"))
+    folder = finetune_root(config, run_dir) / f"{name}-{key}"
+    with cache_lock(folder):
+        cached = (folder / "selection.json").exists()
+        if not cached:
+            run_finetune(job, folder)
+    selection = json.loads((folder / "selection.json").read_text(encoding="utf-8"))
+    training = {
+        "learning_rate": selection["learning_rate"],
+        "epoch": selection["epoch"],
+        "validation_acc": selection["validation_acc"],
+        "folder": str(folder),
+        "cached": cached,
+    }
+    return finetuned_model_spec(folder), training
+
+
+def swept(config: ExperimentConfig, sweep: SweepConfig, value) -> FinetuneRecipe:
+    """The sweep's recipe with ``key`` set to ``value``."""
+    data = config.finetunes[sweep.finetune].model_dump(mode="json")
+    *parents, last = sweep.key.split(".")
+    node = data
+    for part in parents:
+        if not isinstance(node.get(part), dict):
+            raise KinjectError(f"sweep '{sweep.name}': '{sweep.key}' is not a fine-tuning key")
+        node = node[part]
+    if last not in node or last == "learning_rate":
+        raise KinjectError(
+            f"sweep '{sweep.name}': '{sweep.key}' is not a fine-tuning key one can sweep "
+            "(the learning rate is the recipe's chosen one)"
+        )
+    node[last] = value
+    return parse_config(FinetuneRecipe, data)
+
+
+def _same_training(a: FinetuneRecipe, b: FinetuneRecipe) -> bool:
+    """Whether two recipes train the same model at a learning rate both grids hold."""
+
+    def identity(recipe: FinetuneRecipe) -> dict:
+        data = recipe.model_dump(mode="json", exclude={"learning_rate", "checkpoint_every_s"})
+        if data["data"]["n_paraphrases"] == 0:
+            data["data"]["paraphrases"] = None  # no paraphrase is read
+        return data
+
+    return identity(a) == identity(b)
+
+
+def _train_sweep_point(config, model, run: ModelRun, runs, run_dir, console) -> None:
+    """A sweep point: a fine-tuned model of this experiment that is the same training, or a
+    new training at the recipe's chosen learning rate."""
+    recipe_run = next(
+        (
+            r
+            for r in runs
+            if r.base_model == model.label
+            and r.finetune == run.finetune
+            and r.sweep is None
+            and r.training
+        ),
+        None,
+    )
+    if recipe_run is None:  # the recipe is only swept: choose its LR first
+        job = finetune_config(config, model, config.finetunes[run.finetune])
+        _, training = ensure_finetuned(config, job, run.finetune, run_dir)
+    else:
+        training = recipe_run.training
+    rate = training["learning_rate"]
+    sweep = next(s for s in config.sweeps if s.name == run.sweep["name"])
+    recipe = swept(config, sweep, run.sweep["value"])
+    for other in runs:
+        if other.base_model != model.label or other.sweep is not None or not other.training:
+            continue
+        if (
+            _same_training(recipe, config.finetunes[other.finetune])
+            and other.training["learning_rate"] == rate
+        ):
+            run.spec, run.training = other.spec, {**other.training, "same_as": other.label}
+            console.print(f"    the {other.label} model (the same training)")
+            return
+    point = recipe.model_copy(update={"learning_rate": [rate]})
+    name = f"{run.finetune}-{sweep.name}-{_slug(run.sweep['value'])}"
+    job = finetune_config(config, model, point)
+    run.spec, run.training = ensure_finetuned(config, job, name, run_dir)
+    console.print(f"    {_training_line(run.training)}")
+
+
+def eval_config(config: ExperimentConfig, run: ModelRun) -> EvalConfig:
+    """The `kinject eval` config of one model: test tasks (a sweep's subset), and with rag
+    the validation questions first, where K is chosen."""
+    tasks = list(config.tasks)
+    shots = config.shots
+    if run.sweep is not None:
+        sweep = next(s for s in config.sweeps if s.name == run.sweep["name"])
+        if sweep.tasks:
+            tasks = [spec for spec in tasks if task_name(spec) in sweep.tasks]
+        shots = sweep.shots
+    rag = None
+    if "rag" in run.arms:
+        rag = config.rag
+        if config.validation is not None:
+            tasks.insert(0, config.validation.task)
+            rag = rag.model_copy(
+                update={
+                    "select_k_on": task_name(config.validation.task),
+                    "select_k_sample": config.validation.rag_sample,
+                }
+            )
+    return EvalConfig(
+        seed=config.seed,
+        model=run.spec,
+        label=run.label,
+        tasks=tasks,
+        arms=run.arms,
+        corpus=config.corpus if "oracle" in run.arms else None,
+        rag=rag,
+        shots=shots,
+        fewshot=config.fewshot,
+        scoring=config.scoring,
+        bootstrap_resamples=config.bootstrap_resamples,
+    )
+
+
+def _plan_row(run: ModelRun) -> dict:
+    return {
+        "label": run.label,
+        "base_model": run.base_model,
+        "finetune": run.finetune,
+        "sweep": run.sweep,
+        "arms": run.arms,
+        "folder": str(Path("sweeps" if run.sweep else "models") / run.label),
+        "training": {k: v for k, v in run.training.items() if k != "cached"},
+    }

@@ -1,0 +1,309 @@
+"""The paper's table layouts from an experiment's metrics.json and costs.json.
+
+Table 1 (knowledge-intensive tasks, per model): a row per (task, shots); columns base, +RAG,
+FT, FT+RAG.  Table 2 (current events): a row per (model, task, shots); columns base, +RAG,
+then every fine-tuning closed book and with RAG.  A figure is accuracy [95% CI]; * marks
+p < 0.05 and ** p < 0.01 in the exact McNemar test against the same model's base column.
+Beside them, what each column cost.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+from kinject.evaluation.report import _detail_lines, _k_grid_rows, _markdown, short_ci
+from kinject.fileio import write_text
+
+
+def generic_column(metric: dict, models: dict) -> str:
+    """A cell's column whatever its model's label: base, rag, oracle, <ft>, <ft>+rag."""
+    finetune = models.get(metric["model"], {}).get("finetune")
+    if finetune is None:
+        return metric["arm"]
+    return finetune if metric["arm"] == "base" else f"{finetune}+{metric['arm']}"
+
+
+def _header(column: str) -> str:
+    return {"base": "base", "rag": "+RAG", "oracle": "oracle"}.get(
+        column, column.replace("+rag", "+RAG")
+    )
+
+
+class Results:
+    """metrics.json and costs.json, indexed for tables: (base model, column, task, shots)."""
+
+    def __init__(self, metrics: dict, costs: dict):
+        self.metrics = metrics
+        self.costs = costs
+        self.validation = metrics.get("validation_task")
+        self.models = metrics["models"]
+        self.cells: dict[tuple, dict] = {}
+        self.base_models: list[str] = []
+        self.columns: list[str] = []
+        self.rows: list[tuple[str, int]] = []
+        for m in metrics["cells"]:
+            if m["split"] == self.validation or m.get("selected") is False:
+                continue
+            column = m["column"]
+            self.cells[(m["base_model"], column, m["split"], m["shots"])] = m
+            for seen, value in (
+                (self.base_models, m["base_model"]),
+                (self.columns, column),
+                (self.rows, (m["split"], m["shots"])),
+            ):
+                if value not in seen:
+                    seen.append(value)
+        self.p_vs_base: dict[tuple, dict] = {}
+        for c in metrics["comparisons"]:
+            for mine, other in (("a", "b"), ("b", "a")):
+                if c[other] == "base":
+                    self.p_vs_base[(c["base_model"], c[mine], c["split"], c["shots"])] = c
+
+    def finetunes(self) -> list[str]:
+        return [c for c in self.columns if c not in ("base", "rag", "oracle") and "+" not in c]
+
+    def text(self, base_model: str, column: str, split: str, shots: int) -> str:
+        m = self.cells.get((base_model, column, split, shots))
+        if m is None:
+            return "–"
+        text = short_ci(m["acc"], m["acc_ci"]) + self.mark(base_model, column, split, shots)
+        if m["arm"] == "rag" and m["k"]:
+            text += f" k{m['k']}"
+        return text
+
+    def mark(self, base_model: str, column: str, split: str, shots: int) -> str:
+        test = self.p_vs_base.get((base_model, column, split, shots))
+        if test is None:
+            return ""
+        return "**" if test["p_value"] < 0.01 else "*" if test["p_value"] < 0.05 else ""
+
+    def row(self, base_model: str, column: str, split: str, shots: int) -> dict | None:
+        m = self.cells.get((base_model, column, split, shots))
+        if m is None:
+            return None
+        test = self.p_vs_base.get((base_model, column, split, shots))
+        return {
+            "model": base_model,
+            "task": split,
+            "shots": shots,
+            "column": column,
+            "k": m["k"],
+            "n": m["n"],
+            "acc": m["acc"],
+            "ci_low": m["acc_ci"][0],
+            "ci_high": m["acc_ci"][1],
+            "relative_gain": m.get("relative_gain"),
+            "knows": m.get("knows"),
+            "p_vs_base": test["p_value"] if test else None,
+            "discordant_vs_base": test["a_only"] + test["b_only"] if test else None,
+        }
+
+
+def table1(results: Results) -> tuple[list[str], dict[str, list[list[str]]], list[str]]:
+    """Per base model: rows (task, shots), columns base, +RAG, FT, FT+RAG."""
+    chosen = results.metrics.get("tables", {}).get("table1_finetune")
+    finetunes = results.finetunes()
+    ft = chosen if chosen in finetunes else (finetunes[0] if finetunes else None)
+    columns = ["base", "rag"] + ([ft, f"{ft}+rag"] if ft else [])
+    header = ["task", "shots", *[_header(c) if c not in (ft,) else "FT" for c in columns]]
+    if ft:
+        header[-1] = "FT+RAG"
+    bodies = {
+        model: [
+            [split, str(shots), *[results.text(model, c, split, shots) for c in columns]]
+            for split, shots in results.rows
+        ]
+        for model in results.base_models
+    }
+    return header, bodies, columns
+
+
+def table2(results: Results) -> tuple[list[str], list[list[str]], list[str]]:
+    """Rows (model, task, shots); columns base, +RAG, each fine-tuning, each with RAG."""
+    tasks = results.metrics.get("tables", {}).get("table2_tasks")
+    finetunes = results.finetunes()
+    columns = ["base", "rag", *finetunes, *[f"{ft}+rag" for ft in finetunes]]
+    columns = [c for c in columns if c in results.columns]
+    body = [
+        [model, split, str(shots), *[results.text(model, c, split, shots) for c in columns]]
+        for model in results.base_models
+        for split, shots in results.rows
+        if tasks is None or split in tasks
+    ]
+    return ["model", "task", "shots", *[_header(c) for c in columns]], body, columns
+
+
+def cost_rows(results: Results) -> tuple[list[str], list[list[str]]]:
+    """What each column cost: training (every LR candidate), the index, scoring per question."""
+    training = results.costs.get("training", {})
+    index = results.costs.get("index")
+    latency: dict[tuple, list[float]] = {}
+    for c in results.costs.get("cells", []):
+        if c["split"] == results.validation:
+            continue
+        fake = {"model": c["model"], "arm": c["arm"]}
+        key = (c["base_model"], generic_column(fake, results.models))
+        total = latency.setdefault(key, [0.0, 0])
+        total[0] += c["seconds"]
+        total[1] += c["questions"]
+    body = []
+    for model in results.base_models:
+        for column in results.columns:
+            ft = column.split("+")[0] if column not in ("base", "rag", "oracle") else None
+            label = next(
+                (
+                    name
+                    for name, row in results.models.items()
+                    if ft
+                    and row["finetune"] == ft
+                    and row["base_model"] == model
+                    and not row["sweep"]
+                ),
+                None,
+            )
+            train = training.get(label, {}) if label else {}
+            uses_index = column == "rag" or column.endswith("+rag")
+            seconds, questions = latency.get((model, column), (0.0, 0))
+            body.append(
+                [
+                    model,
+                    _header(column),
+                    f"{train['train_tokens']:,}" if train else "–",
+                    f"{train['train_seconds']:.1f}" if train else "–",
+                    f"{train['peak_memory_mb']:.0f}" if train else "–",
+                    f"{index['embed_seconds'] + index['index_seconds']:.2f}"
+                    if uses_index and index and "embed_seconds" in index
+                    else "–",
+                    f"{index['index_bytes'] / 1e6:.2f}"
+                    if uses_index and index and "index_bytes" in index
+                    else "–",
+                    f"{1000 * seconds / questions:.1f}" if questions else "–",
+                ]
+            )
+    header = [
+        "model",
+        "column",
+        "train tokens",
+        "train s",
+        "peak MB",
+        "index build s",
+        "index MB",
+        "ms / question",
+    ]
+    return header, body
+
+
+def forgetting_rows(results: Results) -> tuple[list[str], list[list[str]]]:
+    """Per fine-tuning (closed book): gain over the base model on the tasks it had to learn,
+    and the change on the tasks the base model knew (forgetting when negative)."""
+    known = results.metrics.get("tables", {}).get("forgetting_tasks", [])
+    if not known:
+        return [], []
+    learn = [split for split, _ in results.rows if split not in known]
+    learn = list(dict.fromkeys(learn))
+    shots_list = sorted({shots for _, shots in results.rows})
+    body = []
+    for model in results.base_models:
+        for ft in results.finetunes():
+            for shots in shots_list:
+                row = [model, ft, str(shots)]
+                for split in [*learn, *known]:
+                    mine = results.cells.get((model, ft, split, shots))
+                    base = results.cells.get((model, "base", split, shots))
+                    row.append(f"{mine['acc'] - base['acc']:+.3f}" if mine and base else "–")
+                body.append(row)
+    header = ["model", "fine-tuning", "shots"]
+    header += [f"gain on {s}" for s in learn] + [f"change on {s} (forgetting)" for s in known]
+    return header, body
+
+
+def sweep_rows(sweep: dict) -> tuple[list[str], list[list[str]]]:
+    cells = [(c["split"], c["shots"]) for c in sweep["points"][0]["cells"]]
+    body = []
+    for point in sweep["points"]:
+        by = {(c["split"], c["shots"]): c for c in point["cells"]}
+        body.append(
+            [
+                str(point["value"]),
+                f"{point['learning_rate']:g}",
+                str(point["epoch"]),
+                f"{point['validation_acc']:.3f}" if point["validation_acc"] is not None else "–",
+                *[short_ci(by[c]["acc"], by[c]["acc_ci"]) if c in by else "–" for c in cells],
+            ]
+        )
+    header = [sweep["key"], "lr", "epoch", "validation acc"]
+    return header + [f"{split} {shots}-shot" for split, shots in cells], body
+
+
+def markdown(metrics: dict, costs: dict) -> str:
+    results = Results(metrics, costs)
+    title = metrics.get("experiment", "experiment")
+    lines = [f"# {title}", ""]
+    note = (
+        "Accuracy [95% bootstrap CI]; * p < 0.05, ** p < 0.01 (exact McNemar test against the "
+        "same model's base column, on the same questions); rag at the K chosen on "
+        f"'{results.validation}' (k shown)."
+    )
+    header, bodies, _ = table1(results)
+    for model, body in bodies.items():
+        lines += [f"## Table 1 layout: {model}", "", note, "", *_markdown(header, body), ""]
+    header, body, _ = table2(results)
+    lines += ["## Table 2 layout", "", *_markdown(header, body), ""]
+    lines += ["## Costs", "", *_markdown(*cost_rows(results)), ""]
+    forgetting = forgetting_rows(results)
+    if forgetting[1]:
+        lines += ["## Gain and forgetting (closed book)", "", *_markdown(*forgetting), ""]
+    for sweep in metrics.get("sweeps", []):
+        lines += [f"## Sweep '{sweep['name']}': {sweep['finetune']} by {sweep['key']}", ""]
+        lines += [*_markdown(*sweep_rows(sweep)), ""]
+    if results.validation and metrics.get("selected_k"):
+        grid = [m for m in metrics["cells"] if m["arm"] == "rag"]
+        lines += [f"## RAG: accuracy by K on '{results.validation}' (* = chosen)", ""]
+        lines += [*_markdown(*_k_grid_rows(grid, results.validation)), ""]
+    lines += ["## Every cell", "", *_detail_lines(metrics["cells"]), ""]
+    return "\n".join(lines)
+
+
+def _csv(rows: Sequence[dict]) -> str:
+    if not rows:
+        return ""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def write_tables(run_dir: Path, metrics: dict, costs: dict) -> None:
+    """table.md, and tables/table1.csv, table2.csv, costs.csv (one row per figure)."""
+    results = Results(metrics, costs)
+    write_text(run_dir / "table.md", markdown(metrics, costs))
+    _, _, columns1 = table1(results)
+    _, _, columns2 = table2(results)
+    for name, columns in (("table1", columns1), ("table2", columns2)):
+        rows = [
+            results.row(model, column, split, shots)
+            for model in results.base_models
+            for split, shots in results.rows
+            for column in columns
+        ]
+        write_text(run_dir / "tables" / f"{name}.csv", _csv([r for r in rows if r]))
+    header, body = cost_rows(results)
+    write_text(run_dir / "tables" / "costs.csv", _csv([dict(zip(header, row)) for row in body]))
+
+
+def rich_tables(metrics: dict, costs: dict) -> list:
+    from kinject.evaluation.report import _rich
+
+    results = Results(metrics, costs)
+    tables = [_rich("accuracy [95% CI]; * p<.05 ** p<.01 vs base", *table2(results)[:2])]
+    tables.append(_rich("costs", *cost_rows(results)))
+    forgetting = forgetting_rows(results)
+    if forgetting[1]:
+        tables.append(_rich("gain and forgetting (closed book)", *forgetting))
+    for sweep in metrics.get("sweeps", []):
+        tables.append(_rich(f"{sweep['finetune']} by {sweep['key']}", *sweep_rows(sweep)))
+    return tables
