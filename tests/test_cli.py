@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-COMMANDS = [[], ["demo"], ["world", "build"], ["eval"], ["table"]]
+COMMANDS = [[], ["demo"], ["world", "build"], ["eval"], ["table"], ["run"], ["report"], ["compare"]]
 
 
 def kinject(*args: str, cwd: Path, env_extra: dict | None = None) -> subprocess.CompletedProcess:
@@ -111,8 +111,9 @@ def test_quick_demo_end_to_end_and_second_run_uses_the_cache(tmp_path):
     for line in ("closed-book accuracy on known >= 0.80", "oracle-context accuracy on new >= 0.80"):
         assert line in first.stdout
     run = tmp_path / "run1"
-    for name in ("records.jsonl", "metrics.json", "table.md", "demo.yaml", "checks.json"):
+    for name in ("records.jsonl", "metrics.json", "costs.json", "table.md", "demo.yaml"):
         assert (run / name).exists(), name
+    assert (run / "checks.json").exists() and (run / "tables" / "table2.csv").exists()
     for model in ("base", "ft-reg", "ft-par", "sft"):
         for name in ("config.yaml", "env.json", "records.jsonl", "metrics.json"):
             assert (run / "models" / model / name).exists(), (model, name)
@@ -128,11 +129,13 @@ def test_quick_demo_end_to_end_and_second_run_uses_the_cache(tmp_path):
         ("ft-par", "rag"),
         ("sft", "base"),
     }
-    assert [p["paraphrases"] for p in summary["paraphrase_curve"]] == [0, 2]
+    (sweep,) = summary["sweeps"]
+    assert [p["value"] for p in sweep["points"]] == [0, 2]
+    assert [p["same_as"] for p in sweep["points"]] == ["ft-reg", "ft-par"]  # not trained again
     assert {m["split"] for m in summary["cells"] if m.get("open")} == {"new_open"}
     table = (run / "table.md").read_text()
-    assert "gain on new" in table and "paraphrases per document" in table
-    assert "ft-par+rag" in table and "Open questions" in table
+    assert "gain on new" in table and "Sweep 'paraphrases'" in table
+    assert "ft-par+RAG" in table and "Open questions" in table and "## Costs" in table
     (run / "table.md").unlink()
     rebuilt = kinject("table", "run1", cwd=tmp_path, env_extra=env)
     assert rebuilt.returncode == 0, rebuilt.stderr
@@ -143,7 +146,8 @@ def test_quick_demo_end_to_end_and_second_run_uses_the_cache(tmp_path):
 
     second = kinject("demo", "--quick", "--out", "run2", cwd=tmp_path, env_extra=env)
     assert second.returncode == 0, second.stderr
-    assert "(cached)" in second.stdout
+    assert "(cached)" in second.stdout and "trained now" not in second.stdout
+    # The same figures: metrics.json holds no timing (costs.json does).
     assert (run / "metrics.json").read_text() == (tmp_path / "run2" / "metrics.json").read_text()
 
 

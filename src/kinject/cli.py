@@ -236,7 +236,9 @@ def run(
 @app.command()
 @user_errors
 def table(run_dir: Annotated[Path, typer.Argument(help="A run folder.")]) -> None:
-    """Rebuild metrics.json and table.md from a run folder's records.jsonl, without a model.
+    """Rebuild a run folder's metrics and tables from its records, without a model.
+
+    Works on `kinject eval`, `kinject run` and `kinject demo` folders.
 
     Example:
 
@@ -245,16 +247,64 @@ def table(run_dir: Annotated[Path, typer.Argument(help="A run folder.")]) -> Non
     from kinject.evaluation.evaluate import retabulate
     from kinject.evaluation.report import rich_tables
 
-    if (run_dir / "demo.yaml").exists():
-        from kinject.demo import demo_tables, tabulate_demo
+    if (run_dir / "plan.json").exists():  # an experiment (or the demo)
+        from kinject.experiments.tables import rich_tables as experiment_tables
+        from kinject.experiments.tabulate import tabulate_experiment
 
-        tabulate_demo(run_dir)
-        for rendered in demo_tables(run_dir):
+        metrics = tabulate_experiment(run_dir)
+        costs = json.loads((run_dir / "costs.json").read_text(encoding="utf-8"))
+        for rendered in experiment_tables(metrics, costs):
             _print(rendered)
         return
     result = retabulate(run_dir)
     for rendered in rich_tables(result.metrics, result.select_k_on):
         _print(rendered)
+
+
+@app.command()
+@user_errors
+def report(run_dir: Annotated[Path, typer.Argument(help="A `kinject run` folder.")]) -> None:
+    """Write report.html (one self-contained file, plots inside) and report.md.
+
+    Made from metrics.json, costs.json and records.jsonl alone: no model, no task files.
+
+    Example:
+
+        kinject report runs/demo
+    """
+    from kinject.experiments.report import write_report
+
+    html, markdown = write_report(run_dir)
+    typer.echo(f"wrote {html} and {markdown}")
+
+
+@app.command()
+@user_errors
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="`kinject run` folders.")],
+    out: Annotated[
+        Path | None, typer.Option(help="Also write the table here (.md or .csv).")
+    ] = None,
+) -> None:
+    """One table across runs (e.g. the same grid on two base models), without any model.
+
+    Example:
+
+        kinject compare runs/mistral runs/llama --out comparison.md
+    """
+    from kinject.evaluation.report import _markdown, _rich
+    from kinject.experiments.compare import comparison_rows
+    from kinject.experiments.tables import _csv
+    from kinject.fileio import write_text
+
+    header, body = comparison_rows(run_dirs)
+    _print(_rich("accuracy [95% CI] by run", header, body))
+    if out is not None:
+        if out.suffix == ".csv":
+            write_text(out, _csv([dict(zip(header, row)) for row in body]))
+        else:
+            write_text(out, "\n".join(_markdown(header, body)) + "\n")
+        typer.echo(f"wrote {out}")
 
 
 # ---------------------------------------------------------------------------------------------

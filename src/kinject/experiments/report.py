@@ -1,0 +1,735 @@
+"""``kinject report``: a `kinject run` folder as one readable page.
+
+``report.html`` is one self-contained file: inline CSS, plots as inline SVG, no script and no
+external reference (a Content-Security-Policy forbids both).  ``report.md`` holds the same
+Markdown tables as ``table.md`` with the plots as SVG files under ``report_files/``, linked
+relatively so the report renders on GitHub.
+
+Made from ``metrics.json``, ``costs.json`` and ``records.jsonl`` alone: no model, no task file.
+Both files are deterministic (fixed SVG hash salt, no date, data in file order), so running
+the report twice gives the same bytes.  Every name, question and answer from the run is
+escaped: a question holding ``<script>`` shows as text.
+
+Plots (each a ``<figure class="plot">``; a plot whose data the run lacks is left out)::
+
+    fig-accuracy          accuracy by column with 95% CIs, per (task, shots), rag at chosen K
+    fig-sweep-<name>      accuracy vs the swept value (e.g. number of paraphrases)
+    fig-k                 rag accuracy vs K on the validation task
+    fig-training-<label>  training loss; validation loss and accuracy by epoch per LR
+    fig-forgetting        gain on the learned tasks vs change on tables.forgetting_tasks
+    fig-cost              accuracy (lowest shots) vs compute seconds of each column
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import html
+import io
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from kinject.errors import DataError, KinjectError
+from kinject.experiments.tables import Results, _header, generic_column, markdown
+from kinject.fileio import read_jsonl, write_text
+
+FILES_DIR = "report_files"
+REQUIRED = ("metrics.json", "costs.json", "records.jsonl")
+# matplotlib settings for every plot: ids hashed with a fixed salt (no uuid), text as SVG
+# <text> (escaped by matplotlib, no glyph outlines), no "$...$" math parsing of user names.
+RC = {
+    "svg.hashsalt": "kinject",
+    "svg.fonttype": "none",
+    "text.parse_math": False,
+    "font.size": 9,
+    "font.sans-serif": ["DejaVu Sans"],  # shipped with matplotlib: the same layout anywhere
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+}
+SVG_METADATA = {"Date": None, "Creator": None, "Format": None, "Type": None}
+SWEEP_AXES = {"data.n_paraphrases": "number of paraphrases"}
+
+
+@dataclass(frozen=True)
+class Plot:
+    id: str  # the <figure>'s id and the SVG file's stem
+    section: str
+    caption: str
+    svg: str  # a standalone SVG document
+
+
+@dataclass(frozen=True)
+class Run:
+    """A run folder's three result files; only the records of the sample questions."""
+
+    metrics: dict
+    costs: dict
+    records: dict[tuple, dict]  # (model, arm, split, shots, k, question_id) -> record
+    results: Results
+
+
+def write_report(run_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``report.html`` and ``report.md`` (plots in ``report_files/``); return both paths."""
+    run_dir = Path(run_dir)
+    run = load_run(run_dir)
+    plots = make_plots(run)
+    files = run_dir / FILES_DIR
+    for stale in sorted(files.glob("*.svg")) if files.is_dir() else []:
+        if stale.stem not in {plot.id for plot in plots}:
+            stale.unlink()
+    for plot in plots:
+        write_text(files / f"{plot.id}.svg", plot.svg)
+    html_path, md_path = run_dir / "report.html", run_dir / "report.md"
+    write_text(md_path, render_markdown(run, plots))
+    write_text(html_path, render_html(run, plots))
+    return html_path, md_path
+
+
+# -- reading ------------------------------------------------------------------------------
+
+
+def load_run(run_dir: Path) -> Run:
+    for name in REQUIRED:
+        if not (run_dir / name).is_file():
+            raise KinjectError(
+                f"{run_dir} has no {name}: the report needs a finished `kinject run` folder"
+            )
+    metrics = _read_json(run_dir / "metrics.json")
+    costs = _read_json(run_dir / "costs.json")
+    wanted = {(s["split"], s["question_id"]) for s in metrics.get("samples", [])}
+    records = {}
+    for _, r in read_jsonl(run_dir / "records.jsonl"):
+        if (r["split"], r["question_id"]) in wanted:
+            key = (r["model"], r["arm"], r["split"], r["shots"], r["k"], r["question_id"])
+            records[key] = r
+    return Run(metrics, costs, records, Results(metrics, costs))
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise DataError(path, error.lineno, None, f"not valid JSON ({error.msg})") from None
+
+
+# -- plots --------------------------------------------------------------------------------
+
+
+def make_plots(run: Run) -> list[Plot]:
+    """Every plot the run has data for, in report order, with unique ids."""
+    plots = [
+        plot_accuracy(run),
+        *plot_sweeps(run),
+        plot_k(run),
+        *plot_training(run),
+        plot_forgetting(run),
+        plot_cost(run),
+    ]
+    unique: list[Plot] = []
+    for plot in (p for p in plots if p is not None):
+        taken, n, new_id = {p.id for p in unique}, 2, plot.id
+        while new_id in taken:
+            new_id, n = f"{plot.id}-{n}", n + 1
+        unique.append(dataclasses.replace(plot, id=new_id))
+    return unique
+
+
+def _plotting(function: Callable) -> Callable:
+    """Run a plot function under the report's matplotlib settings (the caller's untouched)."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        import matplotlib
+
+        with matplotlib.rc_context(RC):
+            return function(*args, **kwargs)
+
+    return wrapper
+
+
+def _figure(width: float, height: float):
+    """A pyplot-free figure (no global figure registry, no GUI backend to choose)."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _svg(fig) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="svg", metadata=SVG_METADATA)
+    fig.clear()
+    return buffer.getvalue().decode("utf-8")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", str(text)).strip("-.") or "x"
+
+
+def _legend(text: str) -> str:
+    return " " + text if text.startswith("_") else text  # matplotlib hides labels "_..."
+
+
+def _errors(cells: list[dict]) -> list[list[float]]:
+    """Error-bar lengths below and above each accuracy, from its 95% CI."""
+    return [
+        [max(m["acc"] - m["acc_ci"][0], 0.0) for m in cells],
+        [max(m["acc_ci"][1] - m["acc"], 0.0) for m in cells],
+    ]
+
+
+def _label(results: Results, base_model: str, column: str) -> str:
+    header = _header(column)
+    return f"{base_model} {header}" if len(results.base_models) > 1 else header
+
+
+@_plotting
+def plot_accuracy(run: Run) -> Plot | None:
+    results = run.results
+    if not results.cells:
+        return None
+    groups = len(results.rows)
+    fig = _figure(max(8.0, min(16.0, 1.3 * groups + 3)), 3.8 * len(results.base_models))
+    axes = fig.subplots(len(results.base_models), 1, squeeze=False)[:, 0]
+    for ax, model in zip(axes, results.base_models):
+        _accuracy_bars(ax, results, model)
+    caption = (
+        "Accuracy by column on each test task and number of shots, with 95% bootstrap CIs "
+        "(open questions: exact match); rag at the K chosen on "
+        f"'{results.validation}'; dotted: chance."
+    )
+    return Plot("fig-accuracy", "Accuracy by arm", caption, _svg(fig))
+
+
+def _accuracy_bars(ax, results: Results, model: str) -> None:
+    columns = [c for c in results.columns if any(k[:2] == (model, c) for k in results.cells)]
+    width = 0.8 / max(len(columns), 1)
+    for j, column in enumerate(columns):
+        offset = (j - (len(columns) - 1) / 2) * width
+        placed = [
+            (i + offset, results.cells[(model, column, split, shots)])
+            for i, (split, shots) in enumerate(results.rows)
+            if (model, column, split, shots) in results.cells
+        ]
+        cells = [m for _, m in placed]
+        ax.bar(
+            [x for x, _ in placed],
+            [m["acc"] for m in cells],
+            width,
+            yerr=_errors(cells),
+            capsize=2,
+            label=_legend(_header(column)),
+        )
+    for i, (split, shots) in enumerate(results.rows):
+        chances = [
+            m["chance"]
+            for k, m in results.cells.items()
+            if k[0] == model and k[2:] == (split, shots) and "chance" in m
+        ]
+        if chances:
+            ax.hlines(chances[0], i - 0.45, i + 0.45, colors="0.3", linestyles=":")
+    ax.set_xticks(range(len(results.rows)), [f"{s}\n{n}-shot" for s, n in results.rows])
+    ax.set(ylim=(0, 1), ylabel="accuracy", title=model)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
+
+
+def plot_sweeps(run: Run) -> list[Plot]:
+    sweeps = run.metrics.get("sweeps") or []
+    several = len({s["base_model"] for s in sweeps}) > 1
+    return [_sweep_plot(sweep, several) for sweep in sweeps if sweep["points"]]
+
+
+@_plotting
+def _sweep_plot(sweep: dict, several_models: bool) -> Plot:
+    values = [point["value"] for point in sweep["points"]]
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    xs = values if numeric else list(range(len(values)))
+    series: dict[tuple, list[tuple]] = {}
+    for x, point in zip(xs, sweep["points"]):
+        for cell in point["cells"]:
+            series.setdefault((cell["split"], cell["shots"]), []).append((x, cell))
+    fig = _figure(7.0, 4.0)
+    ax = fig.add_subplot()
+    for (split, shots), points in series.items():
+        x = [p[0] for p in points]
+        cells = [p[1] for p in points]
+        (line,) = ax.plot(
+            x, [m["acc"] for m in cells], marker="o", label=_legend(f"{split} {shots}-shot")
+        )
+        low = [m["acc_ci"][0] for m in cells]
+        high = [m["acc_ci"][1] for m in cells]
+        ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+    axis = SWEEP_AXES.get(sweep["key"], sweep["key"])
+    ax.set_xticks(xs, [str(v) for v in values])
+    model = f" of {sweep['base_model']}" if several_models else ""
+    ax.set(
+        xlabel=axis,
+        ylabel="accuracy",
+        ylim=(0, 1),
+        title=f"{sweep['finetune']}{model}: accuracy by {axis}",
+    )
+    ax.legend(fontsize="small")
+    name = _slug(f"{sweep['base_model']}-{sweep['name']}" if several_models else sweep["name"])
+    caption = (
+        f"Accuracy vs {axis} (sweep '{sweep['name']}' of {sweep['finetune']}{model}, "
+        f"{sweep['key']}); one line per task and shots; shaded: 95% bootstrap CI."
+    )
+    return Plot(f"fig-sweep-{name}", f"Accuracy vs {axis}", caption, _svg(fig))
+
+
+@_plotting
+def plot_k(run: Run) -> Plot | None:
+    validation = run.metrics.get("validation_task")
+    grid = [m for m in run.metrics["cells"] if m["arm"] == "rag" and m["split"] == validation]
+    if not grid:
+        return None
+    several = len(run.results.base_models) > 1
+    series: dict[tuple, list[dict]] = {}
+    for m in grid:
+        series.setdefault((m["model"], m["shots"]), []).append(m)
+    fig = _figure(7.0, 4.0)
+    ax = fig.add_subplot()
+    for index, ((model, shots), cells) in enumerate(series.items()):
+        cells = sorted(cells, key=lambda m: m["k"])
+        dodge = (index - (len(series) - 1) / 2) * 0.04  # overlapping lines stay visible
+        x = [m["k"] + dodge for m in cells]
+        column = generic_column(cells[0], run.metrics["models"])
+        label = f"{cells[0]['base_model']} {column}" if several else column
+        bars = ax.errorbar(
+            x,
+            [m["acc"] for m in cells],
+            yerr=_errors(cells),
+            marker="o",
+            capsize=3,
+            label=_legend(f"{label} {shots}-shot"),
+        )
+        chosen = [(xi, m["acc"]) for xi, m in zip(x, cells) if m.get("selected")]
+        if chosen:
+            color = bars.lines[0].get_color()
+            ax.plot(*zip(*chosen), marker="*", markersize=14, color=color, linestyle="none")
+    ax.set_xticks(sorted({m["k"] for m in grid}))
+    ax.set(
+        xlabel="K (retrieved chunks)",
+        ylabel="accuracy",
+        ylim=(0, 1),
+        title=f"RAG on '{validation}'",
+    )
+    ax.legend(fontsize="small")
+    caption = (
+        f"RAG accuracy vs K on the validation task '{validation}', one line per model and "
+        "shots, with 95% bootstrap CIs; star: the K chosen for the test tasks."
+    )
+    return Plot("fig-k", "Accuracy vs K", caption, _svg(fig))
+
+
+def plot_training(run: Run) -> list[Plot]:
+    finetuning = run.metrics.get("finetuning") or {}
+    return [_training_plot(label, row) for label, row in finetuning.items()]
+
+
+@_plotting
+def _training_plot(label: str, row: dict) -> Plot:
+    fig = _figure(11.0, 3.4)
+    loss_ax, val_loss_ax, val_acc_ax = fig.subplots(1, 3)
+    curve = row.get("loss_curve") or []
+    loss_ax.plot(
+        [p["step"] for p in curve],
+        [p["loss"] for p in curve],
+        marker="." if len(curve) < 50 else None,
+    )
+    loss_ax.set(xlabel="step", ylabel="training loss", title="training loss (chosen LR)")
+    by_rate: dict[float, list[dict]] = {}
+    for point in row.get("validation_curve") or []:
+        by_rate.setdefault(point["learning_rate"], []).append(point)
+    for rate in sorted(by_rate):
+        points = sorted(by_rate[rate], key=lambda p: p["epoch"])
+        with_loss = [p for p in points if p.get("loss") is not None]
+        val_loss_ax.plot(
+            [p["epoch"] for p in with_loss],
+            [p["loss"] for p in with_loss],
+            marker="o",
+            label=f"lr {rate:g}",
+        )
+        val_acc_ax.plot(
+            [p["epoch"] for p in points],
+            [p["acc"] for p in points],
+            marker="o",
+            label=f"lr {rate:g}",
+        )
+    if row.get("validation_acc") is not None:
+        val_acc_ax.plot(
+            [row["epoch"]],
+            [row["validation_acc"]],
+            marker="*",
+            markersize=14,
+            color="black",
+            linestyle="none",
+            label="chosen",
+        )
+    val_loss_ax.set(xlabel="epoch", ylabel="validation loss", title="validation loss")
+    val_acc_ax.set(
+        xlabel="epoch", ylabel="validation accuracy", ylim=(0, 1), title="validation accuracy"
+    )
+    for ax in (val_loss_ax, val_acc_ax):
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        if by_rate:
+            ax.legend(fontsize="small")
+    fig.suptitle(label)
+    caption = (
+        f"Fine-tuning {label}: training loss by step at the chosen learning rate "
+        f"({row['learning_rate']:g}, epoch {row['epoch']}); validation loss and accuracy by "
+        "epoch for every learning rate tried; star: the chosen (learning rate, epoch)."
+    )
+    return Plot(f"fig-training-{_slug(label)}", "Training", caption, _svg(fig))
+
+
+def _mean_change(results: Results, model: str, column: str, splits: list[str]) -> float | None:
+    """Mean accuracy change of ``column`` over the base column on ``splits`` (every shots)."""
+    changes = [
+        results.cells[(model, column, split, shots)]["acc"]
+        - results.cells[(model, "base", split, shots)]["acc"]
+        for split, shots in results.rows
+        if split in splits
+        and (model, column, split, shots) in results.cells
+        and (model, "base", split, shots) in results.cells
+    ]
+    return sum(changes) / len(changes) if changes else None
+
+
+@_plotting
+def plot_forgetting(run: Run) -> Plot | None:
+    results = run.results
+    known = (run.metrics.get("tables") or {}).get("forgetting_tasks") or []
+    if not known:
+        return None
+    learn = list(dict.fromkeys(split for split, _ in results.rows if split not in known))
+    points = []
+    for model in results.base_models:
+        for ft in results.finetunes():
+            gain = _mean_change(results, model, ft, learn)
+            change = _mean_change(results, model, ft, known)
+            if gain is not None and change is not None:
+                points.append((_label(results, model, ft), gain, change))
+    if not points:
+        return None
+    fig = _figure(6.0, 4.5)
+    ax = fig.add_subplot()
+    for label, gain, change in points:
+        ax.plot([gain], [change], marker="o", linestyle="none")
+        ax.annotate(
+            label, (gain, change), textcoords="offset points", xytext=(5, 5), fontsize="small"
+        )
+    ax.axhline(0, color="0.3", linewidth=0.8)
+    ax.axvline(0, color="0.3", linewidth=0.8)
+    ax.margins(0.3)
+    ax.set(
+        xlabel=f"gain over base on the learned tasks ({', '.join(learn)})",
+        ylabel=f"change on {', '.join(known)} (below 0: forgetting)",
+        title="Gain and forgetting (closed book)",
+    )
+    caption = (
+        "Each fine-tuning closed book: mean accuracy gain over its base model on the tasks it "
+        f"had to learn ({', '.join(learn)}) against the mean change on the tasks the base "
+        f"model knew ({', '.join(known)}), averaged over tasks and shots."
+    )
+    return Plot("fig-forgetting", "Forgetting", caption, _svg(fig))
+
+
+def _training_label(models: dict, base_model: str, finetune: str) -> str | None:
+    return next(
+        (
+            label
+            for label, row in models.items()
+            if row["finetune"] == finetune and row["base_model"] == base_model and not row["sweep"]
+        ),
+        None,
+    )
+
+
+def column_seconds(run: Run) -> dict[tuple, float]:
+    """(base model, column) -> training (every LR candidate) + index build + scoring seconds
+    of the test tasks."""
+    results = run.results
+    total: dict[tuple, float] = {}
+    for cell in run.costs.get("cells", []):
+        if cell["split"] == results.validation:
+            continue
+        column = generic_column({"model": cell["model"], "arm": cell["arm"]}, results.models)
+        key = (cell["base_model"], column)
+        total[key] = total.get(key, 0.0) + cell["seconds"]
+    training = run.costs.get("training") or {}
+    index = run.costs.get("index") or {}
+    build = index.get("embed_seconds", 0.0) + index.get("index_seconds", 0.0)
+    for (model, column), seconds in total.items():
+        ft = column.split("+")[0] if column not in ("base", "rag", "oracle") else None
+        label = _training_label(results.models, model, ft) if ft else None
+        seconds += training.get(label, {}).get("train_seconds", 0.0) if label else 0.0
+        seconds += build if column == "rag" or column.endswith("+rag") else 0.0
+        total[(model, column)] = seconds
+    return total
+
+
+@_plotting
+def plot_cost(run: Run) -> Plot | None:
+    results = run.results
+    seconds = column_seconds(run)
+    splits = list(dict.fromkeys(split for split, _ in results.rows))
+    if not splits or not seconds:
+        return None
+    fig = _figure(8.0, 4.5)
+    ax = fig.add_subplot()
+    for split, marker in zip(splits, "osD^v<>pPX*h" * len(splits)):
+        shots = min(n for s, n in results.rows if s == split)
+        cells = [
+            (k, m) for k, m in results.cells.items() if k[2:] == (split, shots) and k[:2] in seconds
+        ]
+        xs = [max(seconds[k[:2]], 1e-3) for k, _ in cells]
+        ax.plot(
+            xs,
+            [m["acc"] for _, m in cells],
+            marker=marker,
+            linestyle="none",
+            label=_legend(f"{split} {shots}-shot"),
+        )
+        for x, (k, m) in zip(xs, cells):
+            ax.annotate(
+                _label(results, k[0], k[1]),
+                (x, m["acc"]),
+                textcoords="offset points",
+                xytext=(4, 3),
+                fontsize="x-small",
+            )
+    ax.set_xscale("log")
+    ax.set(
+        xlabel="compute seconds: training (all LR candidates) + index build + scoring the test tasks",
+        ylabel="accuracy",
+        ylim=(0, 1),
+        title="Cost vs accuracy",
+    )
+    ax.legend(fontsize="small")
+    caption = (
+        "Accuracy on each test task (at its fewest shots) against what the column cost in "
+        "compute seconds (log scale): fine-tuning every learning-rate candidate, building the "
+        "retrieval index, and scoring every test question at every number of shots."
+    )
+    return Plot("fig-cost", "Cost vs accuracy", caption, _svg(fig))
+
+
+# -- HTML ---------------------------------------------------------------------------------
+
+CSS = """
+body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:2em auto;
+max-width:1200px;padding:0 1em;color:#222}
+h1{font-size:1.7em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
+nav a{margin-right:1em}
+figure.plot{margin:1.5em 0}figure.plot svg{max-width:100%;height:auto}
+figcaption{color:#444;font-size:.92em;max-width:60em}
+table{border-collapse:collapse;margin:.8em 0;font-size:.9em}
+th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;vertical-align:top}
+th{background:#f3f3f3}td.num{text-align:right}
+.right{color:#1a7f37}.wrong{color:#c62828}
+.sample{margin:1.2em 0;padding:.6em 1em;border-left:3px solid #ccc}
+.question{font-weight:600}.meta{color:#666;font-size:.85em}
+"""
+CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
+
+
+def _e(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def render_html(run: Run, plots: list[Plot]) -> str:
+    title = run.metrics.get("experiment") or "experiment"
+    sections = list(dict.fromkeys(plot.section for plot in plots))
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{_e(title)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{_e(title)}</h1>",
+        _nav(sections),
+    ]
+    for number, section in enumerate(sections, start=1):
+        parts.append(f'<section id="section-{number}"><h2>{_e(section)}</h2>')
+        parts += [_figure_html(plot) for plot in plots if plot.section == section]
+        parts.append("</section>")
+    parts += [_tables_html(run), _samples_html(run), "</body></html>", ""]
+    return "\n".join(parts)
+
+
+def _nav(sections: list[str]) -> str:
+    links = [f'<a href="#section-{n}">{_e(s)}</a>' for n, s in enumerate(sections, start=1)]
+    links += ['<a href="#tables">Tables</a>', '<a href="#samples">Sample questions</a>']
+    return "<nav>" + "".join(links) + "</nav>"
+
+
+def _figure_html(plot: Plot) -> str:
+    return (
+        f'<figure class="plot" id="{_e(plot.id)}">\n{inline_svg(plot.svg, plot.id)}\n'
+        f"<figcaption>{_e(plot.caption)}</figcaption></figure>"
+    )
+
+
+_TAG = re.compile(r"<[^>]*>")  # matplotlib escapes < and > in text and attributes
+_ID_USE = re.compile(r'(\bid="|href="#|url\(#)')
+
+
+def inline_svg(svg: str, prefix: str) -> str:
+    """An SVG document as an element of the page: no XML prolog (its DTD URL), and every
+    id prefixed so several plots' ids (clip paths, markers) never clash."""
+    svg = svg[svg.index("<svg") :]
+    svg = re.sub(r"<metadata>.*?</metadata>\s*", "", svg, flags=re.DOTALL)
+    return _TAG.sub(
+        lambda tag: _ID_USE.sub(lambda m: m.group(1) + prefix + "-", tag.group(0)), svg
+    ).strip()
+
+
+def _tables_html(run: Run) -> str:
+    text = markdown(run.metrics, run.costs)
+    if text.startswith("# "):
+        text = text.split("\n", 1)[1] if "\n" in text else ""  # the title is the page's <h1>
+    return f'<section id="tables"><h2>Tables</h2>\n{markdown_html(text, shift=1)}\n</section>'
+
+
+_RULE = re.compile(r"^\|(\s*:?-+:?\s*\|)+\s*$")
+
+
+def markdown_html(text: str, shift: int = 0) -> str:
+    """The Markdown ``tables.markdown`` writes as HTML: ``#`` headings, ``|`` tables and
+    plain paragraphs, every text escaped (nothing else of Markdown is interpreted)."""
+    out = []
+    for block in re.split(r"\n[ \t]*\n", text.strip()):
+        lines = block.splitlines()
+        while lines and lines[0].startswith("#"):
+            level = min(len(lines[0]) - len(lines[0].lstrip("#")) + shift, 6)
+            out.append(f"<h{level}>{_e(lines.pop(0).lstrip('#').strip())}</h{level}>")
+        if (
+            len(lines) >= 2
+            and all(line.startswith("|") for line in lines)
+            and _RULE.match(lines[1])
+        ):
+            out.append(_table_html(lines))
+        elif lines:
+            out.append(f"<p>{_e(' '.join(lines))}</p>")
+    return "\n".join(out)
+
+
+def _cells(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip().removeprefix("|").removesuffix("|").split("|")]
+
+
+def _table_html(lines: list[str]) -> str:
+    header, rule, body = _cells(lines[0]), _cells(lines[1]), [_cells(line) for line in lines[2:]]
+    numeric = [cell.endswith(":") for cell in rule]
+    head = "".join(f"<th>{_e(cell)}</th>" for cell in header)
+    numeric += [False] * max(0, max((len(row) for row in body), default=0) - len(numeric))
+    rows = ["<tr>" + "".join(_td(c, n) for c, n in zip(row, numeric)) + "</tr>" for row in body]
+    return (
+        f"<table><thead><tr>{head}</tr></thead><tbody>\n" + "\n".join(rows) + "\n</tbody></table>"
+    )
+
+
+def _td(text: str, numeric: bool) -> str:
+    return f'<td class="num">{_e(text)}</td>' if numeric else f"<td>{_e(text)}</td>"
+
+
+def _samples_html(run: Run) -> str:
+    samples = run.metrics.get("samples") or []
+    blocks = [_sample_html(run, sample) for sample in samples]
+    blocks = [b for b in blocks if b]
+    if not blocks:
+        return ""
+    intro = (
+        "<p>A few questions of each test task with every column's answer at the task's fewest "
+        'shots (rag at its chosen K): <span class="right">✓</span> right, '
+        '<span class="wrong">✗</span> wrong.</p>'
+    )
+    return (
+        '<section id="samples"><h2>Sample questions</h2>\n'
+        + intro
+        + "\n".join(blocks)
+        + "\n</section>"
+    )
+
+
+def sample_answers(run: Run, sample: dict) -> tuple[int, list[tuple[str, str, bool | None]]] | None:
+    """(shots, [(column, its answer, right?)]) for one sample question; None if the run has
+    no cell on its task."""
+    results = run.results
+    shots_seen = [n for s, n in results.rows if s == sample["split"]]
+    if not shots_seen:
+        return None
+    shots = min(shots_seen)
+    answers = []
+    for (model, column, split, n), cell in results.cells.items():
+        if (split, n) != (sample["split"], shots):
+            continue
+        record = run.records.get(
+            (cell["model"], cell["arm"], split, n, cell["k"], sample["question_id"])
+        )
+        answers.append((_label(results, model, column), *_answer(sample, record)))
+    return shots, answers
+
+
+def _answer(sample: dict, record: dict | None) -> tuple[str, bool | None]:
+    if record is None:
+        return "(no record of this question)", None
+    if "prediction" in record:
+        return f"{record['prediction']} (F1 {record.get('f1', 0.0):.2f})", bool(record["correct"])
+    choices, pred = sample.get("choices") or [], record["pred"]
+    text = choices[pred] if 0 <= pred < len(choices) else f"option {pred}"
+    return text, bool(record["correct"])
+
+
+def _correct(sample: dict) -> str:
+    if "answers" in sample:
+        return " | ".join(str(a) for a in sample["answers"])
+    return str(sample["choices"][sample["answer"]])
+
+
+def _sample_html(run: Run, sample: dict) -> str:
+    found = sample_answers(run, sample)
+    if found is None:
+        return ""
+    shots, answers = found
+    marks = {
+        True: '<td class="right">✓</td>',
+        False: '<td class="wrong">✗</td>',
+        None: "<td>–</td>",
+    }
+    rows = "".join(
+        f"<tr><td>{_e(column)}</td><td>{_e(text)}</td>{marks[right]}</tr>"
+        for column, text, right in answers
+    )
+    return (
+        '<div class="sample">'
+        f'<p class="meta">{_e(sample["split"])} · {_e(sample["question_id"])} · {shots}-shot</p>'
+        f'<p class="question">{_e(sample["question"])}</p>'
+        f"<p>correct answer: <b>{_e(_correct(sample))}</b></p>"
+        "<table><thead><tr><th>column</th><th>answer</th><th></th></tr></thead>"
+        f"<tbody>{rows}</tbody></table></div>"
+    )
+
+
+# -- Markdown -----------------------------------------------------------------------------
+
+
+def render_markdown(run: Run, plots: list[Plot]) -> str:
+    """The tables of ``table.md`` with the plots linked from ``report_files/`` after the title."""
+    text = markdown(run.metrics, run.costs)
+    rest = text.partition("\n")[2] if text.startswith("# ") else text
+    lines = [f"# {_md_text(run.metrics.get('experiment') or 'experiment')}", ""]
+    for section in dict.fromkeys(plot.section for plot in plots):
+        lines += [f"## {section}", ""]
+        for plot in (p for p in plots if p.section == section):
+            lines += [f"![{plot.id}]({FILES_DIR}/{plot.id}.svg)", "", _md_text(plot.caption), ""]
+    return "\n".join(lines) + rest.lstrip("\n") + ("" if rest.endswith("\n") else "\n")
+
+
+def _md_text(text: str) -> str:
+    """User names in Markdown prose: HTML-escaped (renders as the same characters) and
+    Markdown's emphasis and link characters backslash-escaped."""
+    return re.sub(r"([\\`*_\[\]])", r"\\\1", html.escape(text, quote=False))
