@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench clean chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/kinject demo
 
-test: $(STAMP)
+# The report's test renders it in headless Chromium (Debian's `chromium` package).
+chromium:
+	@command -v chromium >/dev/null || { \
+		echo "installing chromium (apt-get) for the report's rendering test"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+		>/dev/null || echo "could not install chromium: run 'apt-get install chromium' as root"; }
+
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

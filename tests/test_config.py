@@ -62,3 +62,19 @@ def test_saved_config_round_trips_and_paths_resolve_against_the_file(tmp_path):
         load_config(EvalConfig, hub).with_paths_resolved(tmp_path).model.path
         == "EleutherAI/pythia-70m"
     )
+
+
+def test_the_demo_experiment_file_is_the_demo_grid():
+    """examples/demo/experiment.yaml and `kinject demo` must not drift apart."""
+    from pathlib import Path
+
+    from kinject.config import DemoConfig
+    from kinject.demo import demo_experiment
+    from kinject.experiments.files import load_experiment
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "demo" / "experiment.yaml"
+    from_file = load_experiment(example)
+    from_demo = demo_experiment(DemoConfig()).model_copy(update={"finetune_dir": None})
+    assert from_file == from_demo
+    changed = demo_experiment(DemoConfig(shots=[0])).model_copy(update={"finetune_dir": None})
+    assert from_file != changed

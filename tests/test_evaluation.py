@@ -237,12 +237,15 @@ def test_an_empty_task_file_is_an_error(tmp_path, world_dir, tiny_llama_dir):
 
 
 def test_forgetting_rows_show_gain_and_change_against_the_base_model():
-    from kinject.evaluation.report import forgetting_rows
+    from kinject.experiments.tables import Results, forgetting_rows
 
     def cell(model, split, acc, arm="base"):
+        column = arm if model == "base" else (model if arm == "base" else f"{model}+{arm}")
         return {
             "model": model,
             "arm": arm,
+            "column": column,
+            "base_model": "tiny",
             "split": split,
             "shots": 0,
             "k": 0,
@@ -251,15 +254,23 @@ def test_forgetting_rows_show_gain_and_change_against_the_base_model():
             "acc_ci": [acc - 0.1, acc],
         }
 
-    metrics = [
-        cell("base", "new", 0.25),
-        cell("base", "updated", 0.0),
-        cell("base", "known", 1.0),
-        cell("ft-par", "new", 0.8),
-        cell("ft-par", "updated", 0.7),
-        cell("ft-par", "known", 0.9),
-        cell("ft-par", "new", 0.95, arm="rag"),  # FT+RAG is not a closed-book row
-    ]
-    header, body = forgetting_rows(metrics)
-    assert header[-1] == "known accuracy (change)"
-    assert body == [["ft-par", "0", "+0.550", "+0.700", "0.900 [.800–.900] (-0.100)"]]
+    metrics = {
+        "models": {
+            "base": {"base_model": "tiny", "finetune": None, "sweep": None},
+            "ft-par": {"base_model": "tiny", "finetune": "ft-par", "sweep": None},
+        },
+        "cells": [
+            cell("base", "new", 0.25),
+            cell("base", "updated", 0.0),
+            cell("base", "known", 1.0),
+            cell("ft-par", "new", 0.8),
+            cell("ft-par", "updated", 0.7),
+            cell("ft-par", "known", 0.9),
+            cell("ft-par", "new", 0.95, arm="rag"),  # FT+RAG is not a closed-book row
+        ],
+        "comparisons": [],
+        "tables": {"forgetting_tasks": ["known"]},
+    }
+    header, body = forgetting_rows(Results(metrics, {}))
+    assert header[-1] == "change on known (forgetting)"
+    assert body == [["tiny", "ft-par", "0", "+0.550", "+0.700", "-0.100"]]
