@@ -8,21 +8,12 @@ from pathlib import Path
 import torch
 
 from kinject.config import FinetuneConfig, parse_config
+from kinject.experiments.files import deep_merge
 
 # torch's default of one thread per core is oversubscribed (and 100x slower) when other
 # processes share the cores; subprocesses get the same single thread, which also keeps their
 # numerics identical to the in-process runs they are compared with.
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
-
-def deep_merge(base: dict, overrides: dict) -> dict:
-    merged = dict(base)
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def settings(world: Path, base: Path, **overrides) -> dict:
