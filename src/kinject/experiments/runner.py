@@ -94,7 +94,8 @@ def run_experiment(
     for spec in all_task_specs(config):
         load_task(spec)  # bad inputs fail before any model work
     for sweep in config.sweeps:
-        swept(config, sweep, sweep.values[0])  # a bad key fails now, not after hours
+        for value in sweep.values:
+            swept(config, sweep, value)  # a bad key or value fails now, not after hours
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / "experiment.yaml", to_yaml(config))
     write_json(run_dir / "env.json", environment(config.seed))
@@ -115,7 +116,7 @@ def run_experiment(
             if run.arms:
                 evaluation = eval_config(config, run)
                 run_evaluation(evaluation, run.folder(run_dir), show_progress=show_progress)
-    write_json(run_dir / "plan.json", {"runs": [_plan_row(run) for run in runs]})
+    write_json(run_dir / "plan.json", {"runs": [_plan_row(run, run_dir) for run in runs]})
     metrics = tabulate_experiment(run_dir)
     return ExperimentResult(run_dir, metrics)
 
@@ -300,7 +301,10 @@ def swept(config: ExperimentConfig, sweep: SweepConfig, value) -> FinetuneRecipe
             "(the learning rate is the recipe's chosen one)"
         )
     node[last] = value
-    return parse_config(FinetuneRecipe, data)
+    try:
+        return parse_config(FinetuneRecipe, data)
+    except KinjectError as error:
+        raise KinjectError(f"sweep '{sweep.name}', {sweep.key} = {value!r}: {error}") from None
 
 
 def _same_training(a: FinetuneRecipe, b: FinetuneRecipe) -> bool:
@@ -390,7 +394,12 @@ def eval_config(config: ExperimentConfig, run: ModelRun) -> EvalConfig:
     )
 
 
-def _plan_row(run: ModelRun) -> dict:
+def _plan_row(run: ModelRun, run_dir: Path) -> dict:
+    training = {k: v for k, v in run.training.items() if k != "cached"}
+    if "folder" in training:
+        folder = Path(training["folder"]).resolve()
+        if folder.is_relative_to(run_dir.resolve()):
+            training["folder"] = str(folder.relative_to(run_dir.resolve()))
     return {
         "label": run.label,
         "base_model": run.base_model,
@@ -398,5 +407,5 @@ def _plan_row(run: ModelRun) -> dict:
         "sweep": run.sweep,
         "arms": run.arms,
         "folder": str(Path("sweeps" if run.sweep else "models") / run.label),
-        "training": {k: v for k, v in run.training.items() if k != "cached"},
+        "training": training,  # its folder relative to the run folder when inside it
     }

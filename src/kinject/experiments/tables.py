@@ -106,7 +106,8 @@ def table1(results: Results) -> tuple[list[str], dict[str, list[list[str]]], lis
     """Per base model: rows (task, shots), columns base, +RAG, FT, FT+RAG."""
     chosen = results.metrics.get("tables", {}).get("table1_finetune")
     finetunes = results.finetunes()
-    ft = chosen if chosen in finetunes else (finetunes[0] if finetunes else None)
+    with_rag = [f for f in finetunes if f"{f}+rag" in results.columns]
+    ft = chosen if chosen in finetunes else next(iter(with_rag or finetunes), None)
     columns = ["base", "rag"] + ([ft, f"{ft}+rag"] if ft else [])
     header = ["task", "shots", *[_header(c) if c not in (ft,) else "FT" for c in columns]]
     if ft:

@@ -57,13 +57,15 @@ def tabulate_experiment(run_dir: str | Path) -> dict:
         "selected_k": selected_k,
         "comparisons": comparisons(cells, records, validation),
         "finetuning": {
-            row["label"]: _finetuning(row) for row in plan if row["finetune"] and not row["sweep"]
+            row["label"]: _finetuning(row, run_dir)
+            for row in plan
+            if row["finetune"] and not row["sweep"]
         },
         "sweeps": _sweeps(run_dir, plan, config),
         "samples": _samples(config),
         "tables": config.tables.model_dump(mode="json"),
     }
-    cost_summary = {"cells": costs, **_training_costs(plan), **_index_costs(config)}
+    cost_summary = {"cells": costs, **_training_costs(plan, run_dir), **_index_costs(config)}
     write_json(run_dir / "metrics.json", metrics)
     write_json(run_dir / "costs.json", cost_summary)
     write_text(run_dir / "records.jsonl", "".join(json.dumps(r) + "\n" for r in records))
@@ -161,10 +163,10 @@ def comparisons(cells: list[dict], records: list[dict], validation: str | None) 
     return result
 
 
-def _finetuning(row: dict) -> dict:
+def _finetuning(row: dict, run_dir: Path) -> dict:
     """The chosen fine-tuning, its loss and validation curves, and every candidate scored."""
     training = row["training"]
-    folder = Path(training["folder"])
+    folder = run_dir / training["folder"]  # absolute when kept elsewhere
     selection = _json(folder / "selection.json")
     chosen = folder / "candidates" / _lr_folder(folder, training["learning_rate"])
     loss = [
@@ -188,14 +190,14 @@ def _lr_folder(folder: Path, rate: float) -> str:
     raise KinjectError(f"{folder}: no candidate trained at learning rate {rate:g}")
 
 
-def _training_costs(plan: list[dict]) -> dict:
+def _training_costs(plan: list[dict], run_dir: Path) -> dict:
     """Per fine-tuned model: tokens, seconds and peak memory of every candidate trained."""
     costs = {}
     for row in plan:
         training = row["training"]
         if not training or row["sweep"] is not None:
             continue
-        folder = Path(training["folder"])
+        folder = run_dir / training["folder"]  # absolute when kept elsewhere
         done = [_json(c / "done.json") for c in sorted((folder / "candidates").iterdir())]
         costs[row["label"]] = {
             "candidates": len(done),
