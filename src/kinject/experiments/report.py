@@ -372,8 +372,9 @@ def _training_plot(label: str, row: dict) -> Plot:
     val_acc_ax.set(
         xlabel="epoch", ylabel="validation accuracy", ylim=(0, 1), title="validation accuracy"
     )
+    epochs = sorted({p["epoch"] for points in by_rate.values() for p in points})
     for ax in (val_loss_ax, val_acc_ax):
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_xticks(epochs)
         if by_rate:
             ax.legend(fontsize="small")
     fig.suptitle(label)
@@ -471,6 +472,20 @@ def column_seconds(run: Run) -> dict[tuple, float]:
     return total
 
 
+def _log_x(ax, values: list[float]) -> None:
+    """A log x axis labelled in plain numbers (math text is off, so no 10^x): 1-2-5 ticks
+    over a few decades, powers of ten over more."""
+    import math
+
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_xscale("log")
+    decades = math.log10(max(values) / min(values)) if values else 0.0
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0,) if decades > 3 else (1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 @_plotting
 def plot_cost(run: Run) -> Plot | None:
     results = run.results
@@ -501,7 +516,7 @@ def plot_cost(run: Run) -> Plot | None:
                 xytext=(4, 3),
                 fontsize="x-small",
             )
-    ax.set_xscale("log")
+    _log_x(ax, [max(v, 1e-3) for v in seconds.values()])
     ax.set(
         xlabel="compute seconds: training (all LR candidates) + index build + scoring the test tasks",
         ylabel="accuracy",
@@ -530,8 +545,7 @@ table{border-collapse:collapse;margin:.8em 0;font-size:.9em}
 th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;vertical-align:top}
 th{background:#f3f3f3}td.num{text-align:right}
 .right{color:#1a7f37}.wrong{color:#c62828}
-.sample{margin:1.2em 0;padding:.6em 1em;border-left:3px solid #ccc}
-.question{font-weight:600}.meta{color:#666;font-size:.85em}
+.question{font-weight:600}.meta{color:#666;font-size:.8em}
 """
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 
@@ -578,10 +592,13 @@ _ID_USE = re.compile(r'(\bid="|href="#|url\(#)')
 
 
 def inline_svg(svg: str, prefix: str) -> str:
-    """An SVG document as an element of the page: no XML prolog (its DTD URL), and every
-    id prefixed so several plots' ids (clip paths, markers) never clash."""
+    """An SVG document as an element of the page: no XML prolog (its DTD URL), no namespace
+    declarations (HTML puts <svg> in its namespace), and every id prefixed so several
+    plots' ids (clip paths, markers) never clash."""
     svg = svg[svg.index("<svg") :]
     svg = re.sub(r"<metadata>.*?</metadata>\s*", "", svg, flags=re.DOTALL)
+    svg = re.sub(r'^(<svg[^>]*?)\s+xmlns:xlink="[^"]*"', r"\1", svg)
+    svg = re.sub(r'^(<svg[^>]*?)\s+xmlns="[^"]*"', r"\1", svg)
     return _TAG.sub(
         lambda tag: _ID_USE.sub(lambda m: m.group(1) + prefix + "-", tag.group(0)), svg
     ).strip()
@@ -637,81 +654,81 @@ def _td(text: str, numeric: bool) -> str:
 
 
 def _samples_html(run: Run) -> str:
-    samples = run.metrics.get("samples") or []
-    blocks = [_sample_html(run, sample) for sample in samples]
-    blocks = [b for b in blocks if b]
-    if not blocks:
+    by_split: dict[str, list[dict]] = {}
+    for sample in run.metrics.get("samples") or []:
+        by_split.setdefault(sample["split"], []).append(sample)
+    tables = [_sample_table(run, split, samples) for split, samples in by_split.items()]
+    if not any(tables):
         return ""
     intro = (
         "<p>A few questions of each test task with every column's answer at the task's fewest "
         'shots (rag at its chosen K): <span class="right">✓</span> right, '
         '<span class="wrong">✗</span> wrong.</p>'
     )
+    body = "\n".join(table for table in tables if table)
+    return f'<section id="samples"><h2>Sample questions</h2>\n{intro}\n{body}\n</section>'
+
+
+def _sample_table(run: Run, split: str, samples: list[dict]) -> str:
+    """One task's sample questions: a row each, a column per table column ('' if the run
+    has no cell on the task)."""
+    results = run.results
+    shots_seen = [n for s, n in results.rows if s == split]
+    if not shots_seen:
+        return ""
+    shots = min(shots_seen)
+    cells = [(key, cell) for key, cell in results.cells.items() if key[2:] == (split, shots)]
+    head = "<th>question</th><th>correct answer</th>" + "".join(
+        f"<th>{_e(_label(results, key[0], key[1]))}</th>" for key, _ in cells
+    )
+    rows = []
+    for sample in samples:
+        answers = [
+            _answer(
+                sample,
+                run.records.get(
+                    (c["model"], c["arm"], split, shots, c["k"], sample["question_id"])
+                ),
+            )
+            for _, c in cells
+        ]
+        rows.append(
+            f'<tr><td><span class="meta">{_e(sample["question_id"])}</span><br>'
+            f'<span class="question">{_e(sample["question"])}</span></td>'
+            f"<td><b>{_e(_correct(sample))}</b></td>"
+            + "".join(_answer_td(text, right) for text, right in answers)
+            + "</tr>"
+        )
     return (
-        '<section id="samples"><h2>Sample questions</h2>\n'
-        + intro
-        + "\n".join(blocks)
-        + "\n</section>"
+        f'<h3>{_e(split)}, {shots}-shot</h3>\n<table class="samples"><thead><tr>{head}</tr>'
+        "</thead><tbody>\n" + "\n".join(rows) + "\n</tbody></table>"
     )
 
 
-def sample_answers(run: Run, sample: dict) -> tuple[int, list[tuple[str, str, bool | None]]] | None:
-    """(shots, [(column, its answer, right?)]) for one sample question; None if the run has
-    no cell on its task."""
-    results = run.results
-    shots_seen = [n for s, n in results.rows if s == sample["split"]]
-    if not shots_seen:
-        return None
-    shots = min(shots_seen)
-    answers = []
-    for (model, column, split, n), cell in results.cells.items():
-        if (split, n) != (sample["split"], shots):
-            continue
-        record = run.records.get(
-            (cell["model"], cell["arm"], split, n, cell["k"], sample["question_id"])
-        )
-        answers.append((_label(results, model, column), *_answer(sample, record)))
-    return shots, answers
-
-
 def _answer(sample: dict, record: dict | None) -> tuple[str, bool | None]:
+    """A column's answer to a sample question (the option text it chose) and if it was right."""
     if record is None:
         return "(no record of this question)", None
     if "prediction" in record:
-        return f"{record['prediction']} (F1 {record.get('f1', 0.0):.2f})", bool(record["correct"])
+        text = record["prediction"]
+        text = text if len(text) <= 160 else text[:159] + "…"
+        return f"{text} (F1 {record.get('f1', 0.0):.2f})", bool(record["correct"])
     choices, pred = sample.get("choices") or [], record["pred"]
     text = choices[pred] if 0 <= pred < len(choices) else f"option {pred}"
     return text, bool(record["correct"])
+
+
+def _answer_td(text: str, right: bool | None) -> str:
+    if right is None:
+        return f"<td>{_e(text)}</td>"
+    mark, style = ("✓", "right") if right else ("✗", "wrong")
+    return f'<td class="{style}">{_e(text)} {mark}</td>'
 
 
 def _correct(sample: dict) -> str:
     if "answers" in sample:
         return " | ".join(str(a) for a in sample["answers"])
     return str(sample["choices"][sample["answer"]])
-
-
-def _sample_html(run: Run, sample: dict) -> str:
-    found = sample_answers(run, sample)
-    if found is None:
-        return ""
-    shots, answers = found
-    marks = {
-        True: '<td class="right">✓</td>',
-        False: '<td class="wrong">✗</td>',
-        None: "<td>–</td>",
-    }
-    rows = "".join(
-        f"<tr><td>{_e(column)}</td><td>{_e(text)}</td>{marks[right]}</tr>"
-        for column, text, right in answers
-    )
-    return (
-        '<div class="sample">'
-        f'<p class="meta">{_e(sample["split"])} · {_e(sample["question_id"])} · {shots}-shot</p>'
-        f'<p class="question">{_e(sample["question"])}</p>'
-        f"<p>correct answer: <b>{_e(_correct(sample))}</b></p>"
-        "<table><thead><tr><th>column</th><th>answer</th><th></th></tr></thead>"
-        f"<tbody>{rows}</tbody></table></div>"
-    )
 
 
 # -- Markdown -----------------------------------------------------------------------------

@@ -1,0 +1,230 @@
+"""kinject report: one self-contained, deterministic, escaped HTML page and a Markdown twin,
+made from a real `kinject run` folder's three result files alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kinject.errors import KinjectError
+from kinject.experiments.report import FILES_DIR, write_report
+
+RESULT_FILES = ("metrics.json", "costs.json", "records.jsonl")
+FIGURES = {
+    "fig-accuracy",
+    "fig-sweep-paraphrases",
+    "fig-k",
+    "fig-training-ft-reg",
+    "fig-training-ft-par",
+    "fig-forgetting",
+    "fig-cost",
+}
+SCRIPT = "<script>alert(1)</script>"
+IMG = "<img src=x onerror=alert(2)>"
+PWN = "<script>document.title='pwned'</script>"
+PWN_IMG = "<img src=x onerror=\"document.title='pwned'\">"  # no alert(): it would hang Chromium
+
+
+def _copy(run: Path, into: Path) -> Path:
+    """The run folder's result files only: the report must need nothing else (no models,
+    no plan, no task files)."""
+    shutil.copytree(
+        run,
+        into,
+        ignore=lambda folder, names: [
+            n for n in names if Path(folder) != run or n not in RESULT_FILES
+        ],
+    )
+    return into
+
+
+def _outputs(run: Path) -> dict[str, bytes]:
+    files = [run / "report.html", run / "report.md", *sorted((run / FILES_DIR).iterdir())]
+    return {str(path.relative_to(run)): path.read_bytes() for path in files}
+
+
+def _figure_ids(page: str) -> set[str]:
+    return set(re.findall(r'<figure class="plot" id="([^"]+)"', page))
+
+
+def _plant(run: Path, text: str, img: str = IMG) -> dict:
+    """Put ``text`` where user data reaches the page: the experiment's name, a sample
+    question and option, a sweep's name and key (a plot title and axis), a fine-tuning's
+    label (a plot title)."""
+    path = run / "metrics.json"
+    metrics = json.loads(path.read_text(encoding="utf-8"))
+    metrics["experiment"] = f"{text} {img}"
+    sample = metrics["samples"][0]
+    sample["question"] = f"{text} {sample['question']}"
+    sample["choices"] = [f"{img} {choice}" for choice in sample["choices"]]
+    metrics["sweeps"][0]["name"] = text
+    metrics["sweeps"][0]["key"] = f"data.{text}"
+    metrics["finetuning"] = {f"{text} {label}": row for label, row in metrics["finetuning"].items()}
+    path.write_text(json.dumps(metrics), encoding="utf-8")
+    return metrics
+
+
+@pytest.fixture(scope="module")
+def report_run(quick_experiment_run, tmp_path_factory) -> Path:
+    run = _copy(quick_experiment_run, tmp_path_factory.mktemp("report") / "run")
+    write_report(run)
+    return run
+
+
+def test_report_is_one_self_contained_page_with_every_plot_and_table(report_run):
+    page = (report_run / "report.html").read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>")
+    assert "http://" not in page and "https://" not in page  # not even an SVG namespace
+    for link in re.findall(r'\b(?:src|href)\s*=\s*["\']?([^"\'\s>]*)', page):
+        assert link.startswith("#"), link  # only links within the page
+    assert "<script" not in page and "<link" not in page and "<img" not in page
+    assert _figure_ids(page) == FIGURES
+    figures = re.findall(r'<figure class="plot".*?</figure>', page, flags=re.DOTALL)
+    assert len(figures) == len(FIGURES)
+    for figure in figures:
+        assert "<svg" in figure and "</svg>" in figure and "<figcaption>" in figure
+    ids = re.findall(r'\bid="([^"]+)"', page)
+    assert len(ids) == len(set(ids))  # several inline SVGs, no clashing ids
+    # every Markdown table of table.md as an HTML table, plus one per sampled task
+    md_tables = (report_run / "report.md").read_text(encoding="utf-8").count("\n|---")
+    assert md_tables == 8
+    assert page.count("<table") == md_tables + 3  # samples of known, new, new_open
+    assert "<th>FT+RAG</th>" in page and "<th>ms / question</th>" in page
+    assert '<section id="tables">' in page and '<section id="samples">' in page
+    assert "Helsinki" in page  # a sample question's correct answer
+    assert re.search(r'<td class="(right|wrong)">[^<]+ [✓✗]</td>', page)
+
+
+def test_report_markdown_links_the_plots_and_holds_the_tables(report_run):
+    from kinject.experiments.tables import markdown
+
+    text = (report_run / "report.md").read_text(encoding="utf-8")
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert {Path(link).stem for link in links} == FIGURES
+    for link in links:
+        assert link.startswith(f"{FILES_DIR}/")
+        svg = (report_run / link).read_text(encoding="utf-8")
+        assert "<svg" in svg and "<metadata" not in svg  # no date, no matplotlib version
+    metrics = json.loads((report_run / "metrics.json").read_text(encoding="utf-8"))
+    costs = json.loads((report_run / "costs.json").read_text(encoding="utf-8"))
+    assert markdown(metrics, costs).partition("\n")[2].strip() in text
+
+
+def test_report_is_byte_identical_when_written_again(report_run, tmp_path):
+    first = _outputs(report_run)
+    again = _copy(report_run, tmp_path / "elsewhere")  # another folder, another process
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"from kinject.experiments.report import write_report; write_report({str(again)!r})",
+        ],
+        check=True,
+        env={**os.environ, "PYTHONHASHSEED": "12345"},
+        timeout=300,
+    )
+    assert _outputs(again) == first
+    (again / "report.html").unlink()
+    (again / "report.md").unlink()
+    shutil.rmtree(again / FILES_DIR)
+    write_report(again)
+    assert _outputs(again) == first
+
+
+def test_report_escapes_every_name_question_and_answer(report_run, tmp_path):
+    run = _copy(report_run, tmp_path / "run")
+    _plant(run, SCRIPT)
+    html_path, md_path = write_report(run)
+    page = html_path.read_text(encoding="utf-8")
+    assert "<script" not in page.lower() and "<img" not in page.lower()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "&lt;img src=x onerror=alert(2)&gt;" in page
+    title = re.search(r"<title>(.*?)</title>", page).group(1)
+    assert title.startswith("&lt;script&gt;")
+    # the sample question, its option (as the correct answer and columns' answers) ...
+    assert re.search(r'class="question">&lt;script&gt;alert\(1\)&lt;/script&gt; ', page)
+    assert re.search(r"<b>&lt;img src=x onerror=alert\(2\)&gt; \w", page)
+    # ... and matplotlib's SVG text: the sweep key as an axis label, the label as a title
+    sweep_svg = next((run / FILES_DIR).glob("fig-sweep-*.svg")).read_text(encoding="utf-8")
+    assert "data.&lt;script&gt;alert(1)&lt;/script&gt;" in sweep_svg
+    assert "<script" not in sweep_svg
+    training = [fig for fig in _figure_ids(page) if fig.startswith("fig-training-")]
+    assert len(training) == 2 and all("script" in fig for fig in training)
+    for name in re.findall(r'\bid="([^"]*)"', page):
+        assert re.fullmatch(r"[A-Za-z0-9_.-]+", name), name  # ids are slugs
+    assert "<script" not in md_path.read_text(encoding="utf-8").split("\n", 1)[0]
+
+
+@pytest.mark.parametrize("name", RESULT_FILES)
+def test_report_names_a_missing_result_file(report_run, tmp_path, name):
+    run = _copy(report_run, tmp_path / "run")
+    (run / name).unlink()
+    with pytest.raises(KinjectError, match=re.escape(name)) as raised:
+        write_report(run)
+    assert "\n" not in str(raised.value)
+    assert not (run / "report.html").exists()
+
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def _chromium(page: Path, profile: Path, *args: str) -> subprocess.CompletedProcess:
+    chromium = shutil.which("chromium")
+    assert chromium, (
+        "headless Chromium is needed to check the report in a browser: "
+        "run `apt-get install chromium` (the Makefile installs it)"
+    )
+    profile.mkdir()
+    command = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args, page.as_uri()]
+    try:
+        return subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
+    except subprocess.TimeoutExpired:
+        pytest.fail("Chromium hung on the report (a script ran and opened a dialog?)")
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", "not a PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_report_renders_in_headless_chromium_and_runs_no_script(report_run, tmp_path):
+    run = _copy(report_run, tmp_path / "run")
+    _plant(run, PWN, PWN_IMG)
+    html_path, _ = write_report(run)
+    shot = tmp_path / "shot.png"
+    _chromium(html_path, tmp_path / "profile-1", f"--screenshot={shot}", "--window-size=1280,4000")
+    assert _png_size(shot) == (1280, 4000)
+    from PIL import Image
+
+    with Image.open(shot) as image:
+        gray = image.convert("L")
+        dark = sum(gray.histogram()[:128])
+    assert dark > 20_000, "the screenshot is (nearly) blank"  # text, bars, axes drawn
+
+    dom = _chromium(html_path, tmp_path / "profile-2", "--dump-dom").stdout
+    title = re.search(r"<title>(.*?)</title>", dom, flags=re.DOTALL).group(1)
+    assert title != "pwned" and title.startswith("&lt;script&gt;document.title=")
+    assert "<script" not in dom.lower() and "<img" not in dom.lower()
+    assert dom.count("&lt;script&gt;document.title='pwned'&lt;/script&gt;") >= 2
+    assert "&lt;img src=x onerror=\"document.title='pwned'\"&gt;" in dom
+    ids = _figure_ids(html_path.read_text(encoding="utf-8"))
+    assert len(ids) == len(FIGURES) and _figure_ids(dom) == ids
+    assert dom.count("<svg") == len(FIGURES)
+    assert dom.count("<table") == 11 and '<section id="samples">' in dom
