@@ -163,10 +163,17 @@ def quick_experiment_run(tmp_path_factory) -> Path:
     from kinject.experiments.runner import run_experiment
 
     run_dir = tmp_path_factory.mktemp("quick-experiment") / "run"
+    cache = str(tmp_path_factory.getbasetemp() / "kinject-cache")  # as _isolated_cache
+    previous = os.environ.get("KINJECT_CACHE_DIR")
+    os.environ["KINJECT_CACHE_DIR"] = cache  # session fixtures run before _isolated_cache
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         run_experiment(load_experiment(QUICK_EXPERIMENT), run_dir, show_progress=False)
     finally:
         torch.set_num_threads(threads)
+        if previous is None:
+            os.environ.pop("KINJECT_CACHE_DIR", None)
+        else:
+            os.environ["KINJECT_CACHE_DIR"] = previous
     return run_dir

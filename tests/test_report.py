@@ -163,6 +163,26 @@ def test_report_escapes_every_name_question_and_answer(report_run, tmp_path):
     assert "<script" not in md_path.read_text(encoding="utf-8").split("\n", 1)[0]
 
 
+def test_report_leaves_out_plots_without_data(report_run, tmp_path):
+    run = _copy(report_run, tmp_path / "run")
+    metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    metrics["sweeps"], metrics["finetuning"] = [], {}
+    metrics["tables"]["forgetting_tasks"] = []
+    metrics["cells"] = [m for m in metrics["cells"] if m["split"] != metrics["validation_task"]]
+    (run / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+    (run / FILES_DIR).mkdir()
+    (run / FILES_DIR / "fig-k.svg").write_text("<svg/>", encoding="utf-8")  # from an older run
+    html_path, md_path = write_report(run)
+    page = html_path.read_text(encoding="utf-8")
+    assert _figure_ids(page) == {"fig-accuracy", "fig-cost"}
+    assert page.count("<section") == 4  # two plots, the tables, the samples
+    assert sorted(p.name for p in (run / FILES_DIR).iterdir()) == [
+        "fig-accuracy.svg",
+        "fig-cost.svg",
+    ]
+    assert "fig-k" not in md_path.read_text(encoding="utf-8")
+
+
 @pytest.mark.parametrize("name", RESULT_FILES)
 def test_report_names_a_missing_result_file(report_run, tmp_path, name):
     run = _copy(report_run, tmp_path / "run")

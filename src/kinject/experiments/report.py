@@ -295,7 +295,7 @@ def plot_k(run: Run) -> Plot | None:
         cells = sorted(cells, key=lambda m: m["k"])
         dodge = (index - (len(series) - 1) / 2) * 0.04  # overlapping lines stay visible
         x = [m["k"] + dodge for m in cells]
-        column = generic_column(cells[0], run.metrics["models"])
+        column = cells[0]["column"]
         label = f"{cells[0]['base_model']} {column}" if several else column
         bars = ax.errorbar(
             x,
@@ -340,26 +340,38 @@ def _training_plot(label: str, row: dict) -> Plot:
         marker="." if len(curve) < 50 else None,
     )
     loss_ax.set(xlabel="step", ylabel="training loss", title="training loss (chosen LR)")
+    _validation_curves(val_loss_ax, val_acc_ax, row)
+    fig.suptitle(label)
+    caption = (
+        f"Fine-tuning {label}: training loss by step at the chosen learning rate "
+        f"({row['learning_rate']:g}, epoch {row['epoch']}); validation loss and accuracy by "
+        "epoch for every learning rate tried; star: the chosen (learning rate, epoch)."
+    )
+    return Plot(f"fig-training-{_slug(label)}", "Training", caption, _svg(fig))
+
+
+def _validation_curves(loss_ax, acc_ax, row: dict) -> None:
+    """Validation loss and accuracy by epoch, a line per learning rate; a star at the chosen."""
     by_rate: dict[float, list[dict]] = {}
     for point in row.get("validation_curve") or []:
         by_rate.setdefault(point["learning_rate"], []).append(point)
     for rate in sorted(by_rate):
         points = sorted(by_rate[rate], key=lambda p: p["epoch"])
         with_loss = [p for p in points if p.get("loss") is not None]
-        val_loss_ax.plot(
+        loss_ax.plot(
             [p["epoch"] for p in with_loss],
             [p["loss"] for p in with_loss],
             marker="o",
             label=f"lr {rate:g}",
         )
-        val_acc_ax.plot(
+        acc_ax.plot(
             [p["epoch"] for p in points],
             [p["acc"] for p in points],
             marker="o",
             label=f"lr {rate:g}",
         )
     if row.get("validation_acc") is not None:
-        val_acc_ax.plot(
+        acc_ax.plot(
             [row["epoch"]],
             [row["validation_acc"]],
             marker="*",
@@ -368,22 +380,15 @@ def _training_plot(label: str, row: dict) -> Plot:
             linestyle="none",
             label="chosen",
         )
-    val_loss_ax.set(xlabel="epoch", ylabel="validation loss", title="validation loss")
-    val_acc_ax.set(
+    loss_ax.set(xlabel="epoch", ylabel="validation loss", title="validation loss")
+    acc_ax.set(
         xlabel="epoch", ylabel="validation accuracy", ylim=(0, 1), title="validation accuracy"
     )
     epochs = sorted({p["epoch"] for points in by_rate.values() for p in points})
-    for ax in (val_loss_ax, val_acc_ax):
+    for ax in (loss_ax, acc_ax):
         ax.set_xticks(epochs)
         if by_rate:
             ax.legend(fontsize="small")
-    fig.suptitle(label)
-    caption = (
-        f"Fine-tuning {label}: training loss by step at the chosen learning rate "
-        f"({row['learning_rate']:g}, epoch {row['epoch']}); validation loss and accuracy by "
-        "epoch for every learning rate tried; star: the chosen (learning rate, epoch)."
-    )
-    return Plot(f"fig-training-{_slug(label)}", "Training", caption, _svg(fig))
 
 
 def _mean_change(results: Results, model: str, column: str, splits: list[str]) -> float | None:
@@ -518,7 +523,7 @@ def plot_cost(run: Run) -> Plot | None:
             )
     _log_x(ax, [max(v, 1e-3) for v in seconds.values()])
     ax.set(
-        xlabel="compute seconds: training (all LR candidates) + index build + scoring the test tasks",
+        xlabel="compute seconds: training (every LR tried) + index build + scoring",
         ylabel="accuracy",
         ylim=(0, 1),
         title="Cost vs accuracy",
@@ -740,7 +745,7 @@ def render_markdown(run: Run, plots: list[Plot]) -> str:
     rest = text.partition("\n")[2] if text.startswith("# ") else text
     lines = [f"# {_md_text(run.metrics.get('experiment') or 'experiment')}", ""]
     for section in dict.fromkeys(plot.section for plot in plots):
-        lines += [f"## {section}", ""]
+        lines += [f"## {_md_text(section)}", ""]
         for plot in (p for p in plots if p.section == section):
             lines += [f"![{plot.id}]({FILES_DIR}/{plot.id}.svg)", "", _md_text(plot.caption), ""]
     return "\n".join(lines) + rest.lstrip("\n") + ("" if rest.endswith("\n") else "\n")
