@@ -156,20 +156,33 @@ def cell_metrics(records: Sequence[dict], seed: int, resamples: int) -> dict:
     correct = [float(r["correct"]) for r in records]
     correct_norm = [float(r["correct_norm"]) for r in records]
     metrics = {
+        **_cell_header(records),
+        "acc": accuracy(records),
+        "acc_ci": list(bootstrap_ci(correct, seed, resamples)),
+        "acc_norm": accuracy(records, "correct_norm"),
+        "acc_norm_ci": list(bootstrap_ci(correct_norm, seed, resamples)),
+    }
+    return _with_recall(metrics, records)
+
+
+def _cell_header(records: Sequence[dict]) -> dict:
+    """Which cell the records are: model, arm, split, shots, k, and how many questions."""
+    first = records[0]
+    return {
         "model": first.get("model", "base"),
         "arm": first["arm"],
         "split": first["split"],
         "shots": first["shots"],
         "k": first["k"],
         "n": len(records),
-        "acc": accuracy(records),
-        "acc_ci": list(bootstrap_ci(correct, seed, resamples)),
-        "acc_norm": accuracy(records, "correct_norm"),
-        "acc_norm_ci": list(bootstrap_ci(correct_norm, seed, resamples)),
     }
+
+
+def _with_recall(metrics: dict, records: Sequence[dict]) -> dict:
+    """A retrieving cell's recall: the share of gold documents among the k retrieved."""
     recalls = [retrieval_recall(r) for r in records if r.get("doc_ids") and "retrieved" in r]
-    if recalls and first["k"] > 0:
-        metrics["recall"] = round(sum(recalls) / len(recalls), 4)  # gold documents among the k
+    if recalls and records[0]["k"] > 0:
+        metrics["recall"] = round(sum(recalls) / len(recalls), 4)
     return metrics
 
 
@@ -177,17 +190,11 @@ def _open_metrics(records: Sequence[dict], seed: int, resamples: int) -> dict:
     """Open questions: ``acc`` is exact match; token F1, BLEU-4 and ROUGE beside it."""
     from kinject.evaluation.open_metrics import bleu4, rouge
 
-    first = records[0]
     predictions = [r["prediction"] for r in records]
     answers = [r["answers"] for r in records]
     f1 = [r["f1"] for r in records]
     metrics = {
-        "model": first.get("model", "base"),
-        "arm": first["arm"],
-        "split": first["split"],
-        "shots": first["shots"],
-        "k": first["k"],
-        "n": len(records),
+        **_cell_header(records),
         "open": True,
         "acc": accuracy(records),
         "acc_ci": list(bootstrap_ci([float(r["correct"]) for r in records], seed, resamples)),
@@ -196,10 +203,7 @@ def _open_metrics(records: Sequence[dict], seed: int, resamples: int) -> dict:
         "bleu4": round(bleu4(predictions, answers), 4),
         **{kind: round(value, 4) for kind, value in rouge(predictions, answers).items()},
     }
-    recalls = [retrieval_recall(r) for r in records if r.get("doc_ids") and "retrieved" in r]
-    if recalls and first["k"] > 0:
-        metrics["recall"] = round(sum(recalls) / len(recalls), 4)
-    return metrics
+    return _with_recall(metrics, records)
 
 
 def retrieval_recall(record: dict) -> float:
