@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kinject.config import FinetuneConfig, load_config
 from kinject.errors import KinjectError
 from kinject.experiments.files import load_experiment
 
@@ -294,20 +295,24 @@ def test_adding_shots_scores_only_the_new_cells_and_keeps_the_finetuning(
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="known bug: a new test task changes the fine-tuning's contamination guard, which "
-    "is part of the fine-tuning's folder hash, so the fine-tuning is trained again and every "
-    "fine-tuned cell rescored",
-)
-def test_adding_a_task_keeps_the_finetuning(tmp_path, one_torch_thread):
+def test_adding_a_task_keeps_the_finetuning_and_guards_the_new_task(tmp_path, one_torch_thread):
     experiment = tmp_path / "small.yaml"
     run_dir = tmp_path / "run"
     run_in_process(write_small_experiment(experiment, tasks=("new",)), run_dir)
-    before = stats(sorted(run_dir.glob("finetuned/*/selection.json")))
+    (folder,) = [p.parent for p in run_dir.glob("finetuned/*/selection.json")]
+    trained = stats(sorted(folder.rglob("*.safetensors")) + [folder / "selection.json"])
+    cells = stats(cell_files(run_dir))
+    checked = read_json(folder / "contamination.json")["questions_checked"]
     run_in_process(write_small_experiment(experiment, tasks=("new", "known")), run_dir)
-    assert stats(sorted(run_dir.glob("finetuned/*/selection.json"))) == before
+    assert [p.parent for p in run_dir.glob("finetuned/*/selection.json")] == [folder]
+    assert stats(sorted(folder.rglob("*.safetensors")) + [folder / "selection.json"]) == trained
+    # Only the new task's cells are scored; the guard checked its questions too.
+    assert {p: s for p, s in stats(cell_files(run_dir)).items() if p in cells} == cells
+    assert len(cell_files(run_dir)) > len(cells)
+    guarded = load_config(FinetuneConfig, folder / "config.yaml").contamination.tasks
+    assert [task.name for task in guarded] == ["new", "known"]
+    known = len(Path(guarded[1].path).read_text(encoding="utf-8").splitlines())
+    assert read_json(folder / "contamination.json")["questions_checked"] == checked + known
 
 
 # ---------------------------------------------------------------------------------------------

@@ -191,6 +191,55 @@ def test_the_same_config_gives_the_same_run(full_run, world, base_model, tmp_pat
         run_finetune(ft_config(world, base_model, epochs=2), second, show_progress=False)
 
 
+def _trained_files(run_dir: Path) -> dict:
+    files = [*run_dir.rglob("*.safetensors"), *run_dir.glob("candidates/*/done.json")]
+    return {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in files}
+
+
+def test_a_finished_run_guards_other_tasks_without_training_again(world, base_model, tmp_path):
+    quick = {"learning_rate": [1e-2], "epochs": 1}
+    run_dir = tmp_path / "run"
+    run_finetune(ft_config(world, base_model, **quick), run_dir, show_progress=False)
+    trained = _trained_files(run_dir)
+    checked = json.loads((run_dir / "contamination.json").read_text())["questions_checked"]
+
+    # A test task whose question is in the training text: refused, the run left as it was.
+    sentence = read_rows(world / "kb.jsonl")[0]["text"].split(". ")[0]
+    leaked = write_rows(
+        tmp_path / "leaked.jsonl",
+        [{"id": "leaked-1", "question": sentence, "choices": ["a", "b"], "answer": 0}],
+    )
+    tasks = [{"path": str(world / "tasks" / "new.jsonl")}, {"path": str(leaked)}]
+    leaky = ft_config(world, base_model, contamination={"tasks": tasks}, **quick)
+    with pytest.raises(KinjectError, match="leaked-1"):
+        run_finetune(leaky, run_dir, show_progress=False)
+    assert json.loads((run_dir / "contamination.json").read_text())["questions_checked"] == checked
+
+    # Allowed, it is recorded; a harmless extra task is checked too; nothing is trained again.
+    allowed = leaky.model_copy(
+        update={"contamination": leaky.contamination.model_copy(update={"allow": True})}
+    )
+    run_finetune(allowed, run_dir, show_progress=False)
+    report = json.loads((run_dir / "contamination.json").read_text())
+    assert report["allowed"] and [c["id"] for c in report["contaminated"]] == ["leaked-1"]
+    assert report["questions_checked"] == checked + 1
+    assert load_config(FinetuneConfig, run_dir / "config.yaml").contamination.allow
+    assert _trained_files(run_dir) == trained
+
+
+def test_a_changed_training_file_is_not_resumed_into(world, base_model, tmp_path):
+    corpus = write_rows(tmp_path / "corpus.jsonl", read_rows(world / "kb.jsonl"))
+    config = ft_config(
+        world, base_model, data={"corpus": str(corpus)}, learning_rate=[1e-2], epochs=1
+    )
+    run_finetune(config, tmp_path / "run", show_progress=False)
+    rows = read_rows(corpus)
+    rows[0]["text"] = rows[0]["text"].replace("born", "raised")
+    write_rows(corpus, rows)
+    with pytest.raises(KinjectError, match="files it trains on changed"):
+        run_finetune(config, tmp_path / "run", show_progress=False)
+
+
 def test_selection_breaks_accuracy_ties_by_loss_then_grid_order(tmp_path):
     from kinject.training.finetune import _select
 

@@ -29,7 +29,6 @@ rerunning after changing one axis scores only the cells that axis touches.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -265,17 +264,24 @@ def ensure_finetuned(
 ) -> tuple[ModelSpec, dict]:
     """The fine-tuned model and what chose it, training first if no finished run exists.
 
-    The folder is named by a hash of the whole fine-tuning config: the same training is
-    found again by any experiment sharing ``finetune_dir``; a killed one resumes."""
-    from kinject.training.finetune import finetuned_model_spec, run_finetune
+    The folder is named by a hash of what decides the trained model (the config, the model
+    and the files trained on, by content): the same training is found again by any experiment
+    sharing ``finetune_dir``; a killed one resumes.  The contamination guard is not part of
+    it: a new test task is checked against the finished run's training text, not trained
+    again."""
+    from kinject.training.finetune import (
+        input_identity,
+        is_finished,
+        run_finetune,
+        training_identity,
+    )
 
-    key = fingerprint(FINETUNE_RECIPE, job.model_dump(mode="json"))
+    key = fingerprint(FINETUNE_RECIPE, training_identity(job), input_identity(job))
     folder = finetune_root(config, run_dir) / f"{name}-{key}"
     with cache_lock(folder):
-        cached = (folder / "selection.json").exists()
-        if not cached:
-            run_finetune(job, folder)
-    selection = json.loads((folder / "selection.json").read_text(encoding="utf-8"))
+        cached = is_finished(folder)
+        result = run_finetune(job, folder)
+    selection = result.selection
     training = {
         "learning_rate": selection["learning_rate"],
         "epoch": selection["epoch"],
@@ -283,7 +289,7 @@ def ensure_finetuned(
         "folder": str(folder),
         "cached": cached,
     }
-    return finetuned_model_spec(folder), training
+    return result.model, training
 
 
 def swept(config: ExperimentConfig, sweep: SweepConfig, value) -> FinetuneRecipe:

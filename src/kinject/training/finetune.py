@@ -5,7 +5,8 @@ The run folder::
 
     config.yaml            the resolved FinetuneConfig
     env.json               package versions, machine
-    contamination.json     what the guard checked and found (and whether it was allowed)
+    inputs.json            the files trained on, by content (a resumed run must see the same)
+    contamination.json     what the guard last checked and found (and whether it was allowed)
     candidates/lr-5e-05/   one training per learning rate of the grid
       checkpoint/          resume point while it trains (removed when done)
       best/                the weights (or adapter) after its best epoch on validation
@@ -18,13 +19,15 @@ The run folder::
     merged/                LoRA with lora.merge: the adapter merged into the base weights
 
 A killed run resumes: finished candidates are kept, an unfinished one continues from its
-checkpoint with the very batches it would have seen.  The learning rate is constant after
+checkpoint with the very batches it would have seen.  Running a finished run again with other
+evaluation tasks to guard against only checks them: the guard does not change the training.  The learning rate is constant after
 warm-up, so the model after epoch e of the run is the model an e-epoch run would give, and
 choosing the epoch by validation is choosing the number of epochs.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import sys
@@ -94,31 +97,86 @@ def guard_contamination(training: TrainingSet, tasks: list[Task], config: Finetu
     return {**report.to_json(), "allowed": guard.allow}
 
 
+def training_identity(config: FinetuneConfig) -> dict:
+    """What decides the trained model, as the config says it: everything but the contamination
+    guard (it only checks the data) and the checkpoint interval (a resumed run sees the very
+    batches an unbroken one would)."""
+    return config.model_dump(mode="json", exclude={"contamination", "checkpoint_every_s"})
+
+
+def input_identity(config: FinetuneConfig) -> dict:
+    """The files training reads, by content: a regenerated corpus is another training."""
+    from kinject.evaluation.identity import file_identity, model_identity
+
+    def data_identity(path: str | None) -> dict | None:
+        if path is not None and (Path(path) / "kb.json").exists():
+            from kinject.kb.store import KnowledgeBase
+
+            return KnowledgeBase.open(path).identity()
+        return file_identity(path)
+
+    data = config.data
+    task = config.selection.task
+    return {
+        "model": model_identity(config.model),
+        "data": {key: data_identity(getattr(data, key)) for key in _DATA_FILES},
+        "validation": None
+        if task is None
+        else {"path": file_identity(task.path), "dev": file_identity(task.dev)},
+    }
+
+
+_DATA_FILES = ("corpus", "paraphrases", "qa", "replay")
+
+
+def guard_identity(config: FinetuneConfig, checked: list[Task]) -> str:
+    """What the guard checks: its settings and the questions of every checked task."""
+    from kinject.cache import fingerprint
+    from kinject.evaluation.identity import task_identity
+
+    guard = config.contamination.model_dump(mode="json", exclude={"tasks"})
+    return fingerprint(guard, [task_identity(task) for task in checked])
+
+
+def is_finished(run_dir: str | Path) -> bool:
+    """``selection.json`` is written last: the chosen weights are in place."""
+    return (Path(run_dir) / "selection.json").exists()
+
+
 def run_finetune(
     config: FinetuneConfig, run_dir: str | Path, show_progress: bool = True
 ) -> FinetuneResult | None:
     """Train every learning rate of the grid (resuming), choose on validation, write the run.
 
-    Under ``accelerate launch`` every process trains its share of each batch; the first
-    writes the run folder and returns the result, the others return None."""
+    A finished run is not trained again: only the contamination guard runs, when the tasks
+    it checks changed.  Under ``accelerate launch`` every process trains its share of each
+    batch; the first writes the run folder and returns the result, the others return None."""
     from kinject.evaluation.environment import environment
 
     run_dir = Path(run_dir)
-    training = TrainingSet(config.data, config.seed)  # bad inputs fail before anything is written
+    saved = run_dir / "config.yaml"
+    inputs = input_identity(config)
+    if saved.exists():
+        _check_same_training(config, inputs, run_dir)
     validation, checked = load_tasks_for(config)
+    guarded = guard_identity(config, checked)
+    main = is_main_process()  # under `accelerate launch`, the first process writes
+    if is_finished(run_dir):
+        if _guarded(run_dir) != guarded:
+            training = TrainingSet(config.data, config.seed)
+            contamination = guard_contamination(training, checked, config)
+            if main:
+                write_text(saved, to_yaml(config))
+                write_json(run_dir / "contamination.json", {**contamination, "guard": guarded})
+        return FinetuneResult(run_dir, finetuned_model_spec(run_dir), _selection(run_dir))
+    training = TrainingSet(config.data, config.seed)  # bad inputs fail before anything is written
     contamination = guard_contamination(training, checked, config)
     _blocks(config, training, load_tokenizer(config.model))  # enough text for one block?
-    saved = run_dir / "config.yaml"
-    if saved.exists() and saved.read_text(encoding="utf-8") != to_yaml(config):
-        raise KinjectError(
-            f"{run_dir} holds a fine-tuning with a different config; choose another --out "
-            "(or delete the folder to start over)"
-        )
-    main = is_main_process()  # under `accelerate launch`, the first process writes
     if main:
         write_text(saved, to_yaml(config))
+        write_json(run_dir / "inputs.json", inputs)
         write_json(run_dir / "env.json", environment(config.seed))
-        write_json(run_dir / "contamination.json", contamination)
+        write_json(run_dir / "contamination.json", {**contamination, "guard": guarded})
     candidates = []
     for lr in config.learning_rate:
         folder = run_dir / "candidates" / _lr_name(lr)
@@ -128,9 +186,43 @@ def run_finetune(
     if not main:
         return None
     selection = _select(candidates)
-    write_json(run_dir / "selection.json", selection)
     _publish(config, run_dir, run_dir / "candidates" / _lr_name(selection["learning_rate"]))
+    write_json(run_dir / "selection.json", selection)  # last: the run is finished
     return FinetuneResult(run_dir, finetuned_model_spec(run_dir), selection)
+
+
+def _check_same_training(config: FinetuneConfig, inputs: dict, run_dir: Path) -> None:
+    """Refuse to resume (or reuse) a run folder that trains something else."""
+    previous = load_config(FinetuneConfig, run_dir / "config.yaml")
+    if training_identity(previous) != training_identity(config):
+        raise KinjectError(
+            f"{run_dir} holds a fine-tuning with a different config; choose another --out "
+            "(or delete the folder to start over)"
+        )
+    recorded = run_dir / "inputs.json"
+    if recorded.exists() and _read_json(recorded) != json_roundtrip(inputs):
+        raise KinjectError(
+            f"{run_dir}: the model or the files it trains on changed since this fine-tuning "
+            "started; choose another --out (or delete the folder to start over)"
+        )
+
+
+def _guarded(run_dir: Path) -> str | None:
+    path = run_dir / "contamination.json"
+    return _read_json(path).get("guard") if path.exists() else None
+
+
+def _selection(run_dir: Path) -> dict:
+    return _read_json(run_dir / "selection.json")
+
+
+def _read_json(path: Path):
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def json_roundtrip(value):
+    """``value`` as it reads back from a JSON file (tuples become lists)."""
+    return json.loads(json.dumps(value))
 
 
 def prepare_model(config: FinetuneConfig):
@@ -275,8 +367,6 @@ class _BestKeeper:
         best = self.folder / "best.json"
         previous = None
         if best.exists():
-            import json
-
             previous = json.loads(best.read_text(encoding="utf-8"))
         if previous is None or _better(figures, previous):
             self._save_best(figures)
@@ -321,8 +411,6 @@ def _better(new: dict, old: dict) -> bool:
 def _select(candidates: list[tuple[float, Path]]) -> dict:
     """The best (learning rate, epoch) over every candidate; ties go to the earlier in the grid.
     Without validation questions every candidate's best is its last epoch: the first LR wins."""
-    import json
-
     scored = []
     chosen = None
     for lr, folder in candidates:
