@@ -421,10 +421,17 @@ def test_include_cycle_missing_include_and_unknown_keys_are_one_line_errors(tmp_
     with pytest.raises(KinjectError, match=r"unknown key 'scoring\.batch_sise'"):
         load_experiment(nested)
 
-    write(tmp_path / "d" / "base.yaml", body + "sheets: [0]\n")
+    # An error is reported in the file that wrote the key, not in the one including it.
+    base = write(tmp_path / "d" / "base.yaml", body + "sheets: [0]\nscoring: {batch_size: 4}\n")
     including = write(tmp_path / "d" / "top.yaml", "include: base.yaml\n")
-    with pytest.raises(KinjectError, match="unknown key 'sheets'"):
+    with pytest.raises(KinjectError) as error:
         load_experiment(including)
+    assert str(error.value) == f"{base.resolve()}: unknown key 'sheets' (did you mean 'shots'?)"
+    write(base, body + "scoring: {batch_size: 4}\n")
+    write(including, "include: base.yaml\nscoring: {max_new_tokens: -1}\n")
+    with pytest.raises(KinjectError) as error:
+        load_experiment(including)
+    assert str(error.value).startswith(f"{including.resolve()}: key 'scoring.max_new_tokens'")
 
 
 def test_include_cycle_from_the_command_line_is_one_line_and_exit_2(tmp_path):
@@ -707,6 +714,59 @@ def test_table_csvs_match_metrics_and_the_markdown_layouts(quick_experiment_run)
     for value, column in ((0, "ft-reg"), (2, "ft-par")):
         (cell,) = sweep["points"][value]["cells"]
         assert cell["acc"] == cells[("new", 0, column)]["acc"]
+
+
+def test_two_base_models_get_their_own_columns_fine_tunings_and_tables(tmp_path, one_torch_thread):
+    """Two labels of one model file: each is a base model of its own, with its own
+    fine-tuned column; the same training is trained once; the same cells agree."""
+    experiment = write_small_experiment(tmp_path / "two.yaml", arms=("base", "ft-reg"))
+    spec = yaml.safe_load(experiment.read_text(encoding="utf-8"))
+    spec["models"] = [
+        {"label": "a", "path": "${world_model}"},
+        {"label": "b", "path": "${world_model}"},
+    ]
+    experiment.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+    run_dir = tmp_path / "run"
+    run_in_process(experiment, run_dir)
+
+    metrics = read_json(run_dir / "metrics.json")
+    assert {label: (m["base_model"], m["finetune"]) for label, m in metrics["models"].items()} == {
+        "a": ("a", None),
+        "a.ft-reg": ("a", "ft-reg"),
+        "b": ("b", None),
+        "b.ft-reg": ("b", "ft-reg"),
+    }
+    plan = read_json(run_dir / "plan.json")
+    assert len(list(run_dir.glob("finetuned/*/selection.json"))) == 1
+    cells = {(m["base_model"], m["column"], m["split"], m["shots"]): m for m in main_cells(metrics)}
+    assert {key[:2] for key in cells} == {
+        ("a", "base"),
+        ("a", "ft-reg"),
+        ("b", "base"),
+        ("b", "ft-reg"),
+    }
+    for (model, column, split, shots), cell in cells.items():
+        if model == "b":
+            assert cell["acc"] == cells[("a", column, split, shots)]["acc"]
+    records = read_records(run_dir)
+    assert {r["model"] for r in records} == {"a", "a.ft-reg", "b", "b.ft-reg"}
+    text = (run_dir / "table.md").read_text(encoding="utf-8")
+    for model in ("a", "b"):
+        header, *body = markdown_rows(markdown_section(text, f"## Table 1 layout: {model}"))
+        assert header == ["task", "shots", "base", "+RAG", "FT", "FT+RAG"]
+        for row in body:  # FT is this model's ft-reg; no rag arm was asked for
+            acc = cells[(model, "ft-reg", row[0], int(row[1]))]["acc"]
+            assert row[4].startswith(f"{acc:.3f} [") and row[3] == row[5] == "–"
+    with open(run_dir / "tables" / "table2.csv", newline="", encoding="utf-8") as f:
+        table2 = list(csv.DictReader(f))
+    assert {(row["model"], row["column"]) for row in table2} == {
+        ("a", "base"),
+        ("a", "ft-reg"),
+        ("b", "base"),
+        ("b", "ft-reg"),
+    }
+    trained = {row["label"]: row["training"] for row in plan["runs"] if row["training"]}
+    assert trained["a.ft-reg"]["folder"] == trained["b.ft-reg"]["folder"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -163,6 +163,35 @@ def test_report_escapes_every_name_question_and_answer(report_run, tmp_path):
     assert "<script" not in md_path.read_text(encoding="utf-8").split("\n", 1)[0]
 
 
+def _table_blocks(text: str) -> list[list[str]]:
+    blocks, block = [], []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("|"):
+            block.append(line)
+        elif block:
+            blocks, block = [*blocks, block], []
+    return blocks
+
+
+def test_markdown_tables_keep_their_columns_when_a_name_holds_a_pipe(report_run, tmp_path):
+    run = _copy(report_run, tmp_path / "run")
+    path = run / "metrics.json"
+    metrics = json.loads(path.read_text(encoding="utf-8"))
+    metrics["sweeps"][0]["key"] = "data.a|b"
+    metrics["cells"][0]["split"] = "new|<b>\nold"
+    path.write_text(json.dumps(metrics), encoding="utf-8")
+    html_path, md_path = write_report(run)
+    text = md_path.read_text(encoding="utf-8")
+    assert "data.a\\|b" in text and "new\\|&lt;b&gt; old" in text
+    page = html_path.read_text(encoding="utf-8")
+    assert "<th>data.a|b</th>" in page and "<td>new|&lt;b&gt; old</td>" in page
+    blocks = _table_blocks(text)
+    assert len(blocks) >= 5
+    for block in blocks:
+        columns = {len(re.findall(r"(?<!\\)\|", line)) for line in block}
+        assert len(columns) == 1, block
+
+
 def test_report_leaves_out_plots_without_data(report_run, tmp_path):
     run = _copy(report_run, tmp_path / "run")
     metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))

@@ -7,6 +7,7 @@ into every run folder (``config.yaml``) so a run can be repeated exactly.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -514,13 +515,20 @@ def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
     return list(current.model_fields) if isinstance(current, type) else []
 
 
-def _describe(model: type[BaseModel], error: ValidationError, path: Path | None) -> str:
+def _describe(
+    model: type[BaseModel],
+    error: ValidationError,
+    path: Path | None,
+    origin: Callable[[tuple], Path] | None = None,
+) -> str:
     import difflib
 
     errors = error.errors()
     unknown = [e for e in errors if e["type"] == "extra_forbidden"]
     first = unknown[0] if unknown else errors[0]  # a typo explains the "missing" key it causes
     key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    if origin is not None:
+        path = origin(tuple(first["loc"]))
     where = f"{path}: " if path else ""
     if first["type"] == "extra_forbidden":
         close = difflib.get_close_matches(
@@ -534,12 +542,18 @@ def _describe(model: type[BaseModel], error: ValidationError, path: Path | None)
     return f"{where}key '{key}': {message}"
 
 
-def parse_config(model: type[T], data: Any, path: Path | None = None) -> T:
-    """Validate ``data`` into ``model``; a bad or unknown key raises a one-line KinjectError."""
+def parse_config(
+    model: type[T],
+    data: Any,
+    path: Path | None = None,
+    origin: Callable[[tuple], Path] | None = None,
+) -> T:
+    """Validate ``data`` into ``model``; a bad or unknown key raises a one-line KinjectError
+    naming ``path``, or ``origin(key path)`` where the data was merged from several files."""
     try:
         return model.model_validate(data if data is not None else {})
     except ValidationError as error:
-        raise KinjectError(_describe(model, error, path)) from None
+        raise KinjectError(_describe(model, error, path, origin)) from None
 
 
 def load_config(model: type[T], path: str | Path) -> T:

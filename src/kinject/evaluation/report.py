@@ -7,6 +7,7 @@ beside the accuracy; without selection every K gets its own column (``rag k=2``)
 
 from __future__ import annotations
 
+import html
 from collections.abc import Sequence
 
 from kinject.evaluation.runner import column_name
@@ -104,9 +105,14 @@ def _k_grid_rows(
 
 
 def _markdown(header: list[str], body: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in body]
+    lines = ["| " + " | ".join(map(_md_cell, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(_md_cell, row)) + " |" for row in body]
     return lines
+
+
+def _md_cell(text: str) -> str:
+    """A table cell: a name holding ``|``, a newline or HTML stays in its cell, as text."""
+    return html.escape(text, quote=False).replace("|", "\\|").replace("\n", " ")
 
 
 def markdown_table(metrics: Sequence[dict], select_k_on: str | None = None) -> str:
@@ -137,9 +143,9 @@ def _detail_lines(metrics: Sequence[dict]) -> list[str]:
         ]
     for m in closed:
         recall = f"{m['recall']:.3f}" if "recall" in m else "–"
-        arm = column_name(m.get("model", "base"), m["arm"])
+        arm, split = _md_cell(column_name(m.get("model", "base"), m["arm"])), _md_cell(m["split"])
         lines.append(
-            f"| {arm} | {m['split']} | {m['shots']} | {m['k']} | {m['n']} | "
+            f"| {arm} | {split} | {m['shots']} | {m['k']} | {m['n']} | "
             f"{_fmt(m)} | {_fmt(m, 'acc_norm')} | {recall} |"
         )
     generated = [m for m in metrics if m.get("open")]
@@ -158,9 +164,9 @@ def _detail_lines(metrics: Sequence[dict]) -> list[str]:
             "|---|---|---:|---:|---:|---|---|---:|---:|---:|---:|",
         ]
     for m in generated:
-        arm = column_name(m.get("model", "base"), m["arm"])
+        arm, split = _md_cell(column_name(m.get("model", "base"), m["arm"])), _md_cell(m["split"])
         lines.append(
-            f"| {arm} | {m['split']} | {m['shots']} | {m['k']} | {m['n']} | {_fmt(m)} | "
+            f"| {arm} | {split} | {m['shots']} | {m['k']} | {m['n']} | {_fmt(m)} | "
             f"{_fmt(m, 'f1')} | {m['bleu4']:.3f} | {m['rouge1']:.3f} | {m['rouge2']:.3f} | "
             f"{m['rougeL']:.3f} |"
         )

@@ -16,11 +16,20 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
     """The experiment in ``path`` with its includes merged in (the including file wins) and
     every relative path made absolute against the file it was written in."""
     path = Path(path)
-    data = _read(path, ())
-    return parse_config(ExperimentConfig, data, path)
+    data, origins = _read(path, ())
+
+    def origin(key: tuple) -> Path:
+        """The file that wrote ``key`` (or the nearest section above it)."""
+        for end in range(len(key), 0, -1):
+            if key[:end] in origins:
+                return origins[key[:end]]
+        return path
+
+    return parse_config(ExperimentConfig, data, path, origin)
 
 
-def _read(path: Path, seen: tuple[Path, ...]) -> dict:
+def _read(path: Path, seen: tuple[Path, ...]) -> tuple[dict, dict[tuple, Path]]:
+    """The merged mapping of ``path`` and its includes, and which file wrote each key."""
     import yaml
 
     path = path.resolve()
@@ -47,9 +56,22 @@ def _read(path: Path, seen: tuple[Path, ...]) -> dict:
         raise KinjectError(f"{path}: key 'include': expected a file name or a list of them")
     _resolve_paths(data, path.parent)
     merged: dict = {}
+    origins: dict[tuple, Path] = {}
     for include in includes:
-        merged = deep_merge(merged, _read(path.parent / include, (*seen, path)))
-    return deep_merge(merged, data)
+        included, written = _read(path.parent / include, (*seen, path))
+        merged = deep_merge(merged, included)
+        origins.update(written)
+    origins.update(_written_keys(data, path))
+    return deep_merge(merged, data), origins
+
+
+def _written_keys(data: dict, path: Path, prefix: tuple = ()) -> dict[tuple, Path]:
+    written = {}
+    for key, value in data.items():
+        written[(*prefix, key)] = path
+        if isinstance(value, dict):
+            written.update(_written_keys(value, path, (*prefix, key)))
+    return written
 
 
 def deep_merge(base: dict, override: dict) -> dict:

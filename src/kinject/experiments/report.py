@@ -640,7 +640,10 @@ def markdown_html(text: str, shift: int = 0) -> str:
 
 
 def _cells(line: str) -> list[str]:
-    return [cell.strip() for cell in line.strip().removeprefix("|").removesuffix("|").split("|")]
+    """A Markdown table row's cells as text: ``\\|`` is a ``|`` inside a cell, and a cell's
+    HTML escapes (from :func:`kinject.evaluation.report._md_cell`) are undone."""
+    inner = line.strip().removeprefix("|").removesuffix("|")
+    return [html.unescape(c.strip().replace("\\|", "|")) for c in re.split(r"(?<!\\)\|", inner)]
 
 
 def _table_html(lines: list[str]) -> str:

@@ -197,6 +197,26 @@ def cost_rows(results: Results) -> tuple[list[str], list[list[str]]]:
     return header, body
 
 
+PEAK_MEMORY = {
+    "cuda_allocated": "the most GPU memory torch allocated while training",
+    "process_peak_rss": "the peak resident memory of the whole process (CPU), which also "
+    "counts what ran before the training in the same process",
+}
+
+
+def cost_note(results: Results) -> str:
+    """What the cost columns measure."""
+    kinds = sorted(
+        {row.get("peak_memory_kind") for row in results.costs.get("training", {}).values()} - {None}
+    )
+    peak = "; ".join(f"{PEAK_MEMORY.get(kind, kind)}" for kind in kinds) or "–"
+    return (
+        "train: tokens and seconds of every learning-rate candidate trained; peak MB: "
+        f"{peak}; index: embedding and FAISS build of the knowledge base; ms / question: "
+        "scoring time of the column's test cells over their questions."
+    )
+
+
 def forgetting_rows(results: Results) -> tuple[list[str], list[list[str]]]:
     """Per fine-tuning (closed book): gain over the base model on the tasks it had to learn,
     and the change on the tasks the base model knew (forgetting when negative)."""
@@ -253,7 +273,7 @@ def markdown(metrics: dict, costs: dict) -> str:
         lines += [f"## Table 1 layout: {model}", "", note, "", *_markdown(header, body), ""]
     header, body, _ = table2(results)
     lines += ["## Table 2 layout", "", *_markdown(header, body), ""]
-    lines += ["## Costs", "", *_markdown(*cost_rows(results)), ""]
+    lines += ["## Costs", "", cost_note(results), "", *_markdown(*cost_rows(results)), ""]
     forgetting = forgetting_rows(results)
     if forgetting[1]:
         lines += ["## Gain and forgetting (closed book)", "", *_markdown(*forgetting), ""]
