@@ -107,3 +107,86 @@ def test_corpus_rejects_duplicates_and_empty_text(tmp_path):
     path = _jsonl(tmp_path, [{"id": "a", "text": ""}], "d.jsonl")
     with pytest.raises(DataError, match="line 1, field 'text'"):
         load_corpus_jsonl(path)
+
+
+# --- MMLU in the Hugging Face cais/mmlu layout, and the paper's five subjects as a group -------
+
+
+def _cais_layout(root, kind: str):
+    """The local CSVs rewritten in the cais/mmlu layout: ``<subject>/test-00000-of-00001.<kind>``
+    (and ``dev-…``), rows ``{"question", "subject", "choices", "answer": 0..3}``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for subject in MMLU_SUBJECTS:
+        for split in ("test", "dev"):
+            rows = [
+                {
+                    "question": item.question,
+                    "subject": subject,
+                    "choices": list(item.choices),
+                    "answer": item.answer,
+                }
+                for item in load_mmlu_csv(MMLU_DIR / split / f"{subject}_{split}.csv")
+            ]
+            path = root / subject / f"{split}-00000-of-00001.{kind}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if kind == "parquet":
+                pq.write_table(pa.Table.from_pylist(rows), path)
+            else:
+                path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return root
+
+
+@pytest.mark.skipif(not MMLU_DIR.exists(), reason="shared MMLU data not present")
+@pytest.mark.parametrize("kind", ["parquet", "jsonl"])
+def test_the_cais_mmlu_layout_gives_the_same_tasks_as_the_csvs(tmp_path, kind):
+    from dataclasses import replace
+
+    from kinject.config import EvalConfig, parse_config
+    from kinject.evaluation.evaluate import load_task
+    from kinject.tasks.loaders import mmlu_hf_task
+
+    root = _cais_layout(tmp_path / "mmlu", kind)
+    by_folder = mmlu_hf_task(root / "anatomy")
+    by_file = mmlu_hf_task(root / "anatomy" / f"test-00000-of-00001.{kind}")
+    from_csv = mmlu_task(MMLU_DIR / "test" / "anatomy_test.csv")
+    for task in (by_folder, by_file):
+        assert replace(task, source={}) == replace(from_csv, source={})
+        assert task.source["dev"] == str(root / "anatomy" / f"dev-00000-of-00001.{kind}")
+
+    for layout, path in (("mmlu_hf", root), ("mmlu_csv", MMLU_DIR)):
+        group = {"group": "mmlu_paper", "format": layout, "path": str(path)}
+        config = parse_config(EvalConfig, {"model": {"path": "m"}, "tasks": [group]})
+        tasks = [load_task(spec) for spec in config.tasks]
+        assert [t.name for t in tasks] == [f"mmlu_{s}" for s in MMLU_SUBJECTS]
+        assert [len(t.items) for t in tasks] == [135, 152, 144, 100, 324]
+        assert all(len(t.dev) == 5 and t.style == "letter" for t in tasks)
+
+
+def test_bad_cais_mmlu_rows_and_groups_are_named(tmp_path):
+    from kinject.config import ExperimentConfig, parse_config
+    from kinject.errors import KinjectError
+    from kinject.tasks.loaders import load_mmlu_hf
+
+    path = tmp_path / "test-00000-of-00001.jsonl"
+    good = {"question": "Q?", "subject": "s", "choices": ["a", "b", "c", "d"], "answer": 0}
+    path.write_text(json.dumps(good) + "\n" + json.dumps({**good, "answer": 4}) + "\n")
+    with pytest.raises(DataError, match=r"line 2.*'answer'.*4 is not one of 0, 1, 2, 3"):
+        load_mmlu_hf(path)
+    path.write_text(json.dumps({**good, "choices": ["a", "b"]}) + "\n")
+    with pytest.raises(DataError, match=r"line 1.*'choices'.*expected 4 strings"):
+        load_mmlu_hf(path)
+    bad = tmp_path / "broken.parquet"
+    bad.write_bytes(b"not parquet at all")
+    with pytest.raises(DataError, match="broken.parquet.*not a readable parquet file"):
+        load_mmlu_hf(bad)
+
+    base = {"models": [{"label": "m", "path": "m"}]}
+    for entry, message in (
+        ({"group": "mmlu_all", "path": "x"}, "unknown task group 'mmlu_all' .known: mmlu_paper"),
+        ({"group": "mmlu_paper", "format": "jsonl", "path": "x"}, "needs format mmlu_csv"),
+        ({"group": "mmlu_paper", "path": "x", "name": "n"}, "'name' and 'dev' are set per"),
+    ):
+        with pytest.raises(KinjectError, match=message):
+            parse_config(ExperimentConfig, {**base, "tasks": [entry]})

@@ -11,7 +11,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from kinject.errors import KinjectError
 
@@ -135,19 +142,63 @@ class TaskSpec(Section):
     """A multiple-choice task: kinject JSONL, or one MMLU subject's test CSV."""
 
     name: str | None = Field(None, description="Defaults to the file name (mmlu_<subject>).")
-    format: Literal["jsonl", "mmlu_csv", "open_jsonl"] = Field(
+    format: Literal["jsonl", "mmlu_csv", "mmlu_hf", "open_jsonl"] = Field(
         "jsonl",
         description="jsonl: multiple choice; open_jsonl: open questions scored by generation "
-        "(exact match, token F1, BLEU-4, ROUGE); mmlu_csv: one MMLU subject.",
+        "(exact match, token F1, BLEU-4, ROUGE); mmlu_csv: one MMLU subject's test CSV "
+        "(hendrycks layout); mmlu_hf: one subject of the cais/mmlu layout (its folder, or "
+        "its test parquet/JSONL file).",
     )
     path: str
     dev: str | None = Field(
-        None, description="k-shot examples; MMLU guesses ../dev/<subject>_dev.csv."
+        None,
+        description="k-shot examples; MMLU guesses ../dev/<subject>_dev.csv (mmlu_csv) or the "
+        "dev-* file beside the test file (mmlu_hf).",
     )
     style: Literal["letter", "option"] | None = Field(
         None, description="Prompt style; default letter for MMLU, option for JSONL."
     )
     description: str | None = Field(None, description="Text before the k-shot examples.")
+
+
+MMLU_PAPER_SUBJECTS = ("anatomy", "astronomy", "college_biology", "college_chemistry", "prehistory")
+TASK_GROUPS = {"mmlu_paper": MMLU_PAPER_SUBJECTS}
+
+
+def expand_task_groups(tasks: Any) -> Any:
+    """A task entry ``{group: mmlu_paper, format: mmlu_csv | mmlu_hf, path: MMLU folder}``
+    becomes one task per subject of the group (the paper's five MMLU subjects): the hendrycks
+    layout's ``test/<subject>_test.csv`` (dev: ``dev/<subject>_dev.csv``), or the cais/mmlu
+    layout's ``<subject>/`` folder.  Other entries are left as they are."""
+    if not isinstance(tasks, list):
+        return tasks
+    expanded = []
+    for entry in tasks:
+        if not isinstance(entry, dict) or "group" not in entry:
+            expanded.append(entry)
+            continue
+        entry = dict(entry)
+        group, root = entry.pop("group"), entry.pop("path", None)
+        if group not in TASK_GROUPS:
+            raise ValueError(f"unknown task group '{group}' (known: {', '.join(TASK_GROUPS)})")
+        layout = entry.setdefault("format", "mmlu_csv")
+        if layout not in ("mmlu_csv", "mmlu_hf") or not isinstance(root, str):
+            raise ValueError(
+                f"task group '{group}' needs format mmlu_csv or mmlu_hf and 'path': the MMLU "
+                "data folder"
+            )
+        if "name" in entry or "dev" in entry:
+            raise ValueError(f"task group '{group}': 'name' and 'dev' are set per subject")
+        for subject in TASK_GROUPS[group]:
+            if layout == "mmlu_csv":
+                files = {
+                    "path": f"{root}/test/{subject}_test.csv",
+                    "dev": f"{root}/dev/{subject}_dev.csv",
+                }
+            else:
+                files = {"path": f"{root}/{subject}"}
+            expanded.append({**entry, **files})
+    return expanded
 
 
 class ChunkingConfig(Section):
@@ -264,7 +315,9 @@ class EvalConfig(Section):
         description="The model's name in tables: a fine-tuned model's arms show as "
         "'<label>' and '<label>+rag'.",
     )
-    tasks: list[TaskSpec] = Field(min_length=1)
+    tasks: list[TaskSpec] = Field(
+        min_length=1, description="Tasks; {group: mmlu_paper, path: MMLU folder} adds five."
+    )
     arms: list[Literal["base", "oracle", "rag"]] = Field(
         default_factory=lambda: ["base"], min_length=1
     )
@@ -280,6 +333,8 @@ class EvalConfig(Section):
     )
     scoring: ScoringConfig = ScoringConfig()
     bootstrap_resamples: int = Field(1000, ge=100)
+
+    _groups = field_validator("tasks", mode="before")(expand_task_groups)
 
     @model_validator(mode="after")
     def _check(self) -> EvalConfig:
@@ -756,7 +811,11 @@ class ExperimentConfig(Section):
         None, description="Build the synthetic world first (see ${world} placeholders)."
     )
     models: list[ExperimentModel] = Field(min_length=1)
-    tasks: list[TaskSpec] = Field(min_length=1, description="Test tasks.")
+    tasks: list[TaskSpec] = Field(
+        min_length=1,
+        description="Test tasks; {group: mmlu_paper, path: MMLU folder} adds the paper's five.",
+    )
+    _groups = field_validator("tasks", mode="before")(expand_task_groups)
     validation: ValidationConfig | None = None
     arms: list[str] = Field(default_factory=lambda: ["base"], min_length=1)
     corpus: str | None = Field(None, description="Corpus JSONL of the oracle arm.")

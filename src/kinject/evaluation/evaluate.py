@@ -37,7 +37,7 @@ from kinject.evaluation.runner import (
 )
 from kinject.fileio import read_jsonl, write_json, write_jsonl, write_text
 from kinject.tasks.items import Task
-from kinject.tasks.loaders import jsonl_task, mmlu_task, open_task
+from kinject.tasks.loaders import jsonl_task, mmlu_hf_task, mmlu_task, open_task
 
 
 @dataclass(frozen=True)
@@ -48,8 +48,9 @@ class EvalResult:
 
 
 def load_task(spec: TaskSpec) -> Task:
-    if spec.format == "mmlu_csv":
-        task = mmlu_task(spec.path, spec.dev)
+    if spec.format in ("mmlu_csv", "mmlu_hf"):
+        load = mmlu_task if spec.format == "mmlu_csv" else mmlu_hf_task
+        task = load(spec.path, spec.dev)
         updates = {"style": spec.style or "letter"}
     elif spec.format == "open_jsonl":
         task = open_task(spec.name or Path(spec.path).stem, spec.path, spec.dev)

@@ -1,4 +1,5 @@
-"""Task loaders: kinject's multiple-choice JSONL, and MMLU in the original hendrycks CSV layout.
+"""Task loaders: kinject's multiple-choice JSONL, and MMLU in the original hendrycks CSV layout
+or the Hugging Face ``cais/mmlu`` layout (parquet or JSON lines).
 
 Every bad row fails with a :class:`DataError` naming the file, the line and the field.
 """
@@ -186,6 +187,102 @@ def mmlu_task(test_csv: str | Path, dev_csv: str | Path | None = None) -> Task:
             "format": "mmlu_csv",
             "path": str(test_csv),
             "dev": str(dev_csv) if dev_csv else None,
+        },
+    )
+
+
+def load_mmlu_hf(path: str | Path, subject: str | None = None) -> list[MCItem]:
+    """One split of the Hugging Face ``cais/mmlu`` layout: rows ``{"question", "subject",
+    "choices": [4 strings], "answer": 0..3}`` in a parquet file (``test-00000-of-00001.parquet``)
+    or JSON lines; ids are ``{subject}-{row index}`` as for the CSV layout."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, None, None, "file not found")
+    rows = _parquet_rows(path) if path.suffix == ".parquet" else [r for _, r in read_jsonl(path)]
+    items: list[MCItem] = []
+    for index, row in enumerate(rows):
+        line = index + 1  # the JSONL line; the parquet row number counted from 1
+        if not isinstance(row, dict):
+            raise DataError(path, line, None, "expected an object")
+        question = _require(row, "question", str, path, line)
+        choices = _require(row, "choices", list, path, line)
+        if len(choices) != 4 or not all(isinstance(c, str) for c in choices):
+            raise DataError(path, line, "choices", "expected 4 strings")
+        answer = _require(row, "answer", int, path, line)
+        if not 0 <= answer < 4:
+            raise DataError(path, line, "answer", f"{answer} is not one of 0, 1, 2, 3")
+        name = subject or row.get("subject") or mmlu_hf_subject(path)
+        items.append(
+            MCItem(
+                id=f"{name}-{len(items)}",
+                question=question,
+                choices=tuple(choices),
+                answer=answer,
+                subject=name,
+            )
+        )
+    return items
+
+
+def _parquet_rows(path: Path) -> list[dict]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(
+            path, None, None, "reading parquet needs pyarrow (pip install pyarrow)"
+        ) from None
+    try:
+        return pq.read_table(path).to_pylist()
+    except (OSError, ValueError) as error:  # pyarrow's ArrowIOError / ArrowInvalid
+        raise DataError(path, None, None, f"not a readable parquet file ({error})") from None
+
+
+def mmlu_hf_files(path: Path) -> tuple[Path, Path | None]:
+    """The test split and its dev split: ``path`` is a subject folder of the layout
+    (``anatomy/test-….parquet``, ``anatomy/dev-….parquet``) or a test file itself, whose dev
+    file is the sibling named with ``dev`` for ``test``."""
+    if path.is_dir():
+        tests = sorted(p for p in path.iterdir() if p.name.startswith("test") and _hf_data(p))
+        if len(tests) != 1:
+            found = ", ".join(p.name for p in tests) or "none"
+            raise DataError(path, None, None, f"expected one test-* data file, found {found}")
+        test = tests[0]
+    else:
+        test = path
+    dev = test.with_name(test.name.replace("test", "dev", 1))
+    return test, dev if dev != test and dev.is_file() else None
+
+
+def _hf_data(path: Path) -> bool:
+    return path.is_file() and path.suffix in (".parquet", ".jsonl", ".json")
+
+
+def mmlu_hf_subject(path: Path) -> str:
+    """``…/anatomy/test-00000-of-00001.parquet`` → ``anatomy``; ``anatomy_test.jsonl`` → ``anatomy``."""
+    if path.is_dir():
+        return path.name
+    if path.name.startswith(("test", "dev", "validation")):
+        return path.parent.name
+    return mmlu_subject(path)
+
+
+def mmlu_hf_task(path: str | Path, dev: str | Path | None = None) -> Task:
+    """An MMLU subject in the ``cais/mmlu`` layout: the same task as :func:`mmlu_task` makes
+    from the CSVs (name, description, letter style, ids)."""
+    path = Path(path)
+    subject = mmlu_hf_subject(path)
+    test, guessed = mmlu_hf_files(path)
+    dev_path = Path(dev) if dev is not None else guessed
+    return Task(
+        name=f"mmlu_{subject}",
+        items=tuple(load_mmlu_hf(test, subject)),
+        dev=tuple(load_mmlu_hf(dev_path, subject)) if dev_path is not None else (),
+        description=mmlu_description(subject),
+        style="letter",
+        source={
+            "format": "mmlu_hf",
+            "path": str(test),
+            "dev": str(dev_path) if dev_path else None,
         },
     )
 
