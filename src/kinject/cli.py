@@ -197,11 +197,20 @@ def run(
     out: Annotated[
         Path | None, typer.Option(help="Run folder (default: runs/<experiment name>).")
     ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Check every input file and size the grid (cells, forward passes, training "
+            "tokens) without loading or downloading a model; exit 2 on a problem.",
+        ),
+    ] = False,
 ) -> None:
     """Run an experiment's grid (models × arms × tasks × shots × K × sweeps); rerun to resume.
 
     Finished cells are kept: after a kill the same command goes on where it stopped, and
     after a change to the file only the cells the change touches are scored again.
+    `--dry-run` checks the inputs and sizes the grid first, without a model.
 
     Example experiment (paths relative to the file; `include:` merges a base file):
 
@@ -218,13 +227,23 @@ def run(
 
     Example:
 
+        kinject run examples/paper/mmlu.yaml --dry-run
         kinject run examples/demo/experiment.yaml --out runs/demo-grid
     """
     from kinject.experiments.files import load_experiment
+
+    config = load_experiment(experiment)
+    if dry_run:
+        from kinject.experiments.dryrun import dry_run as check
+        from kinject.experiments.dryrun import dry_run_lines
+
+        result = check(config)
+        for line in dry_run_lines(result):
+            typer.echo(line)
+        raise typer.Exit(2 if result.problems else 0)
     from kinject.experiments.runner import run_experiment
     from kinject.experiments.tables import rich_tables
 
-    config = load_experiment(experiment)
     run_dir = out or Path("runs") / experiment.stem
     result = run_experiment(config, run_dir)
     costs = json.loads((run_dir / "costs.json").read_text(encoding="utf-8"))

@@ -160,6 +160,18 @@ class TaskSpec(Section):
     )
     description: str | None = Field(None, description="Text before the k-shot examples.")
 
+    def task_name(self) -> str:
+        """The task's name in records and tables: ``name``, else ``mmlu_<subject>`` for MMLU,
+        else the file's stem."""
+        if self.name:
+            return self.name
+        if self.format in ("mmlu_csv", "mmlu_hf"):
+            from kinject.tasks.loaders import mmlu_hf_subject, mmlu_subject
+
+            subject = mmlu_subject if self.format == "mmlu_csv" else mmlu_hf_subject
+            return f"mmlu_{subject(Path(self.path))}"
+        return Path(self.path).stem
+
 
 MMLU_PAPER_SUBJECTS = ("anatomy", "astronomy", "college_biology", "college_chemistry", "prehistory")
 TASK_GROUPS = {"mmlu_paper": MMLU_PAPER_SUBJECTS}
@@ -862,7 +874,7 @@ class ExperimentConfig(Section):
         labels = [m.label for m in self.models]
         if len(set(labels)) != len(labels):
             raise ValueError("models need distinct labels")
-        names = [task.name or Path(task.path).stem for task in self.tasks]
+        names = [task.task_name() for task in self.tasks]
         for sweep in self.sweeps:
             if sweep.finetune not in recipes:
                 raise ValueError(

@@ -53,10 +53,10 @@ def load_task(spec: TaskSpec) -> Task:
         task = load(spec.path, spec.dev)
         updates = {"style": spec.style or "letter"}
     elif spec.format == "open_jsonl":
-        task = open_task(spec.name or Path(spec.path).stem, spec.path, spec.dev)
+        task = open_task(spec.task_name(), spec.path, spec.dev)
         updates = {}
     else:
-        name = spec.name or Path(spec.path).stem
+        name = spec.task_name()
         task = jsonl_task(name, spec.path, spec.dev, spec.style or "option")
         updates = {}
     if spec.name:

@@ -149,11 +149,35 @@ def prepare_world(setup: WorldSetup, show_progress: bool = True, console=None) -
     return {"world": str(world), "world_model": str(model), "world_kb": str(kb)}
 
 
-def world_dir(setup: WorldSetup) -> Path:
-    from kinject.world.build import WORLD_FORMAT, build_world, write_world
+def cached_world(setup: WorldSetup) -> dict[str, str] | None:
+    """The ``{world, world_model, world_kb}`` of :func:`prepare_world` when all three are
+    already built, else None (builds nothing)."""
+    from kinject.models.base_model import base_model_dir
+
+    world, kb = _world_folder(setup), _world_kb_folder(setup)
+    model = base_model_dir(setup.world, setup.model, setup.pretrain)
+    built = [world / "world.json", model / "config.json", kb / "kb.json"]
+    if not all(path.exists() for path in built):
+        return None
+    return {"world": str(world), "world_model": str(model), "world_kb": str(kb)}
+
+
+def _world_folder(setup: WorldSetup) -> Path:
+    from kinject.world.build import WORLD_FORMAT
 
     key = fingerprint(WORLD_FORMAT, setup.world.model_dump(mode="json"))
-    folder = cache_dir() / "worlds" / f"world-{key}"
+    return cache_dir() / "worlds" / f"world-{key}"
+
+
+def _world_kb_folder(setup: WorldSetup) -> Path:
+    key = fingerprint(setup.world.model_dump(mode="json"), setup.kb.model_dump(mode="json"))
+    return cache_dir() / "kbs" / f"world-kb-{key}"
+
+
+def world_dir(setup: WorldSetup) -> Path:
+    from kinject.world.build import build_world, write_world
+
+    folder = _world_folder(setup)
     with cache_lock(folder):
         if not (folder / "world.json").exists():
             write_world(build_world(setup.world), folder)
@@ -166,8 +190,7 @@ def world_kb(setup: WorldSetup, world: Path, show_progress: bool = True) -> Path
 
     from kinject.kb.store import SourceOptions, build_kb
 
-    key = fingerprint(setup.world.model_dump(mode="json"), setup.kb.model_dump(mode="json"))
-    folder = cache_dir() / "kbs" / f"world-kb-{key}"
+    folder = _world_kb_folder(setup)
     with cache_lock(folder):
         if not (folder / "kb.json").exists():
             shutil.rmtree(folder, ignore_errors=True)
@@ -184,7 +207,7 @@ def all_task_specs(config: ExperimentConfig) -> list[TaskSpec]:
 
 
 def task_name(spec: TaskSpec) -> str:
-    return spec.name or Path(spec.path).stem
+    return spec.task_name()
 
 
 def model_runs(config: ExperimentConfig, model: ExperimentModel) -> list[ModelRun]:

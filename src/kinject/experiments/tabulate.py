@@ -77,7 +77,7 @@ def _validation_name(config: ExperimentConfig) -> str | None:
     if config.validation is None:
         return None
     spec = config.validation.task
-    return spec.name or Path(spec.path).stem
+    return spec.task_name()
 
 
 def _json(path: Path) -> dict:
