@@ -164,3 +164,24 @@ def test_nearest_fewshot_runs_end_to_end(tmp_path, world_dir, kb_dir, tiny_llama
     )
     zero = lambda metrics: [m["acc"] for m in metrics if m["shots"] == 0]  # noqa: E731
     assert zero(result.metrics) == zero(first.metrics)  # 0-shot has no examples to choose
+
+
+def test_costs_count_the_requests_reused_from_an_earlier_cell(
+    tmp_path, world_dir, kb_dir, tiny_llama_dir
+):
+    """rag at K=0 asks exactly the base arm's requests: scored once, counted as reused."""
+    config = _config(world_dir, kb_dir, tiny_llama_dir, k=[0, 1])
+    run_evaluation(config, tmp_path / "run", show_progress=False)
+    costs = json.loads((tmp_path / "run" / "costs.json").read_text())["cells"]
+    by = {(c["arm"], c["split"], c["shots"], c["k"]): c for c in costs}
+    questions = {"new": 0, "validation": 0}
+    for split in questions:
+        questions[split] = len(_rows(world_dir / "tasks" / f"{split}.jsonl"))
+    for (arm, split, shots, k), cost in by.items():
+        assert cost["requests"] == 4 * questions[split] == 4 * cost["questions"]
+        if arm == "rag" and k == 0:  # scored after base (arms in config order)
+            assert cost["reused"] == cost["requests"]
+        elif arm == "base":
+            assert cost["reused"] == 0
+        else:  # rag K=1 shares no prompt with base
+            assert cost["reused"] < cost["requests"]

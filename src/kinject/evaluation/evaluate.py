@@ -10,7 +10,7 @@ The run folder (the contract later tools rely on)::
     cells/<cell>-<digest>.cost.json   the cell's scoring time
     records.jsonl   one line per (cell, question)
     metrics.json    {"cells": [{arm, split, shots, k, n, acc, acc_ci, acc_norm, acc_norm_ci}]}
-    costs.json      {"cells": [{arm, split, shots, k, seconds, latency_ms, …}]}
+    costs.json      {"cells": [{arm, split, shots, k, seconds, latency_ms, requests, reused}]}
     table.md        the human table
 """
 
@@ -288,6 +288,8 @@ class _ScoringSession:
                     f"cell {number}/{len(pending)}: {p.cell.column} · {p.task.name} · "
                     f"{p.shots}-shot" + (f" · k={p.arm.k}" if p.arm.k else "")
                 )
+                memo = backend if hasattr(backend, "computed") else None
+                before = (memo.requested, memo.computed) if memo else (0, 0)
                 started = time.perf_counter()
                 records = score(
                     backend,
@@ -299,10 +301,14 @@ class _ScoringSession:
                     model=self.config.label,
                 )
                 seconds = time.perf_counter() - started
+                requests = memo.requested - before[0] if memo else len(records)
+                computed = memo.computed - before[1] if memo else len(records)
                 cost = {
                     "seconds": round(seconds, 3),
                     "questions": len(records),
                     "latency_ms": round(1000 * seconds / len(records), 3),
+                    "requests": requests,  # log-likelihoods (or generations) of the cell
+                    "reused": requests - computed,  # identical to an earlier cell's: not rescored
                 }
                 self.store.write(p.cell, p.digest, records, cost)
 

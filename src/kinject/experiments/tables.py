@@ -147,9 +147,11 @@ def cost_rows(results: Results) -> tuple[list[str], list[list[str]]]:
             continue
         fake = {"model": c["model"], "arm": c["arm"]}
         key = (c["base_model"], generic_column(fake, results.models))
-        total = latency.setdefault(key, [0.0, 0])
+        total = latency.setdefault(key, [0.0, 0, 0, 0])
         total[0] += c["seconds"]
         total[1] += c["questions"]
+        total[2] += c.get("requests", 0)
+        total[3] += c.get("reused", 0)
     body = []
     for model in results.base_models:
         for column in results.columns:
@@ -167,7 +169,7 @@ def cost_rows(results: Results) -> tuple[list[str], list[list[str]]]:
             )
             train = training.get(label, {}) if label else {}
             uses_index = column == "rag" or column.endswith("+rag")
-            seconds, questions = latency.get((model, column), (0.0, 0))
+            seconds, questions, requests, reused = latency.get((model, column), (0.0, 0, 0, 0))
             body.append(
                 [
                     model,
@@ -182,6 +184,7 @@ def cost_rows(results: Results) -> tuple[list[str], list[list[str]]]:
                     if uses_index and index and "index_bytes" in index
                     else "–",
                     f"{1000 * seconds / questions:.1f}" if questions else "–",
+                    f"{reused / requests:.0%}" if requests else "–",
                 ]
             )
     header = [
@@ -193,6 +196,7 @@ def cost_rows(results: Results) -> tuple[list[str], list[list[str]]]:
         "index build s",
         "index MB",
         "ms / question",
+        "reused",
     ]
     return header, body
 
@@ -213,7 +217,10 @@ def cost_note(results: Results) -> str:
     return (
         "train: tokens and seconds of every learning-rate candidate trained; peak MB: "
         f"{peak}; index: embedding and FAISS build of the knowledge base; ms / question: "
-        "scoring time of the column's test cells over their questions."
+        "scoring time of the column's test cells over their questions, as run: a request "
+        "identical to one an earlier cell of the same model scored (the oracle's and rag's "
+        "prompt when the gold chunk is retrieved; rag at K=0 and base) is not scored again, "
+        "and 'reused' is the share of such requests."
     )
 
 

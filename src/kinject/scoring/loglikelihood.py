@@ -169,6 +169,8 @@ class MemoizedScorer:
     def __init__(self, scorer: LoglikelihoodScorer):
         self.scorer = scorer
         self.memo: dict[tuple[str, str], Loglikelihood] = {}
+        self.requested = 0  # requests asked for, over every call
+        self.computed = 0  # of them, scored by the model (the rest came from the memo)
 
     def loglikelihood(
         self,
@@ -176,6 +178,8 @@ class MemoizedScorer:
         on_batch: Callable[[int], None] | None = None,
     ) -> list[Loglikelihood]:
         todo = list(dict.fromkeys(r for r in requests if r not in self.memo))
+        self.requested += len(requests)
+        self.computed += len(todo)
         if on_batch and len(requests) > len(todo):
             on_batch(len(requests) - len(todo))
         if todo:
