@@ -11,6 +11,14 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Self
+
+import pytest
+from pydantic import BaseModel
+
+from kinject.config import LLMConfig
+from kinject.errors import KinjectError
+from kinject.llm.client import OpenAIChat, ReplyCache, llm_config, make_chat
 
 FIXTURES = Path(__file__).parent / "fixtures" / "llm"
 
@@ -44,7 +52,7 @@ class FakeOpenAI:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 (http.server's name)
+            def do_POST(self):
                 length = int(self.headers.get("Content-Length", 0))
                 body = json.loads(self.rfile.read(length))
                 with server._lock:
@@ -76,7 +84,7 @@ class FakeOpenAI:
         self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
-    def __enter__(self) -> FakeOpenAI:
+    def __enter__(self) -> Self:
         self.thread.start()
         return self
 
@@ -91,12 +99,6 @@ class FakeOpenAI:
 # --------------------------------------------------------------------------------------------
 # Tests
 
-import pytest  # noqa: E402
-from pydantic import BaseModel  # noqa: E402
-
-from kinject.config import LLMConfig  # noqa: E402
-from kinject.errors import KinjectError  # noqa: E402
-from kinject.llm.client import OpenAIChat, ReplyCache, llm_config, make_chat  # noqa: E402
 
 SECRET = "sk-proj-TESTKEY0123456789abcdefSECRET"
 HELLO = [{"role": "user", "content": "Say hello."}]
@@ -183,9 +185,9 @@ def test_a_429_is_retried_after_retry_after(key, tmp_path):
 
 def test_a_server_error_forever_ends_in_a_clear_error(key, tmp_path):
     sleeps = []
-    with FakeOpenAI(lambda body: Reply(500, recorded("error_500.json"))) as server:
-        with pytest.raises(KinjectError) as error:
-            client(server, tmp_path, sleeps, max_retries=3).chat(HELLO)
+    failing = FakeOpenAI(lambda body: Reply(500, recorded("error_500.json")))
+    with failing as server, pytest.raises(KinjectError) as error:
+        client(server, tmp_path, sleeps, max_retries=3).chat(HELLO)
     assert len(server.requests) == 4
     assert sleeps == [0.5, 1.0, 2.0]
     message = str(error.value)
@@ -225,9 +227,10 @@ def test_an_invalid_json_reply_is_asked_again_with_the_error(key, tmp_path):
 
 
 def test_a_reply_never_matching_the_schema_is_a_clear_error(key, tmp_path):
-    with FakeOpenAI(lambda body: Reply(body=completion('{"greet": 1}'))) as server:
-        with pytest.raises(KinjectError, match="no valid JSON reply after 2 attempts") as error:
-            client(server, tmp_path, json_retries=1).chat(HELLO, schema=Greeting)
+    wrong = FakeOpenAI(lambda body: Reply(body=completion('{"greet": 1}')))
+    expected = pytest.raises(KinjectError, match="no valid JSON reply after 2 attempts")
+    with wrong as server, expected as error:
+        client(server, tmp_path, json_retries=1).chat(HELLO, schema=Greeting)
     assert "greeting: Field required" in str(error.value)
     assert len(server.requests) == 2
     assert not list((tmp_path / "llm-cache").rglob("*.json"))  # an invalid reply is not cached
@@ -236,9 +239,8 @@ def test_a_reply_never_matching_the_schema_is_a_clear_error(key, tmp_path):
 def test_a_rejected_key_is_not_repeated_in_the_error(key, tmp_path):
     body = recorded("error_401.json")
     body["error"]["message"] = body["error"]["message"].replace("KEY", SECRET)
-    with FakeOpenAI(lambda _: Reply(401, body)) as server:
-        with pytest.raises(KinjectError) as error:
-            client(server, tmp_path).chat(HELLO)
+    with FakeOpenAI(lambda _: Reply(401, body)) as server, pytest.raises(KinjectError) as error:
+        client(server, tmp_path).chat(HELLO)
     assert len(server.requests) == 1  # a 401 is not retried
     assert "HTTP 401" in str(error.value) and "Incorrect API key" in str(error.value)
     assert SECRET not in str(error.value)
