@@ -30,6 +30,11 @@ kb_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(kb_app, name="kb")
+questions_app = typer.Typer(
+    help="Multiple-choice questions generated from a knowledge base by a chat model.",
+    no_args_is_help=True,
+)
+app.add_typer(questions_app, name="questions")
 
 
 def user_errors(function):
@@ -324,6 +329,167 @@ def compare(
         else:
             write_text(out, "\n".join(_markdown(header, body)) + "\n")
         typer.echo(f"wrote {out}")
+
+
+# ---------------------------------------------------------------------------------------------
+# kinject questions generate, kinject paraphrase: datasets built with a chat model
+
+LLMFile = Annotated[
+    Path | None,
+    typer.Option("--llm", help="YAML with LLMConfig keys (endpoint, model, retries, cache …)."),
+]
+BaseUrl = Annotated[str | None, typer.Option(help="OpenAI-compatible API root (overrides --llm).")]
+ModelName = Annotated[str | None, typer.Option("--model", help="Model name (overrides --llm).")]
+LocalModel = Annotated[
+    str | None, typer.Option(help="A local Hugging Face model folder instead of an endpoint.")
+]
+PromptsDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--prompts",
+        help="Folder of edited prompt files (questions.txt, select.txt, "
+        "paraphrase.txt); missing files keep the packaged ones.",
+    ),
+]
+
+
+def _chat(llm: Path | None, base_url: str | None, model: str | None, local_path: str | None):
+    from kinject.llm.client import llm_config, make_chat
+
+    return make_chat(llm_config(llm, base_url=base_url, model=model, local_path=local_path))
+
+
+@questions_app.command("generate")
+@user_errors
+def questions_generate(
+    kb_dir: Annotated[Path, typer.Argument(help="A knowledge-base folder.")],
+    out: Annotated[Path, typer.Option(help="The task JSONL to write.")],
+    llm: LLMFile = None,
+    base_url: BaseUrl = None,
+    model: ModelName = None,
+    local_path: LocalModel = None,
+    prompts: PromptsDir = None,
+    min_chars: Annotated[int, typer.Option(help="Only chunks at least this long.")] = 500,
+    per_chunk: Annotated[int, typer.Option(help="Questions asked for per chunk.")] = 4,
+    keep: Annotated[int, typer.Option(help="The most specific ones kept per chunk.")] = 2,
+    min_support: Annotated[
+        float, typer.Option(help="Share of the answer's content words that must be in the chunk.")
+    ] = 0.5,
+    max_chunks: Annotated[
+        int | None, typer.Option(help="At most this many chunks (a seeded sample).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seeds requests, sampling and answer positions.")] = 0,
+) -> None:
+    """Ask a chat model for 4 questions per chunk, keep the 2 most specific, validate, balance.
+
+    The API key comes from $OPENAI_API_KEY (or the variable named by api_key_env in --llm).
+    Rerun the same command after a kill: finished chunks are not asked again.
+
+    Example:
+
+        kinject questions generate kb/docs --out tasks/generated.jsonl --model gpt-4o
+
+    Example (any OpenAI-compatible server, settings in a file):
+
+        kinject questions generate kb/docs --out tasks/generated.jsonl --llm llm.yaml \\
+            --base-url http://localhost:8000/v1
+    """
+    from kinject.datasets.questions import QuestionOptions, generate_questions
+    from kinject.llm.prompts import load_prompts
+
+    options = QuestionOptions(min_chars, per_chunk, keep, min_support, seed)
+    report = generate_questions(
+        kb_dir,
+        out,
+        _chat(llm, base_url, model, local_path),
+        options,
+        load_prompts(prompts),
+        max_chunks=max_chunks,
+    )
+    for line in report.lines():
+        typer.echo(line)
+    typer.echo(f"wrote {out}")
+
+
+@app.command()
+@user_errors
+def paraphrase(
+    kb_dir: Annotated[Path, typer.Argument(help="A knowledge-base folder.")],
+    n: Annotated[int, typer.Option("--n", help="Paraphrases per chunk.")] = 10,
+    out: Annotated[
+        Path | None, typer.Option(help="Paraphrase JSONL (default: KB_DIR/paraphrases.jsonl).")
+    ] = None,
+    per_call: Annotated[int, typer.Option(help="Paraphrases asked for per call.")] = 5,
+    max_calls: Annotated[
+        int | None, typer.Option(help="Calls per chunk at most (default: 3 × those needed).")
+    ] = None,
+    min_chars: Annotated[int, typer.Option(help="Only chunks at least this long.")] = 0,
+    validation_chunks: Annotated[
+        int, typer.Option(help="Also build a validation task from this many chunks (0: none).")
+    ] = 0,
+    validation_paraphrases: Annotated[
+        int, typer.Option(help="Fresh paraphrases per validation chunk.")
+    ] = 2,
+    validation_out: Annotated[
+        Path | None,
+        typer.Option(help="Validation task JSONL (default: KB_DIR/validation.jsonl)."),
+    ] = None,
+    validation_min_chars: Annotated[
+        int, typer.Option(help="Validation chunks are at least this long.")
+    ] = 500,
+    llm: LLMFile = None,
+    base_url: BaseUrl = None,
+    model: ModelName = None,
+    local_path: LocalModel = None,
+    prompts: PromptsDir = None,
+    seed: Annotated[
+        int, typer.Option(help="Seeds each call's seed and the validation sample.")
+    ] = 0,
+) -> None:
+    """Paraphrase every chunk n times (a new seed per call) for FT-par; optionally a validation task.
+
+    The file is what `finetunes: {ft-par: {data: {corpus: KB_DIR, paraphrases:
+    KB_DIR/paraphrases.jsonl, n_paraphrases: 10}}}` reads.  Rerun after a kill to resume.
+
+    Example:
+
+        kinject paraphrase kb/docs --n 10 --model gpt-4o
+
+    Example (with the paper's validation set, 240 chunks × 2 paraphrases):
+
+        kinject paraphrase kb/docs --n 10 --llm llm.yaml --validation-chunks 240 \\
+            --validation-paraphrases 2
+    """
+    from kinject.datasets.paraphrases import (
+        ParaphraseOptions,
+        generate_paraphrases,
+        generate_validation,
+    )
+    from kinject.datasets.questions import QuestionOptions
+    from kinject.llm.prompts import load_prompts
+
+    chat = _chat(llm, base_url, model, local_path)
+    templates = load_prompts(prompts)
+    out = out or kb_dir / "paraphrases.jsonl"
+    options = ParaphraseOptions(n, per_call, min_chars, seed, max_calls)
+    report = generate_paraphrases(kb_dir, out, chat, options, templates)
+    if validation_chunks > 0:
+        validation_out = validation_out or kb_dir / "validation.jsonl"
+        report.validation_chunks = validation_chunks
+        report.validation = generate_validation(
+            kb_dir,
+            validation_out,
+            chat,
+            validation_chunks,
+            validation_paraphrases,
+            QuestionOptions(min_chars=validation_min_chars, seed=seed),
+            templates,
+        )
+    for line in report.lines():
+        typer.echo(line)
+    typer.echo(f"wrote {out}")
+    if validation_chunks > 0:
+        typer.echo(f"wrote {validation_out}")
 
 
 # ---------------------------------------------------------------------------------------------

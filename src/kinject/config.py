@@ -889,3 +889,61 @@ class ExperimentConfig(Section):
         if any(shots < 0 for shots in self.shots):
             raise ValueError("shots must be >= 0")
         return self
+
+
+class LLMConfig(Section):
+    """A chat model for building datasets: an OpenAI-compatible endpoint or a local HF model.
+
+    The API key is never part of the config: it is read from the environment variable named
+    by ``api_key_env`` when a request is sent, and never written to disk or logs.
+    """
+
+    base_url: str = Field(
+        "https://api.openai.com/v1",
+        description="OpenAI-compatible API root; requests go to {base_url}/chat/completions.",
+    )
+    model: str | None = Field(
+        None, description="Model name sent to the endpoint (e.g. gpt-4o); not used with local_path."
+    )
+    api_key_env: str | None = Field(
+        "OPENAI_API_KEY",
+        description="Environment variable holding the API key (null: send no key, e.g. a "
+        "local server).",
+    )
+    local_path: str | None = Field(
+        None,
+        description="A local Hugging Face causal LM folder used instead of the endpoint.",
+    )
+    device: str = Field("auto", description="local_path only: auto, cpu, cuda …")
+    temperature: float = Field(
+        1.0, ge=0, le=2, description="Sampling temperature (0: greedy for a local model)."
+    )
+    max_tokens: int = Field(2048, ge=1, description="Longest reply, in tokens.")
+    timeout_s: float = Field(120.0, gt=0, description="Seconds to wait for one HTTP reply.")
+    max_retries: int = Field(
+        5, ge=0, description="Retries of a request after 429, 5xx, a timeout or a lost connection."
+    )
+    backoff_s: float = Field(
+        2.0, ge=0, description="First retry delay; doubled each retry (Retry-After wins)."
+    )
+    max_backoff_s: float = Field(60.0, ge=0, description="Longest wait between two retries.")
+    json_retries: int = Field(
+        2, ge=0, description="Re-asks (with the error) after a reply that is not valid JSON."
+    )
+    response_format: Literal["json_object", "json_schema", "none"] = Field(
+        "json_object",
+        description="What to ask the endpoint for when a JSON reply is wanted (json_object is "
+        "the widest supported; replies are validated here in every case).",
+    )
+    cache: bool = Field(True, description="Keep replies on disk, keyed by the request's hash.")
+    cache_dir: str | None = Field(
+        None, description="Folder of cached replies; default: <kinject cache>/llm."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> LLMConfig:
+        if self.local_path is None and not self.model:
+            raise ValueError("model is required (or local_path for a local model)")
+        if self.local_path is None and not self.base_url.startswith(("http://", "https://")):
+            raise ValueError("base_url must start with http:// or https://")
+        return self
