@@ -250,6 +250,17 @@ def test_a_category_with_depth_1_collects_each_subcategory_page_once(wiki, tmp_p
     assert fetched.pages[2].text == IDALIA_FROM_API
 
 
+def test_deeper_categories_are_walked_once_through_cycles(wiki, tmp_path):
+    # August lists the root category and "August 2023 crimes", which lists August again
+    # refresh: no cache reads, so a category listed twice would be asked twice
+    fetched, _ = fetch(wiki, tmp_path, WikipediaSource(category=CATEGORY, depth=4), refresh=True)
+    assert [page.title for page in fetched.pages][-1] == "2023 Jacksonville shooting"
+    assert len(fetched.pages) == 6
+    asked = [category for category, _ in wiki.categories_asked()]
+    assert asked.count("Category:August 2023 crimes in the United States") == 1
+    assert asked.count(CATEGORY) == 2  # the first listing and its continuation
+
+
 def test_a_category_with_depth_0_is_its_own_pages_only(wiki, tmp_path):
     fetched, _ = fetch(wiki, tmp_path, WikipediaSource(category=CATEGORY))
     assert [page.id for page in fetched.pages] == ["2023_in_the_United_States"]
