@@ -544,6 +544,67 @@ def kb_build(
     typer.echo(f"knowledge base: {out}")
 
 
+@kb_app.command("wikipedia")
+@user_errors
+def kb_wikipedia(
+    out: Annotated[Path, typer.Option(help="The knowledge-base folder to create.")],
+    page: Annotated[
+        list[str] | None, typer.Option(help="A page title (repeatable); redirects are followed.")
+    ] = None,
+    category: Annotated[
+        str | None, typer.Option(help="A category's name, with or without 'Category:'.")
+    ] = None,
+    depth: Annotated[
+        int, typer.Option(help="Subcategory levels to include (0: the category's own pages).")
+    ] = 0,
+    config: Annotated[Path | None, typer.Option(help="YAML with KBConfig keys.")] = None,
+    api_url: Annotated[
+        str, typer.Option(help="The MediaWiki API endpoint (another language, another wiki).")
+    ] = "https://en.wikipedia.org/w/api.php",
+    user_agent: Annotated[
+        str | None,
+        typer.Option(help="User-Agent header; Wikimedia asks for a contact (URL or e-mail)."),
+    ] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(help="Where API responses are cached; default: the kinject cache."),
+    ] = None,
+    skip_missing: Annotated[
+        bool, typer.Option(help="Build without pages that do not exist (a warning each).")
+    ] = False,
+    refresh: Annotated[
+        bool, typer.Option(help="Fetch again what is cached (pages change).")
+    ] = False,
+) -> None:
+    """Fetch Wikipedia pages (plain-text extracts, by title or category) into a new knowledge base.
+
+    Requests go one per second at most, are retried on rate limits and server errors, and are
+    cached, so a second build fetches nothing.  For a local dump (pages-articles .xml.bz2) or
+    WikiExtractor output (wiki_00 …), use `kinject kb build`.
+
+    Example:
+
+        kinject kb wikipedia --out kb/events --depth 1 \\
+            --category "Category:2023 events in the United States by month"
+
+        kinject kb wikipedia --page "Hurricane Idalia" --page "2023 Maui wildfires" --out kb/us
+    """
+    from kinject.config import KBConfig, load_config
+    from kinject.sources.wikipedia import MediaWikiClient, WikipediaSource, build_wikipedia_kb
+
+    build = build_wikipedia_kb(
+        WikipediaSource(tuple(page or ()), category, depth),
+        out,
+        load_config(KBConfig, config) if config else KBConfig(),
+        MediaWikiClient(api_url, user_agent, cache_dir=cache_dir, refresh=refresh),
+        skip_missing=skip_missing,
+    )
+    for line in build.fetched.notes:
+        typer.echo(line, err=True)
+    _print_change(build.change, "built")
+    typer.echo(f"knowledge base: {out} ({len(build.fetched.pages)} Wikipedia pages)")
+
+
 @kb_app.command("add")
 @user_errors
 def kb_add(

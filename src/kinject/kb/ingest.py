@@ -6,9 +6,14 @@ Supported formats, chosen by suffix:
 - ``.html``, ``.htm``: visible text (BeautifulSoup), the ``<title>`` as title;
 - ``.jsonl``: kinject's corpus format ``{"id", "text", "title"?, "source"?, "meta"?}``;
 - ``.json``: the SQuAD v1.1 layout, one document per paragraph;
-- ``.pdf``: page texts (pypdf, the ``pdf`` extra).
+- ``.pdf``: page texts (pypdf, the ``pdf`` extra);
+- ``.xml``, ``.xml.bz2`` (and split dumps ``….xml-p1p41242.bz2``): a MediaWiki XML export or
+  Wikipedia ``pages-articles`` dump, streamed, one document per article (see
+  :mod:`kinject.sources.wikidump`; the size limit applies to the file as stored);
+- ``wiki_00``, ``wiki_01``, … (also ``.bz2``): WikiExtractor output, ``<doc>`` or ``--json``.
 
-Ids are stable: a JSONL record's ``id``; ``"{title}#{index}"`` for a SQuAD paragraph; else
+Ids are stable: a JSONL record's ``id``; ``"{title}#{index}"`` for a SQuAD paragraph; a
+Wikipedia page's title with spaces as ``_`` (as the API-built knowledge bases use); else
 the file's path relative to its SOURCE folder (or its name, for a single-file SOURCE).
 
 Bad input (empty, binary, invalid UTF-8, too large, a bad JSONL line, an unreadable PDF, an
@@ -39,7 +44,12 @@ from kinject.corpus import check_corpus_record
 from kinject.errors import DataError, KinjectError
 from kinject.progress import progress_bar
 
-SUPPORTED_SUFFIXES = (".txt", ".md", ".markdown", ".html", ".htm", ".jsonl", ".json", ".pdf")
+SUPPORTED_SUFFIXES = (
+    ".txt", ".md", ".markdown", ".html", ".htm", ".jsonl", ".json", ".pdf", ".xml", ".xml.bz2",
+)  # fmt: skip
+# Kinds of file recognised by name rather than suffix (see _kind).
+_WIKIEXTRACTOR = "wikiextractor"
+_SUPPORTED_NAMES = "wiki_NN (WikiExtractor output)"
 
 _BINARY_PROBE_BYTES = 8192
 _PDF_EXTRA = 'install the pdf extra: pip install "kinject[pdf]"'
@@ -206,10 +216,10 @@ def _source_files(source: Path, run: _Run) -> list[_File]:
         return walker.files
     if not source.is_file():
         raise KinjectError(f"{source}: not a regular file or folder")
-    if source.suffix.lower() not in SUPPORTED_SUFFIXES:
+    if _kind(source) is None:
         raise KinjectError(
             f"{source}: unsupported file type '{source.suffix or source.name}' "
-            f"(supported: {', '.join(SUPPORTED_SUFFIXES)})"
+            f"(supported: {', '.join(SUPPORTED_SUFFIXES)}, {_SUPPORTED_NAMES})"
         )
     return [_File(source, source.name, root, root)]
 
@@ -269,9 +279,8 @@ class _Walker:
             return
         if _matches(self.run.exclude, relative, path.name):
             return
-        suffix = path.suffix.lower()
-        if suffix not in SUPPORTED_SUFFIXES:
-            self.unsupported[suffix or "no extension"] += 1
+        if _kind(path) is None:
+            self.unsupported[path.suffix.lower() or "no extension"] += 1
             return
         self.files.append(_File(path, relative, os.path.abspath(path), self.root))
 
@@ -293,25 +302,48 @@ def _matches(patterns: tuple[str, ...], relative: str, name: str) -> bool:
 def _file_documents(file: _File, run: _Run) -> list[IngestedDocument]:
     """The documents in one file; bad input is raised (strict) or warned about and skipped."""
     try:
+        kind = _kind(file.path)
+        if kind in _STREAMED_READERS:
+            _check_size(file.path, run.max_bytes)
+            return _STREAMED_READERS[kind](file, run)
         raw = _read_bytes(file.path, run.max_bytes)
-        return _READERS[file.path.suffix.lower()](file, raw, run)
+        return _READERS[kind](file, raw, run)
     except KinjectError as error:
         run.problem(error)
         return []
 
 
+def _kind(path: Path) -> str | None:
+    """Which reader a file needs (a key of _READERS or _STREAMED_READERS), None if unsupported."""
+    from kinject.sources.wikidump import is_dump_name, is_wikiextractor_name
+
+    if is_wikiextractor_name(path.name):
+        return _WIKIEXTRACTOR
+    if is_dump_name(path.name):
+        return ".xml.bz2"
+    suffix = path.suffix.lower()
+    return suffix if suffix in SUPPORTED_SUFFIXES else None
+
+
 def _read_bytes(path: Path, max_bytes: int) -> bytes:
     """The file's bytes, after checking its size (so an oversized file is never read)."""
+    _check_size(path, max_bytes)
     try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            limit = f"{max_bytes / 1e6:g} MB"
-            raise DataError(path, None, None, f"too large ({size / 1e6:.1f} MB > {limit})")
-        if size == 0:
-            raise DataError(path, None, None, "empty file")
         return path.read_bytes()
     except OSError as error:
         raise DataError(path, None, None, f"cannot read file ({error.strerror})") from None
+
+
+def _check_size(path: Path, max_bytes: int) -> None:
+    try:
+        size = path.stat().st_size
+    except OSError as error:
+        raise DataError(path, None, None, f"cannot read file ({error.strerror})") from None
+    if size > max_bytes:
+        limit = f"{max_bytes / 1e6:g} MB"
+        raise DataError(path, None, None, f"too large ({size / 1e6:.1f} MB > {limit})")
+    if size == 0:
+        raise DataError(path, None, None, "empty file")
 
 
 def _check_not_binary(path: Path, raw: bytes) -> None:
@@ -564,6 +596,33 @@ def _pdf_pages(path: Path, raw: bytes) -> list[str]:
         raise DataError(path, None, None, message) from None
 
 
+# --------------------------------------------------------------------------- Wikipedia
+
+
+def _read_wiki_dump(file: _File, run: _Run) -> list[IngestedDocument]:
+    """The articles of a MediaWiki XML export or dump, streamed from disk."""
+    from kinject.sources.wikidump import dump_pages
+
+    return _wiki_documents(file, dump_pages(file.path, run.problem))
+
+
+def _read_wikiextractor(file: _File, raw: bytes, run: _Run) -> list[IngestedDocument]:
+    from kinject.sources.wikidump import wikiextractor_pages
+
+    return _wiki_documents(file, wikiextractor_pages(file.path, raw, run.problem))
+
+
+def _wiki_documents(file: _File, pages) -> list[IngestedDocument]:
+    documents = []
+    for page in pages:
+        text = clean_text(page.text)
+        if text:  # nothing may be left of a page of control characters
+            documents.append(_document(file, page.id, text, _clean_title(page.title)))
+    if not documents:
+        raise DataError(file.path, None, None, "no article pages with text")
+    return documents
+
+
 _READERS = {
     ".txt": _read_text,
     ".md": _read_text,
@@ -573,7 +632,9 @@ _READERS = {
     ".jsonl": _read_jsonl,
     ".json": _read_squad,
     ".pdf": _read_pdf,
+    _WIKIEXTRACTOR: _read_wikiextractor,
 }
+_STREAMED_READERS = {".xml": _read_wiki_dump, ".xml.bz2": _read_wiki_dump}
 
 
 # --------------------------------------------------------------------------- ids and text
