@@ -232,6 +232,70 @@ def test_run_export_reproduces_every_cell_of_the_run_in_lm_eval(tmp_path, rag_ru
     assert seen_rag == 2  # the validation K grid at K=2, 0- and 1-shot
 
 
+def test_manifest_command_runs_in_the_lm_eval_cli(tmp_path, rag_run):
+    """The manifest's command line, as written, in lm-eval's own CLI (a subprocess)."""
+    import os
+    import shlex
+    import subprocess
+    import sys
+
+    out = tmp_path / "export"
+    result = export_lm_eval(rag_run, out)
+    entry = next(t for t in result.tasks if t["cell"]["arm"] == "rag" and t["cell"]["k"] > 0)
+    argv = shlex.split(entry["commands"][str(entry["num_fewshot"])])
+    assert argv[0] == "lm_eval"
+    argv[0] = str(Path(sys.executable).parent / "lm_eval")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # conftest: HF_HUB/DATASETS_OFFLINE=1
+    done = subprocess.run(argv, env=env, capture_output=True, check=False)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    (samples_file,) = (out / "results").glob(f"*/samples_{entry['name']}_*.jsonl")
+    samples = sorted(
+        (row for _, row in read_jsonl(samples_file)), key=lambda sample: sample["doc_id"]
+    )
+    cell = entry["cell"]
+    records = _cells(rag_run)[(cell["model"], "rag", cell["split"], cell["shots"], cell["k"])]
+    assert_same_predictions(samples, records)
+
+
+def test_oracle_cells_and_nearest_examples_are_exported_inside_the_query(
+    tmp_path, world_dir, tiny_llama_dir, hflm
+):
+    """Dynamic k-shot examples differ per question: they go into the query, lm-eval 0-shot;
+    the oracle arm's gold documents are the context."""
+    from kinject.evaluation.evaluate import run_evaluation
+
+    tasks = world_dir / "tasks"
+    config = EvalConfig(
+        model=ModelSpec(path=str(tiny_llama_dir), device="cpu"),
+        tasks=[TaskSpec(name="new", path=str(tasks / "new.jsonl"), dev=str(tasks / "dev.jsonl"))],
+        arms=["base", "oracle"],
+        corpus=str(world_dir / "kb.jsonl"),
+        shots=[2],
+        fewshot="nearest",
+        bootstrap_resamples=100,
+    )
+    run_dir = tmp_path / "run"
+    run_evaluation(config, run_dir, show_progress=False)
+    out = tmp_path / "export"
+    result = export_lm_eval(run_dir, out)
+    cells = _cells(run_dir)
+    corpus = {row["id"]: row["text"] for _, row in read_jsonl(world_dir / "kb.jsonl")}
+    assert {t["cell"]["arm"] for t in result.tasks} == {"base", "oracle"}
+    for entry in result.tasks:
+        cell = entry["cell"]
+        assert entry["num_fewshot"] == 0 and entry["fewshot"] == "in_query"
+        assert "dev" not in entry["data"] and "--num_fewshot 0" in entry["commands"]["0"]
+        records = cells[("base", cell["arm"], "new", 2, 0)]
+        docs = [row for _, row in read_jsonl(out / entry["data"]["test"])]
+        for doc in docs:
+            assert doc["query"].count("Question: ") == 3  # two examples, then the question
+            if cell["arm"] == "oracle":
+                gold = next(r for _, r in read_jsonl(tasks / "new.jsonl") if r["id"] == doc["id"])
+                assert doc["context"] == "\n\n".join(corpus[d] for d in gold["doc_ids"])
+                assert doc["context"] + "\n\n" in doc["query"]
+        assert_same_predictions(run_lm_eval(hflm, out, entry["name"], 0), records)
+
+
 def test_experiment_folder_exports_each_model_folder(tmp_path, rag_run):
     experiment = tmp_path / "experiment"
     shutil.copytree(rag_run, experiment / "models" / "base")
