@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from conftest import MMLU_DIR
 from kinject.cli import app
 from kinject.config import EvalConfig, KBConfig, ModelSpec, RagConfig, TaskSpec, WorldConfig
 from kinject.errors import KinjectError
@@ -138,6 +139,35 @@ def test_task_export_reproduces_kinject_prompts_and_predictions(
                 (prompt.context, continuation) for continuation in prompt.continuations
             ]
         assert_same_predictions(samples, score_cell(scorer, task, BaseArm(), shots))
+
+
+def test_mmlu_csv_export_builds_kinjects_letter_prompts_in_lm_eval(tmp_path):
+    """An MMLU subject (CSV, letter style, MMLU's description), 5-shot: lm-eval's requests."""
+    from lm_eval.tasks import TaskManager
+
+    from kinject.tasks.loaders import mmlu_task
+
+    if not MMLU_DIR.exists():
+        pytest.skip("shared MMLU data not present")
+    out = tmp_path / "export"
+    (entry,) = export_lm_eval(MMLU_DIR / "test" / "anatomy_test.csv", out, shots=(5,)).tasks
+    assert entry["name"] == "kinject_mmlu_anatomy"
+    task = TaskManager(include_path=str(out), include_defaults=False).load([entry["name"]])
+    lm_task = task["tasks"][entry["name"]]
+    lm_task.set_config(key="num_fewshot", value=5)
+    lm_task.set_fewshot_seed(seed=1234)
+    lm_task.build_all_requests(limit=None, rank=0, world_size=1)
+    ours = mmlu_task(MMLU_DIR / "test" / "anatomy_test.csv")
+    requests: dict[int, list] = {}
+    for instance in lm_task.instances:
+        requests.setdefault(instance.doc_id, []).append(instance)
+    assert len(requests) == len(ours.items)
+    for item, doc_id in zip(ours.items, sorted(requests)):
+        prompt = build_prompt(ours, item, 5)
+        instances = sorted(requests[doc_id], key=lambda instance: instance.idx)
+        assert [instance.args for instance in instances] == [
+            (prompt.context, continuation) for continuation in prompt.continuations
+        ]
 
 
 def test_task_export_refuses_more_shots_than_dev_examples(tmp_path, world_dir):
