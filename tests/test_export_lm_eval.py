@@ -177,6 +177,12 @@ def test_task_export_refuses_more_shots_than_dev_examples(tmp_path, world_dir):
     assert not (tmp_path / "out").exists()
 
 
+def test_run_export_refuses_task_file_options(tmp_path, rag_run):
+    with pytest.raises(KinjectError, match="apply to a task file only"):
+        export_lm_eval(rag_run, tmp_path / "out", shots=(5,))
+    assert not (tmp_path / "out").exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # a run folder
 

@@ -328,7 +328,7 @@ def export_lm_eval_command(
         style=style,
         name=name,
         description=description,
-        shots=tuple(shots or (0,)),
+        shots=tuple(shots) if shots else None,
         model=model,
     )
     for task in result.tasks:

@@ -88,21 +88,22 @@ def export_lm_eval(
     style: str | None = None,
     name: str | None = None,
     description: str | None = None,
-    shots: tuple[int, ...] = (0,),
+    shots: tuple[int, ...] | None = None,
     model: str | None = None,
 ) -> ExportResult:
     """Export a task file (with the TaskSpec options) or a run folder to lm-eval tasks in ``out``.
 
+    ``shots`` (task file; default 0) only chooses which lm_eval commands the manifest lists.
     ``out`` must not exist or be an empty folder; it appears complete or not at all.
     """
     source = Path(source)
     out = Path(out).absolute()
     _check_target(out)
     if source.is_dir():
-        if any(v is not None for v in (dev, format, style, name, description, model)):
+        if any(v is not None for v in (dev, format, style, name, description, shots, model)):
             raise KinjectError(
-                f"{source} is a run folder: --dev, --format, --style, --name, --description "
-                "and --model apply to a task file only (a run names its own)"
+                f"{source} is a run folder: --dev, --format, --style, --name, --description, "
+                "--shots and --model apply to a task file only (a run names its own)"
             )
         tasks, skipped = run_tasks(source)
         kind = "experiment" if (source / "plan.json").exists() else "eval_run"
@@ -116,7 +117,7 @@ def export_lm_eval(
             "description": description,
         }
         spec = parse_config(TaskSpec, {key: v for key, v in fields.items() if v is not None})
-        tasks, skipped, kind = [task_export(spec, list(shots), model)], [], "task"
+        tasks, skipped, kind = [task_export(spec, list(shots or (0,)), model)], [], "task"
     else:
         raise KinjectError(f"{source}: no such task file or run folder")
     if not tasks:
