@@ -35,6 +35,10 @@ questions_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(questions_app, name="questions")
+export_app = typer.Typer(
+    help="Export tasks and runs to other tools (lm-evaluation-harness).", no_args_is_help=True
+)
+app.add_typer(export_app, name="export")
 
 
 def user_errors(function):
@@ -300,6 +304,64 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A `kinject run` folder.
 
     html, markdown = write_report(run_dir)
     typer.echo(f"wrote {html} and {markdown}")
+
+
+@export_app.command("lm-eval")
+@user_errors
+def export_lm_eval_command(
+    source: Annotated[
+        Path, typer.Argument(help="A task file (JSONL or MMLU CSV), or a run folder.")
+    ],
+    out: Annotated[Path, typer.Option(help="The folder to create (new, or empty).")],
+    dev: Annotated[Path | None, typer.Option(help="Task file: its k-shot examples.")] = None,
+    format: Annotated[
+        str | None, typer.Option(help="Task file: jsonl or mmlu_csv (default: by suffix).")
+    ] = None,
+    style: Annotated[str | None, typer.Option(help="Task file: letter or option.")] = None,
+    name: Annotated[str | None, typer.Option(help="Task file: the task's name.")] = None,
+    description: Annotated[
+        str | None, typer.Option(help="Task file: text before the k-shot examples.")
+    ] = None,
+    shots: Annotated[
+        list[int] | None, typer.Option(help="Task file: list commands for these shots.")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Task file: the model the commands name.")
+    ] = None,
+) -> None:
+    """Write lm-eval task YAMLs and data so `lm_eval` scores the same prompts as kinject.
+
+    A task file becomes one task (`--num_fewshot` on lm_eval's command line picks the first
+    k dev examples, as kinject does).  A `kinject eval` or `kinject run` folder becomes one
+    task per cell, with the exact retrieved context of each RAG question inside its prompt.
+    DIR/manifest.json and DIR/README.md list every task, its model and its lm_eval command.
+
+    Example:
+
+        kinject export lm-eval runs/my-eval --out exports/my-eval
+        kinject export lm-eval world/tasks/new.jsonl --dev world/tasks/dev.jsonl \\
+            --shots 0 --shots 5 --model ./my-model --out exports/new
+    """
+    from kinject.export.lm_eval import export_lm_eval
+
+    result = export_lm_eval(
+        source,
+        out,
+        dev=dev,
+        format=format,
+        style=style,
+        name=name,
+        description=description,
+        shots=tuple(shots) if shots else None,
+        model=model,
+    )
+    for task in result.tasks:
+        typer.echo(f"{task['name']}: {task['questions']} questions")
+        for command in task["commands"].values():
+            typer.echo(f"  {command}")
+    for cell in result.skipped:
+        typer.echo(f"not exported: {cell['model']} {cell['arm']} {cell['split']}: {cell['reason']}")
+    typer.echo(f"wrote {result.out} (manifest.json, README.md)")
 
 
 @app.command()

@@ -1,0 +1,1 @@
+"""Exports of kinject tasks and runs to other tools (lm-evaluation-harness)."""
