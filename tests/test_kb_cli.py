@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from kinject.cli import app
 from kinject.kb.store import KnowledgeBase
 
-KB_COMMANDS = ["build", "add", "update", "remove", "search", "eval"]
+KB_COMMANDS = ["build", "add", "update", "remove", "search", "eval", "wikipedia"]
 
 DOCS = {
     "animals.txt": "Wildebeest migrate across the Serengeti every year in vast herds. Zebras "

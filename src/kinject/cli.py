@@ -591,7 +591,8 @@ def kb_build(
     include: Include = None,
     exclude: Exclude = None,
 ) -> None:
-    """Ingest .txt .md .html .jsonl (corpus) .json (SQuAD) .pdf files into a new knowledge base.
+    """Ingest .txt .md .html .jsonl (corpus) .json (SQuAD) .pdf files, Wikipedia dumps
+    (.xml, .xml.bz2) and WikiExtractor output (wiki_NN) into a new knowledge base.
 
     Example:
 

@@ -111,7 +111,7 @@ def export_lm_eval(
         fields = {
             "path": str(source.resolve()),
             "dev": str(Path(dev).resolve()) if dev is not None else None,
-            "format": format or ("mmlu_csv" if source.suffix.lower() == ".csv" else "jsonl"),
+            "format": format or _format_of(source),
             "style": style,
             "name": name,
             "description": description,
@@ -423,6 +423,12 @@ def _entry(task: LmEvalTask, out: Path, files: dict[str, Path]) -> dict:
         "commands": {str(k): lm_eval_command(task, out, k) for k in task.shots},
     }
     return entry
+
+
+def _format_of(source: Path) -> str:
+    """A task file's format by its suffix: MMLU CSV, cais/mmlu parquet, else kinject JSONL."""
+    suffix = source.suffix.lower()
+    return {".csv": "mmlu_csv", ".parquet": "mmlu_hf"}.get(suffix, "jsonl")
 
 
 def _check_target(out: Path) -> None:
