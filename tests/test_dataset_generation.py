@@ -287,3 +287,26 @@ def test_cli_questions_and_paraphrase_with_validation(kb_dir, tmp_path, key):
 
     result = runner.invoke(app, ["questions", "generate", str(kb_dir), "--out", str(out)])
     assert result.exit_code == 2 and "model is required" in result.output
+
+
+def test_a_partial_line_holding_a_unicode_line_separator_reads_back(tmp_path):
+    from kinject.datasets.resume import PartialResults
+
+    out = tmp_path / "p.jsonl"
+    partial = PartialResults(out, "fp")
+    partial.add("c1", "h1", {"paraphrases": ["one\u2028two", "three\u0085four"]})
+    partial.add("c2", "h2", {"paraphrases": ["five"]})
+    again = PartialResults(out, "fp")
+    assert len(again) == 2
+    assert again.get("c1", "h1") == {"paraphrases": ["one\u2028two", "three\u0085four"]}
+
+
+def test_an_edited_prompt_must_keep_every_placeholder(tmp_path):
+    folder = tmp_path / "prompts"
+    folder.mkdir()
+    (folder / "select.txt").write_text("Pick the $keep best of $count about:\n$text")
+    with pytest.raises(KinjectError, match=r"select.txt: the template must contain \$questions"):
+        load_prompts(folder)
+    (folder / "select.txt").write_text("Pick $keep of $count:\n$questions\nabout $text costing $")
+    with pytest.raises(KinjectError, match="a '\\$' that is not a placeholder"):
+        load_prompts(folder)

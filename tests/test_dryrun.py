@@ -55,8 +55,8 @@ def test_the_dry_run_sizes_the_quick_grid_as_its_run_scored_it(quick_experiment_
 
 def test_the_paper_configs_name_every_missing_input_and_exit_2(tmp_path):
     for name, missing in (
-        ("mmlu.yaml", ["data/mmlu/", "data/mmlu_validation.jsonl", "kbs/mmlu"]),
-        ("current_events.yaml", ["data/current_events_dev.jsonl", "kbs/current_events"]),
+        ("mmlu.yaml", ["data/mmlu/test/", "data/mmlu_validation.jsonl", "kbs/mmlu"]),
+        ("current_events.yaml", ["data/current_events.jsonl", "kbs/current_events"]),
     ):
         result = kinject("run", str(PAPER / name), "--dry-run", cwd=tmp_path)
         assert result.returncode == 2, result.stderr
@@ -103,6 +103,8 @@ def paper_inputs(tmp_path_factory) -> Path:
     (data / "current_events.jsonl").write_text(_mc_rows("ce", 30), encoding="utf-8")
     (data / "current_events_dev.jsonl").write_text(_mc_rows("dev", 5), encoding="utf-8")
     (data / "current_events_validation.jsonl").write_text(_mc_rows("v", 20), encoding="utf-8")
+    for name in ("mmlu_validation_dev", "current_events_validation_dev"):
+        (data / f"{name}.jsonl").write_text(_mc_rows(name, 5), encoding="utf-8")
     docs = root / "docs.jsonl"
     texts = TEXTS
     docs.write_text(
@@ -161,3 +163,22 @@ def test_the_dry_run_command_prints_the_checks_and_exits_0(paper_inputs):
         line.startswith("training tokens") and "characters per token" in line for line in lines
     )
     assert not (paper_inputs / "runs").exists()
+
+
+def test_the_dry_run_refuses_what_the_run_would_refuse(tmp_path):
+    """A local model path that is not there, a task without the dev examples its shots need,
+    a damaged knowledge base: each a problem of its own, none stopping the others."""
+    (tmp_path / "t.jsonl").write_text(_mc_rows("t", 3), encoding="utf-8")
+    (tmp_path / "kb").mkdir()
+    (tmp_path / "kb" / "kb.json").write_text('{"format": 1, "snapshot": "snapshots/none"}')
+    (tmp_path / "e.yaml").write_text(
+        "models: [{label: m, path: ./missing-model}, {label: hub, path: org/model}]\n"
+        "tasks: [{path: t.jsonl}]\narms: [base, rag]\nrag: {kb: kb, k: [0, 1]}\nshots: [0, 5]\n",
+        encoding="utf-8",
+    )
+    result = dry_run(load_experiment(tmp_path / "e.yaml"))
+    problems = {(c.kind, c.name): c.detail for c in result.problems}
+    assert set(problems) == {("model", "m"), ("task", "t"), ("knowledge base", "rag.kb")}
+    assert problems[("model", "m")].endswith("missing-model: no such model folder")
+    assert problems[("task", "t")].endswith("0 dev examples, jsonl: 5-shot needs 5 dev examples")
+    assert any(c.ok and c.detail.startswith("hub id org/model") for c in result.checks)

@@ -342,7 +342,9 @@ def test_oversized_file_is_skipped_without_being_read(tmp_path):
         tracemalloc.stop()
 
     assert ids(report) == ["good.txt"]
-    assert report.warnings == [f"{big}: too large (50.0 MB > 20 MB)"]
+    assert report.warnings == [
+        f"{big}: too large (50.0 MB > 20 MB; raise max_file_mb in the KB config)"
+    ]
     assert peak < 10_000_000  # the 50 MB file was never read into memory
     with pytest.raises(KinjectError, match="big.txt: too large"):
         ingest([kb], strict=True)

@@ -323,3 +323,16 @@ def test_local_chat_answers_through_the_same_contract(tiny_gpt2_dir, tmp_path, o
     assert isinstance(templated.chat(HELLO), str)
     with pytest.raises(KinjectError, match="no valid JSON reply"):
         templated.chat(HELLO, schema=Greeting)  # a random model writes no JSON
+
+
+def test_a_key_with_a_line_break_is_refused_without_showing_it(monkeypatch, tmp_path):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET + "\r\nX-Other: 1")
+    with FakeOpenAI(unused) as server, pytest.raises(KinjectError) as error:
+        client(server, tmp_path).chat(HELLO)
+    assert "OPENAI_API_KEY holds a space or control character" in str(error.value)
+    assert SECRET not in str(error.value) and server.requests == []
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET + "\r\n")  # a CRLF .env line: trimmed
+    with FakeOpenAI(unused) as server:
+        server.script = [Reply(body=recorded("hello.json"))]
+        client(server, tmp_path).chat(HELLO)
+        assert server.requests[0]["headers"]["Authorization"] == f"Bearer {SECRET}"

@@ -519,3 +519,13 @@ def test_kb_build_takes_a_dump_and_wikiextractor_output(tmp_path):
     ]
     assert documents["2023_Lewiston_shootings"].text == LEWISTON_FROM_DUMP  # the dump sorts first
     assert "text/AA/wiki_01: duplicate id '2023_Lewiston_shootings'" in stderr
+
+
+def test_a_folder_walk_passes_over_xml_that_is_not_a_mediawiki_export(tmp_path):
+    sources = tmp_path / "project"
+    sources.mkdir()
+    shutil.copy(FIXTURES / "enwiki-pages-articles-sample.xml", sources / "d.xml")
+    (sources / "pom.xml").write_text("<project><modelVersion>4.0.0</modelVersion></project>")
+    report = ingest([sources], strict=True)  # strict: a bad file would be an error
+    assert "Hurricane_Idalia" in {d.id for d in report.documents}
+    assert report.warnings == [f"{sources}: skipped 1 file of unsupported type (.xml)"]

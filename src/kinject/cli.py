@@ -315,7 +315,7 @@ def export_lm_eval_command(
     out: Annotated[Path, typer.Option(help="The folder to create (new, or empty).")],
     dev: Annotated[Path | None, typer.Option(help="Task file: its k-shot examples.")] = None,
     format: Annotated[
-        str | None, typer.Option(help="Task file: jsonl or mmlu_csv (default: by suffix).")
+        str | None, typer.Option(help="Task file: jsonl, mmlu_csv or mmlu_hf (default: by suffix).")
     ] = None,
     style: Annotated[str | None, typer.Option(help="Task file: letter or option.")] = None,
     name: Annotated[str | None, typer.Option(help="Task file: the task's name.")] = None,

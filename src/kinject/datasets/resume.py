@@ -27,7 +27,10 @@ class PartialResults:
     def _load(self) -> None:
         if not self.path.exists():
             return
-        lines = self.path.read_text(encoding="utf-8").splitlines()
+        # "\n" only: str.splitlines() would also break a line at U+2028/U+0085 inside a text
+        lines = self.path.read_text(encoding="utf-8").split("\n")
+        while lines and not lines[-1].strip():
+            lines.pop()
         rows, torn = [], False
         for number, line in enumerate(lines, start=1):
             if not line.strip():

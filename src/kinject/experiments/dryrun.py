@@ -56,7 +56,7 @@ def dry_run(config: ExperimentConfig) -> DryRun:
             result.checks.append(Check("world", "synthetic world", True, built["world"]))
     sizes = {}  # task name -> (questions, requests per pass) or None when it cannot be read
     for spec in _task_specs(config):
-        sizes[spec.task_name()] = _check_task(spec, result)
+        sizes[spec.task_name()] = _check_task(spec, max(config.shots), result)
     _check_kb(config, result)
     if config.corpus is not None:
         _check_file(result, "corpus", "oracle corpus", config.corpus)
@@ -95,8 +95,9 @@ def _placeholder(value: str | None) -> bool:
     return value is not None and "${" in value
 
 
-def _check_task(spec: TaskSpec, result: DryRun) -> tuple[int, int, int] | None:
-    """``(questions, requests, dev examples)`` of a task, after checking it loads."""
+def _check_task(spec: TaskSpec, shots: int, result: DryRun) -> tuple[int, int, int] | None:
+    """``(questions, requests, dev examples)`` of a task, after checking it loads and has the
+    dev examples for ``shots`` (the most shots of the grid; sweeps ask no more)."""
     from kinject.evaluation.evaluate import load_task
 
     name = spec.task_name()
@@ -110,7 +111,10 @@ def _check_task(spec: TaskSpec, result: DryRun) -> tuple[int, int, int] | None:
         return None
     requests = sum(1 if task.is_open else len(item.choices) for item in task.items)
     detail = f"{len(task.items)} questions, {len(task.dev)} dev examples, {spec.format}"
-    result.checks.append(Check("task", name, True, detail))
+    ok = len(task.dev) >= shots
+    if not ok:
+        detail += f": {shots}-shot needs {shots} dev examples"
+    result.checks.append(Check("task", name, ok, detail))
     return len(task.items), requests, len(task.dev)
 
 
@@ -127,7 +131,11 @@ def _check_kb(config: ExperimentConfig, result: DryRun) -> None:
         return
     from kinject.kb.store import KnowledgeBase
 
-    kb = KnowledgeBase.open(config.rag.kb)
+    try:
+        kb = KnowledgeBase.open(config.rag.kb)
+    except KinjectError as error:
+        result.checks.append(Check("knowledge base", "rag.kb", False, str(error)))
+        return
     detail = f"{len(kb.chunks)} chunks, embedder {kb.config.embedder.model}, K in {config.rag.k}"
     result.checks.append(Check("knowledge base", str(config.rag.kb), True, detail))
 
@@ -149,11 +157,18 @@ def _check_model(model: ExperimentModel, result: DryRun) -> None:
     if local.is_dir():
         ok = (local / "config.json").is_file()
         detail = str(local) if ok else f"{local}: a folder without config.json"
+    elif _looks_local(model.path):
+        ok, detail = False, f"{model.path}: no such model folder"
     else:
         ok, detail = True, f"hub id {model.path} (downloaded on the first run, not now)"
     result.checks.append(Check("model", model.label, ok, detail))
     if model.adapter is not None:
         _check_file(result, "model", f"{model.label} adapter", model.adapter)
+
+
+def _looks_local(path: str) -> bool:
+    """A path no hub id can be: absolute, ``./``/``../``/``~``, or more than one ``/``."""
+    return path.startswith(("/", ".", "~")) or path.count("/") > 1
 
 
 def _token_counter(model: ExperimentModel):

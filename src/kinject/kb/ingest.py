@@ -279,7 +279,7 @@ class _Walker:
             return
         if _matches(self.run.exclude, relative, path.name):
             return
-        if _kind(path) is None:
+        if _kind(path, sniff_xml=True) is None:
             self.unsupported[path.suffix.lower() or "no extension"] += 1
             return
         self.files.append(_File(path, relative, os.path.abspath(path), self.root))
@@ -313,8 +313,10 @@ def _file_documents(file: _File, run: _Run) -> list[IngestedDocument]:
         return []
 
 
-def _kind(path: Path) -> str | None:
-    """Which reader a file needs (a key of _READERS or _STREAMED_READERS), None if unsupported."""
+def _kind(path: Path, sniff_xml: bool = False) -> str | None:
+    """Which reader a file needs (a key of _READERS or _STREAMED_READERS), None if unsupported.
+    ``sniff_xml`` (walking a folder): an .xml file is a source only with a ``<mediawiki`` root;
+    a file named on the command line is read, and its reader says what is wrong with it."""
     from kinject.sources.wikidump import is_dump_name, is_wikiextractor_name
 
     if is_wikiextractor_name(path.name):
@@ -322,7 +324,19 @@ def _kind(path: Path) -> str | None:
     if is_dump_name(path.name):
         return ".xml.bz2"
     suffix = path.suffix.lower()
+    if suffix == ".xml" and sniff_xml and not _is_mediawiki_xml(path):
+        return None  # another kind of XML (a pom.xml, a sitemap): not a document source
     return suffix if suffix in SUPPORTED_SUFFIXES else None
+
+
+def _is_mediawiki_xml(path: Path) -> bool:
+    """Whether an .xml file's root element is ``<mediawiki`` (read from its first 4 KB)."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(4096)
+    except OSError:
+        return True  # let the reader report the file it cannot read
+    return b"<mediawiki" in head
 
 
 def _read_bytes(path: Path, max_bytes: int) -> bytes:
@@ -341,7 +355,12 @@ def _check_size(path: Path, max_bytes: int) -> None:
         raise DataError(path, None, None, f"cannot read file ({error.strerror})") from None
     if size > max_bytes:
         limit = f"{max_bytes / 1e6:g} MB"
-        raise DataError(path, None, None, f"too large ({size / 1e6:.1f} MB > {limit})")
+        raise DataError(
+            path,
+            None,
+            None,
+            f"too large ({size / 1e6:.1f} MB > {limit}; raise max_file_mb in the KB config)",
+        )
     if size == 0:
         raise DataError(path, None, None, "empty file")
 

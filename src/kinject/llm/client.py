@@ -209,12 +209,14 @@ class OpenAIChat(ChatModel):
         name = self.config.api_key_env
         if name is None:
             return None
-        key = os.environ.get(name, "")
+        key = os.environ.get(name, "").strip()
         if not key:
             raise KinjectError(
                 f"no API key: set the environment variable {name} (or api_key_env: null for an "
                 "endpoint without keys)"
             )
+        if any(ord(c) < 33 or ord(c) == 127 for c in key):  # would fail in the header, key shown
+            raise KinjectError(f"the API key in {name} holds a space or control character")
         return key
 
     def _body(self, messages: list[Message], seed: int | None, json_schema: dict | None) -> dict:

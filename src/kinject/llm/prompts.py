@@ -55,15 +55,21 @@ def load_prompts(folder: str | Path | None = None) -> Prompts:
 
 
 def _check(text: str, allowed: set[str], origin: str) -> None:
-    template = string.Template(text)
-    if not template.is_valid():
-        raise KinjectError(f"{origin}: a '$' that is not a placeholder (write $$ for '$')")
-    used = set(template.get_identifiers())
+    used = set()
+    for match in string.Template.pattern.finditer(text):  # (Template.is_valid: Python 3.11+)
+        if match.group("invalid") is not None:
+            raise KinjectError(f"{origin}: a '$' that is not a placeholder (write $$ for '$')")
+        name = match.group("named") or match.group("braced")
+        if name:
+            used.add(name)
     unknown = sorted(used - allowed)
     if unknown:
         raise KinjectError(
             f"{origin}: unknown placeholder(s) {', '.join('$' + u for u in unknown)} "
             f"(allowed: {', '.join('$' + a for a in sorted(allowed))})"
         )
-    if "text" not in used:
-        raise KinjectError(f"{origin}: the template must contain $text")
+    missing = sorted(allowed - used)
+    if missing:
+        raise KinjectError(
+            f"{origin}: the template must contain {', '.join('$' + m for m in missing)}"
+        )

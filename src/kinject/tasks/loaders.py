@@ -102,10 +102,11 @@ def load_open_jsonl(path: str | Path) -> list[OpenItem]:
 
 
 def open_task(name: str, path: str | Path, dev_path: str | Path | None = None) -> Task:
+    items = tuple(load_open_jsonl(path))  # the test file's errors first
     dev = load_open_jsonl(dev_path) if dev_path is not None else []
     return Task(
         name=name,
-        items=tuple(load_open_jsonl(path)),
+        items=items,
         dev=tuple(dev),
         source={
             "format": "open_jsonl",
@@ -176,10 +177,11 @@ def mmlu_task(test_csv: str | Path, dev_csv: str | Path | None = None) -> Task:
     if dev_csv is None:
         guess = test_csv.parent.parent / "dev" / f"{subject}_dev.csv"
         dev_csv = guess if guess.exists() else None
+    items = tuple(load_mmlu_csv(test_csv, subject))  # the test file's errors first
     dev = load_mmlu_csv(dev_csv, subject) if dev_csv is not None else []
     return Task(
         name=f"mmlu_{subject}",
-        items=tuple(load_mmlu_csv(test_csv, subject)),
+        items=items,
         dev=tuple(dev),
         description=mmlu_description(subject),
         style="letter",
@@ -294,10 +296,11 @@ def jsonl_task(
     style: str = "option",
     description: str = "",
 ) -> Task:
+    items = tuple(load_mc_jsonl(path))  # the test file's errors first
     dev = load_mc_jsonl(dev_path) if dev_path is not None else []
     return Task(
         name=name,
-        items=tuple(load_mc_jsonl(path)),
+        items=items,
         dev=tuple(dev),
         description=description,
         style=style,
