@@ -44,7 +44,13 @@ class DryRun:
 
 def dry_run(config: ExperimentConfig) -> DryRun:
     from kinject.experiments.files import with_world
-    from kinject.experiments.runner import cached_world, eval_config, model_runs, swept
+    from kinject.experiments.runner import (
+        all_task_specs,
+        cached_world,
+        eval_config,
+        model_runs,
+        swept,
+    )
 
     result = DryRun()
     if config.world is not None:
@@ -55,7 +61,7 @@ def dry_run(config: ExperimentConfig) -> DryRun:
             config = with_world(config, built)
             result.checks.append(Check("world", "synthetic world", True, built["world"]))
     sizes = {}  # task name -> (questions, requests per pass) or None when it cannot be read
-    for spec in _task_specs(config):
+    for spec in all_task_specs(config):
         sizes[spec.task_name()] = _check_task(spec, max(config.shots), result)
     _check_kb(config, result)
     if config.corpus is not None:
@@ -82,13 +88,6 @@ def dry_run(config: ExperimentConfig) -> DryRun:
             evaluation = eval_config(config, run)
             _count_cells(evaluation, sizes, result)
     return result
-
-
-def _task_specs(config: ExperimentConfig) -> list[TaskSpec]:
-    specs = list(config.tasks)
-    if config.validation is not None:
-        specs.append(config.validation.task)
-    return specs
 
 
 def _placeholder(value: str | None) -> bool:
