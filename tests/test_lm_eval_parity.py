@@ -202,3 +202,52 @@ def test_acc_and_acc_norm_match_lm_eval_process_results(world_option_task, tiny_
         theirs = reference.process_results(doc, results)
         assert theirs["acc"] == float(record["correct"])
         assert theirs["acc_norm"] == float(record["correct_norm"])
+
+
+def _rag_length_requests() -> list[tuple[str, str]]:
+    """RAG-cell prompts: five long retrieved passages before each question, multi-token
+    options; plus single-token (letter) options, an empty context and one context longer
+    than the model (lm-eval's left truncation)."""
+    passage = (
+        "Ada Lenz was born in Riga in 1969 and studied chemistry at the University of Oslo "
+        "before she joined Starling Labs, where she led the battery group for a decade. "
+    )
+    requests = []
+    for q in range(4):
+        context = "\n\n".join(f"{passage}(passage {p}, question {q})" for p in range(5))
+        context += f"\n\nQuestion: Where was person {q} born?\nAnswer:"
+        for option in (" Riga", " Oslo, in Norway", " Berlin", " the city of Athens"):
+            requests.append((context, option))
+    requests += [("The answer is", letter) for letter in (" A", " B", " C", " D")]
+    requests += [("", " Paris"), ("", " Riga")]
+    requests += [(passage * 15 + "Answer:", option) for option in (" Riga", " Oslo")]
+    return requests
+
+
+@pytest.mark.parametrize(
+    ("model_fixture", "attention"),
+    [("tiny_llama_dir", "sdpa"), ("tiny_llama_dir", "eager"), ("tiny_gpt2_dir", "sdpa")],
+)
+def test_prefix_sharing_gives_the_separate_sequences_scores(request, model_fixture, attention):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = request.getfixturevalue(model_fixture)
+    model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation=attention)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    requests = _rag_length_requests()
+    forwards = []
+    model.register_forward_hook(lambda module, args, kwargs_out: forwards.append(1))
+    shared = LoglikelihoodScorer(model, tokenizer, batch_size=3, max_length=1000)
+    assert shared.share_prefix
+    fast = shared.loglikelihood(requests)
+    packed_forwards = len(forwards)
+    forwards.clear()
+    separate = LoglikelihoodScorer(
+        model, tokenizer, batch_size=3, max_length=1000, share_prefix=False
+    ).loglikelihood(requests)
+    assert max(abs(a.logprob - b.logprob) for a, b in zip(fast, separate)) <= 1e-4
+    assert [a.is_greedy for a in fast] == [b.is_greedy for b in separate]
+    # 4 RAG questions, the letters and the 2 empty contexts (one shared prefix token) are 6
+    # packed sequences, the 2 truncated pairs go alone: 2 + 1 forward passes of 3 rows,
+    # against 24 sequences in 8 forward passes
+    assert packed_forwards == 3 and len(forwards) == 8

@@ -126,6 +126,11 @@ class ModelSpec(Section):
 class ScoringConfig(Section):
     batch_size: int = Field(32, ge=1, description="Sequences per forward pass.")
     bf16_autocast: bool = Field(False, description="Faster; fp32 is exact to lm-eval.")
+    share_prefix: bool = Field(
+        True,
+        description="Score a question's options in one packed sequence (its context once); "
+        "off: one sequence per option, as lm-eval. Same scores to float rounding.",
+    )
     max_new_tokens: int = Field(32, ge=1, description="Open questions: the answer's length cap.")
     stop: list[str] = Field(
         default_factory=lambda: ["\n"], description="Open questions: the answer ends at these."

@@ -226,7 +226,11 @@ class _ScoringSession:
             scoring = self.config.scoring
             self._scorer = MemoizedScorer(
                 LoglikelihoodScorer(
-                    model, tokenizer, scoring.batch_size, bf16=scoring.bf16_autocast
+                    model,
+                    tokenizer,
+                    scoring.batch_size,
+                    bf16=scoring.bf16_autocast,
+                    share_prefix=scoring.share_prefix,
                 )
             )
         return self._scorer

@@ -17,6 +17,24 @@ Alignment, for context c0..c3 and continuation k0..k2::
     input    c0 c1 c2 c3 k0 k1          (last token dropped)
     logits            ^  ^  ^           positions len(input)-3 .. len(input)-1
     predict           k0 k1 k2
+
+Prefix sharing (``share_prefix``): lm-eval runs every (context, option) pair as its own
+sequence, so a question's context — k-shot examples, retrieved chunks — is computed once per
+option.  The options of a question share their context tokens exactly (the context is
+encoded alone; only the continuation's tokens come from the whole encoding), so they are
+packed into one sequence: the context once, then each option's tokens but its last, with
+position ids restarting after the context and a mask that lets an option see the context
+and its own earlier tokens only.  Every option's first token is predicted by the context's
+last logit::
+
+    tokens     c0 c1 c2 c3 | a0 a1 | b0          (options a0 a1 a2 and b0 b1)
+    positions   0  1  2  3 |  4  5 |  4
+    segment     0  0  0  0 |  1  1 |  2          attend: earlier tokens of segment 0 or own
+    predict a0, b0 from c3; a1 from a0; a2 from a1; b1 from b0
+
+The logits are those of the separate sequences up to float summation order (fp32: within
+1e-5 in the parity tests); a pair whose tokens exceed the model's length, whose context is
+cut by lm-eval's left truncation, is scored on its own as lm-eval does.
 """
 
 from __future__ import annotations
@@ -56,6 +74,7 @@ class LoglikelihoodScorer:
         max_length: int | None = None,
         bf16: bool = False,
         add_bos_token: bool | None = None,
+        share_prefix: bool = True,
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -63,6 +82,7 @@ class LoglikelihoodScorer:
         self.max_length = max_length or model_max_length(model, tokenizer)
         self.bf16 = bf16
         self.add_bos_token = add_bos_token
+        self.share_prefix = share_prefix and _mask_kind(model) is not None
 
     # -- tokenization, as lm-eval's HFLM.tok_encode / TemplateLM._encode_pair -----------------
 
@@ -130,9 +150,19 @@ class LoglikelihoodScorer:
                     f"maximum length {self.max_length}"
                 )
             inputs.append((context_enc + continuation_enc)[-(self.max_length + 1) :][:-1])
-        # Longest first, as lm-eval does: a batch's padding is bounded by its first item.
-        order = sorted(range(len(inputs)), key=lambda i: -len(inputs[i]))
         results: list[Loglikelihood | None] = [None] * len(inputs)
+        alone = range(len(inputs))
+        if self.share_prefix:
+            groups: dict[tuple[int, ...], list[int]] = {}
+            alone = []
+            for index, (context_enc, continuation_enc) in enumerate(encoded):
+                if len(context_enc) + len(continuation_enc) <= self.max_length + 1:
+                    groups.setdefault(tuple(context_enc), []).append(index)
+                else:  # lm-eval cuts this one's context from the left: score it as it does
+                    alone.append(index)
+            self._score_packed(encoded, list(groups.values()), results, on_batch, device)
+        # Longest first, as lm-eval does: a batch's padding is bounded by its first item.
+        order = sorted(alone, key=lambda i: -len(inputs[i]))
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.model.eval()
         with torch.inference_mode():
@@ -157,6 +187,103 @@ class LoglikelihoodScorer:
                 if on_batch is not None:
                     on_batch(len(batch))
         return results  # type: ignore[return-value]
+
+    def _score_packed(self, encoded, groups: list[list[int]], results: list, on_batch, device):
+        """Score each group of requests sharing a context as one packed sequence."""
+        import torch
+        import torch.nn.functional as F
+
+        from kinject.training.loop import autocast_context
+
+        packed = [_pack(encoded, group) for group in groups]
+        order = sorted(range(len(packed)), key=lambda i: -len(packed[i].tokens))
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        kind = _mask_kind(self.model)
+        self.model.eval()
+        with torch.inference_mode():
+            for begin in range(0, len(order), self.batch_size):
+                batch = [packed[i] for i in order[begin : begin + self.batch_size]]
+                ids, positions, allowed = _packed_batch(batch, pad)
+                if kind == "bool":
+                    mask = allowed[:, None]
+                else:  # eager attention adds the mask to the scores
+                    dtype = next(self.model.parameters()).dtype
+                    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(
+                        ~allowed, torch.finfo(dtype).min
+                    )[:, None]
+                with autocast_context(device.type, self.bf16):
+                    logits = self.model(
+                        input_ids=ids.to(device),
+                        attention_mask=mask.to(device),
+                        position_ids=positions.to(device),
+                    ).logits
+                requests = 0
+                for row, sequence in enumerate(batch):
+                    for index, rows in sequence.spans:
+                        continuation = encoded[index][1]
+                        span = F.log_softmax(logits[row, rows].float(), dim=-1)
+                        target = torch.tensor(continuation, device=span.device)
+                        greedy = bool((span.argmax(dim=-1) == target).all())
+                        value = float(span.gather(1, target[:, None]).sum())
+                        results[index] = Loglikelihood(value, greedy)
+                        requests += 1
+                if on_batch is not None:
+                    on_batch(requests)
+
+
+@dataclass(frozen=True)
+class _Packed:
+    tokens: list[int]
+    positions: list[int]
+    segments: list[int]  # 0: the shared context; s: the s-th option's tokens
+    spans: list[tuple[int, list[int]]]  # (request index, the rows whose logits predict it)
+
+
+def _pack(encoded, group: list[int]) -> _Packed:
+    context = list(encoded[group[0]][0])
+    tokens, positions, segments = list(context), list(range(len(context))), [0] * len(context)
+    spans = []
+    for segment, index in enumerate(group, 1):
+        continuation = encoded[index][1]
+        start = len(tokens)
+        tokens += continuation[:-1]
+        positions += range(len(context), len(context) + len(continuation) - 1)
+        segments += [segment] * (len(continuation) - 1)
+        rows = [len(context) - 1] + [start + t - 1 for t in range(1, len(continuation))]
+        spans.append((index, rows))
+    return _Packed(tokens, positions, segments, spans)
+
+
+def _packed_batch(batch: list[_Packed], pad: int):
+    """``(ids, position ids, allowed)``: right-padded; ``allowed[b, q, k]``: query q may
+    attend to key k (earlier or itself, in the context or in its own option)."""
+    import torch
+
+    width = len(batch[0].tokens)
+    ids = torch.full((len(batch), width), pad, dtype=torch.long)
+    positions = torch.zeros((len(batch), width), dtype=torch.long)
+    segments = torch.full((len(batch), width), -1, dtype=torch.long)
+    for row, sequence in enumerate(batch):
+        n = len(sequence.tokens)
+        ids[row, :n] = torch.tensor(sequence.tokens)
+        positions[row, :n] = torch.tensor(sequence.positions)
+        segments[row, :n] = torch.tensor(sequence.segments)
+    causal = torch.ones((width, width), dtype=torch.bool).tril()
+    keys, queries = segments[:, None, :], segments[:, :, None]
+    allowed = causal & ((keys == 0) | (keys == queries)) & (keys >= 0)
+    allowed |= torch.eye(width, dtype=torch.bool)  # a padding row attends to itself
+    return ids, positions, allowed
+
+
+def _mask_kind(model) -> str | None:
+    """How the model takes a custom 4D mask: ``bool`` (sdpa), ``float`` (eager, added to the
+    scores), or None where it cannot (flash attention: no prefix sharing)."""
+    implementation = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    if implementation == "sdpa":
+        return "bool"
+    if implementation in (None, "eager"):
+        return "float"
+    return None
 
 
 class MemoizedScorer:

@@ -99,9 +99,11 @@ def guard_contamination(training: TrainingSet, tasks: list[Task], config: Finetu
 
 def training_identity(config: FinetuneConfig) -> dict:
     """What decides the trained model, as the config says it: everything but the contamination
-    guard (it only checks the data) and the checkpoint interval (a resumed run sees the very
-    batches an unbroken one would)."""
-    return config.model_dump(mode="json", exclude={"contamination", "checkpoint_every_s"})
+    guard (it only checks the data), the checkpoint interval (a resumed run sees the very
+    batches an unbroken one would) and whether validation scoring packs a question's options
+    (the same scores to float rounding)."""
+    exclude = {"contamination": True, "checkpoint_every_s": True, "scoring": {"share_prefix"}}
+    return config.model_dump(mode="json", exclude=exclude)
 
 
 def input_identity(config: FinetuneConfig) -> dict:
@@ -381,7 +383,11 @@ class _BestKeeper:
 
         scoring = self.config.scoring
         scorer = LoglikelihoodScorer(
-            self.model, self.tokenizer, scoring.batch_size, bf16=scoring.bf16_autocast
+            self.model,
+            self.tokenizer,
+            scoring.batch_size,
+            bf16=scoring.bf16_autocast,
+            share_prefix=scoring.share_prefix,
         )
         records = score_cell(scorer, self.validation, BaseArm(), self.config.selection.shots)
         loss = sum(-r["loglikelihoods"][r["answer"]] for r in records) / len(records)
