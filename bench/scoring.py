@@ -1,0 +1,213 @@
+"""kinject's log-likelihood scorer against lm-evaluation-harness, side by side.
+
+    python bench/scoring.py                    # 200 questions per cell (about 10 min on 2 cores)
+    python bench/scoring.py --questions 0      # every question
+    python bench/scoring.py --models demo      # only the demo's tiny base model
+
+Cells (the same requests for every scorer):
+  rag-k5   option-text multiple choice on the demo world's `new` questions, the 5 chunks
+           the demo's knowledge base retrieves before each question, 0-shot;
+  mmlu-5   letter-style MMLU 5-shot on the five subjects in ../shared/data/mmlu.
+Models: the demo's tiny base model (pretrained and cached by `kinject demo`; built here if
+missing) and a ~30M-parameter Llama built from a config (random weights: speed and
+exactness do not need trained ones).
+
+Columns: seconds of kinject's packed scorer (a question's options in one sequence), of
+kinject with packing off, and of lm_eval's HFLM (model loaded before the clock starts, the
+same batch size, fp32); the ratio lm_eval / kinject; the largest |Δ log-likelihood| against
+lm_eval; whether every question's prediction is the same; kinject's achieved FLOP/s
+(2 × parameters × tokens it ran) as a share of this machine's fp32 matmul peak, measured
+first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data" / "mmlu"
+SUBJECTS = ("anatomy", "astronomy", "college_biology", "college_chemistry", "prehistory")
+
+
+def matmul_peak() -> float:
+    """fp32 FLOP/s of a 1024² matmul on this machine (best of 5)."""
+    import torch
+
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        for _ in range(10):
+            a @ b
+        best = min(best, time.perf_counter() - started)
+    return 10 * 2 * 1024**3 / best
+
+
+def demo_world() -> dict[str, str]:
+    from rich.console import Console
+
+    from kinject.config import DemoConfig
+    from kinject.demo import demo_experiment
+    from kinject.experiments.runner import prepare_world
+
+    return prepare_world(demo_experiment(DemoConfig()).world, True, Console(stderr=True))
+
+
+def cell_requests(name: str, world: dict[str, str], limit: int) -> list[list[tuple[str, str]]]:
+    """Each question's (context, option) requests, as kinject's score_cell builds them."""
+    from dataclasses import replace
+
+    from kinject.config import RagConfig, TaskSpec
+    from kinject.evaluation.arms import BaseArm
+    from kinject.evaluation.evaluate import _rag_arms, load_task
+    from kinject.evaluation.runner import _prompts
+    from kinject.tasks.prompts import build_prompt
+
+    if name == "rag-k5":
+        tasks_dir = Path(world["world"]) / "tasks"
+        spec = TaskSpec(name="new", path=str(tasks_dir / "new.jsonl"))
+        tasks = [load_task(spec)]
+        (arm,) = _rag_arms(RagConfig(kb=world["world_kb"], k=[5]))
+        shots = 0
+    else:
+        tasks = [
+            load_task(TaskSpec(format="mmlu_csv", path=str(SHARED / "test" / f"{s}_test.csv")))
+            for s in SUBJECTS
+        ]
+        arm, shots = BaseArm(), 5
+    questions = []
+    per_task = max(1, limit // len(tasks)) if limit else 0
+    for task in tasks:
+        if per_task:
+            task = replace(task, items=task.items[:per_task])
+        _, prompts = _prompts(build_prompt, task, arm, shots, None)
+        questions += [[(p.context, c) for c in p.continuations] for p in prompts]
+    return questions
+
+
+def thirty_million_llama(tokenizer_dir: str, folder: Path) -> Path:
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=512,
+        intermediate_size=1376,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def measure(model_dir: str, questions, batch_size: int, peak: float) -> dict:
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    from kinject.config import ModelSpec
+    from kinject.models.loading import load_causal_lm
+    from kinject.scoring.loglikelihood import LoglikelihoodScorer, _pack
+
+    requests = [request for question in questions for request in question]
+    model, tokenizer = load_causal_lm(ModelSpec(path=model_dir, device="cpu"))
+    params = sum(p.numel() for p in model.parameters())
+    row = {"params": params, "questions": len(questions), "requests": len(requests)}
+    packed = LoglikelihoodScorer(model, tokenizer, batch_size, share_prefix=True)
+    started = time.perf_counter()
+    ours = packed.loglikelihood(requests)
+    row["kinject"] = time.perf_counter() - started
+    tokens = _tokens_run(packed, [packed.encode_pair(c, x) for c, x in requests], _pack)
+    unpacked = LoglikelihoodScorer(model, tokenizer, batch_size, share_prefix=False)
+    started = time.perf_counter()
+    unpacked.loglikelihood(requests)
+    row["kinject unpacked"] = time.perf_counter() - started
+    reference = HFLM(pretrained=model_dir, device="cpu", dtype="float32", batch_size=batch_size)
+    instances = [
+        Instance(request_type="loglikelihood", doc={}, arguments=r, idx=i)
+        for i, r in enumerate(requests)
+    ]
+    started = time.perf_counter()
+    theirs = reference.loglikelihood(instances, disable_tqdm=True)
+    row["lm_eval"] = time.perf_counter() - started
+    row["max_delta"] = max(abs(a.logprob - b[0]) for a, b in zip(ours, theirs))
+    same, position = True, 0
+    for question in questions:
+        span = range(position, position + len(question))
+        ours_best = max(span, key=lambda i: (ours[i].logprob, -i))
+        theirs_best = max(span, key=lambda i: (theirs[i][0], -i))
+        same &= ours_best == theirs_best
+        position += len(question)
+    row["same_predictions"] = same
+    row["flops_share"] = 2 * params * tokens / row["kinject"] / peak
+    return row
+
+
+def _tokens_run(scorer, encoded, pack) -> int:
+    """Tokens kinject's packed scorer feeds the model (padding not counted)."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    alone = 0
+    for index, (context, continuation) in enumerate(encoded):
+        if len(context) + len(continuation) <= scorer.max_length + 1:
+            groups.setdefault(tuple(context), []).append(index)
+        else:
+            alone += scorer.max_length
+    return alone + sum(len(pack(encoded, group).tokens) for group in groups.values())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--questions", type=int, default=200, help="per cell; 0: all")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--models", nargs="+", default=["demo", "llama-30m"])
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    peak = matmul_peak()
+    print(f"fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s", file=sys.stderr)
+    world = demo_world()
+    cells = {name: cell_requests(name, world, args.questions) for name in ("rag-k5", "mmlu-5")}
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="kinject-bench-") as scratch:
+        models = {"demo": world["world_model"]}
+        if "llama-30m" in args.models:
+            models["llama-30m"] = str(
+                thirty_million_llama(world["world_model"], Path(scratch) / "llama-30m")
+            )
+        for model_name in args.models:
+            for cell, questions in cells.items():
+                row = measure(models[model_name], questions, args.batch_size, peak)
+                rows.append((model_name, cell, row))
+                print(f"done: {model_name} {cell}", file=sys.stderr)
+    header = (
+        "| model | params | cell | questions | requests | kinject s | kinject unpacked s "
+        "| lm_eval s | lm_eval / kinject | max abs Δ loglik | same predictions "
+        "| kinject FLOP/s / fp32 peak |"
+    )
+    print(header)
+    print("|---" * 12 + "|")
+    for model_name, cell, row in rows:
+        print(
+            f"| {model_name} | {row['params'] / 1e6:.1f}M | {cell} | {row['questions']} "
+            f"| {row['requests']} | {row['kinject']:.1f} | {row['kinject unpacked']:.1f} "
+            f"| {row['lm_eval']:.1f} | {row['lm_eval'] / row['kinject']:.2f}x "
+            f"| {row['max_delta']:.1e} | {'yes' if row['same_predictions'] else 'no'} "
+            f"| {row['flops_share']:.1%} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
