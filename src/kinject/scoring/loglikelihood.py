@@ -199,29 +199,42 @@ class LoglikelihoodScorer:
         order = sorted(range(len(packed)), key=lambda i: -len(packed[i].tokens))
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         kind = _mask_kind(self.model)
+        keeps_logits = _takes_logits_to_keep(self.model)
         self.model.eval()
         with torch.inference_mode():
             for begin in range(0, len(order), self.batch_size):
                 batch = [packed[i] for i in order[begin : begin + self.batch_size]]
                 ids, positions, allowed = _packed_batch(batch, pad)
-                if kind == "bool":
-                    mask = allowed[:, None]
-                else:  # eager attention adds the mask to the scores
-                    dtype = next(self.model.parameters()).dtype
-                    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(
-                        ~allowed, torch.finfo(dtype).min
-                    )[:, None]
+                inputs = {"input_ids": ids.to(device)}
+                if any(max(sequence.segments) > 0 for sequence in batch):
+                    # options with more than one token: the packed mask and positions
+                    if kind == "bool":
+                        mask = allowed[:, None]
+                    else:  # eager attention adds the mask to the scores
+                        dtype = next(self.model.parameters()).dtype
+                        mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(
+                            ~allowed, torch.finfo(dtype).min
+                        )[:, None]
+                    inputs["attention_mask"] = mask.to(device)
+                    inputs["position_ids"] = positions.to(device)
+                # else every option is one token, read from the context's last logit: the
+                # plain causal pass (right padding is invisible to the real positions)
+                wanted = [sorted({r for _, rows in seq.spans for r in rows}) for seq in batch]
+                if keeps_logits:  # the vocabulary projection only where a token is predicted
+                    width = max(map(len, wanted))
+                    keep = torch.tensor([w + [w[-1]] * (width - len(w)) for w in wanted])
+                    inputs["logits_to_keep"] = keep.to(device)
+                    where = [{r: i for i, r in enumerate(w)} for w in wanted]
+                else:
+                    where = [{r: r for r in w} for w in wanted]
                 with autocast_context(device.type, self.bf16):
-                    logits = self.model(
-                        input_ids=ids.to(device),
-                        attention_mask=mask.to(device),
-                        position_ids=positions.to(device),
-                    ).logits
+                    logits = self.model(**inputs).logits
                 requests = 0
                 for row, sequence in enumerate(batch):
                     for index, rows in sequence.spans:
                         continuation = encoded[index][1]
-                        span = F.log_softmax(logits[row, rows].float(), dim=-1)
+                        picked = [where[row][r] for r in rows]
+                        span = F.log_softmax(logits[row, picked].float(), dim=-1)
                         target = torch.tensor(continuation, device=span.device)
                         greedy = bool((span.argmax(dim=-1) == target).all())
                         value = float(span.gather(1, target[:, None]).sum())
@@ -273,6 +286,14 @@ def _packed_batch(batch: list[_Packed], pad: int):
     allowed = causal & ((keys == 0) | (keys == queries)) & (keys >= 0)
     allowed |= torch.eye(width, dtype=torch.bool)  # a padding row attends to itself
     return ids, positions, allowed
+
+
+def _takes_logits_to_keep(model) -> bool:
+    """Whether the model's forward computes logits only at given positions (transformers'
+    ``logits_to_keep``, per sample as a 2D tensor)."""
+    import inspect
+
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
 def _mask_kind(model) -> str | None:
