@@ -1,6 +1,6 @@
 """kinject's log-likelihood scorer against lm-evaluation-harness, side by side.
 
-    python bench/scoring.py                    # 200 questions per cell (about 10 min on 2 cores)
+    python bench/scoring.py                    # 200 questions per cell (about 17 min on 2 cores)
     python bench/scoring.py --questions 0      # every question
     python bench/scoring.py --models demo      # only the demo's tiny base model
 
