@@ -204,10 +204,11 @@ class LoglikelihoodScorer:
         with torch.inference_mode():
             for begin in range(0, len(order), self.batch_size):
                 batch = [packed[i] for i in order[begin : begin + self.batch_size]]
-                ids, positions, allowed = _packed_batch(batch, pad)
+                ids, positions, segments = _packed_batch(batch, pad)
                 inputs = {"input_ids": ids.to(device)}
                 if any(max(sequence.segments) > 0 for sequence in batch):
                     # options with more than one token: the packed mask and positions
+                    allowed = _allowed(segments)
                     if kind == "bool":
                         mask = allowed[:, None]
                     else:  # eager attention adds the mask to the scores
@@ -268,8 +269,7 @@ def _pack(encoded, group: list[int]) -> _Packed:
 
 
 def _packed_batch(batch: list[_Packed], pad: int):
-    """``(ids, position ids, allowed)``: right-padded; ``allowed[b, q, k]``: query q may
-    attend to key k (earlier or itself, in the context or in its own option)."""
+    """``(ids, position ids, segments)``, right-padded (padding: segment -1)."""
     import torch
 
     width = len(batch[0].tokens)
@@ -281,11 +281,19 @@ def _packed_batch(batch: list[_Packed], pad: int):
         ids[row, :n] = torch.tensor(sequence.tokens)
         positions[row, :n] = torch.tensor(sequence.positions)
         segments[row, :n] = torch.tensor(sequence.segments)
+    return ids, positions, segments
+
+
+def _allowed(segments):
+    """``allowed[b, q, k]``: query q may attend to key k — earlier or itself, in the context
+    (segment 0) or in its own option; a padding row attends to itself only."""
+    import torch
+
+    width = segments.shape[1]
     causal = torch.ones((width, width), dtype=torch.bool).tril()
     keys, queries = segments[:, None, :], segments[:, :, None]
     allowed = causal & ((keys == 0) | (keys == queries)) & (keys >= 0)
-    allowed |= torch.eye(width, dtype=torch.bool)  # a padding row attends to itself
-    return ids, positions, allowed
+    return allowed | torch.eye(width, dtype=torch.bool)
 
 
 def _takes_logits_to_keep(model) -> bool:
