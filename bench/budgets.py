@@ -28,7 +28,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def timed(command: list[str], cwd: Path, env: dict | None = None) -> tuple[float, str]:
     started = time.perf_counter()
     result = subprocess.run(
-        command, cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True
+        command,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        check=False,
     )
     seconds = time.perf_counter() - started
     if result.returncode != 0:

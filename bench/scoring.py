@@ -112,50 +112,63 @@ def thirty_million_llama(tokenizer_dir: str, folder: Path) -> Path:
     return folder
 
 
-def measure(model_dir: str, questions, batch_size: int, peak: float) -> dict:
+def measure(model_dir: str, questions, batch_size: int, peak: float, unpacked: bool) -> dict:
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
     from kinject.config import ModelSpec
     from kinject.models.loading import load_causal_lm
-    from kinject.scoring.loglikelihood import LoglikelihoodScorer, _pack
+    from kinject.scoring.loglikelihood import LoglikelihoodScorer
 
     requests = [request for question in questions for request in question]
     model, tokenizer = load_causal_lm(ModelSpec(path=model_dir, device="cpu"))
     params = sum(p.numel() for p in model.parameters())
     row = {"params": params, "questions": len(questions), "requests": len(requests)}
-    packed = LoglikelihoodScorer(model, tokenizer, batch_size, share_prefix=True)
-    started = time.perf_counter()
-    ours = packed.loglikelihood(requests)
-    row["kinject"] = time.perf_counter() - started
-    tokens = _tokens_run(packed, [packed.encode_pair(c, x) for c, x in requests], _pack)
-    unpacked = LoglikelihoodScorer(model, tokenizer, batch_size, share_prefix=False)
-    started = time.perf_counter()
-    unpacked.loglikelihood(requests)
-    row["kinject unpacked"] = time.perf_counter() - started
+
+    def timed(**options):
+        scorer = LoglikelihoodScorer(model, tokenizer, batch_size, **options)
+        started = time.perf_counter()
+        scores = scorer.loglikelihood(requests)
+        return scores, time.perf_counter() - started
+
+    ours, row["kinject"] = timed()
+    scorer = LoglikelihoodScorer(model, tokenizer, batch_size)
+    tokens = _tokens_run(scorer, [scorer.encode_pair(c, x) for c, x in requests])
+    ours_bf16, row["kinject bf16"] = timed(bf16=True)
+    if unpacked:
+        _, row["kinject unpacked"] = timed(share_prefix=False)
     reference = HFLM(pretrained=model_dir, device="cpu", dtype="float32", batch_size=batch_size)
     instances = [
         Instance(request_type="loglikelihood", doc={}, arguments=r, idx=i)
         for i, r in enumerate(requests)
     ]
     started = time.perf_counter()
-    theirs = reference.loglikelihood(instances, disable_tqdm=True)
+    theirs = [logprob for logprob, _ in reference.loglikelihood(instances, disable_tqdm=True)]
     row["lm_eval"] = time.perf_counter() - started
-    row["max_delta"] = max(abs(a.logprob - b[0]) for a, b in zip(ours, theirs))
-    same, position = True, 0
-    for question in questions:
-        span = range(position, position + len(question))
-        ours_best = max(span, key=lambda i: (ours[i].logprob, -i))
-        theirs_best = max(span, key=lambda i: (theirs[i][0], -i))
-        same &= ours_best == theirs_best
-        position += len(question)
-    row["same_predictions"] = same
+    for name, scores in (("", ours), (" bf16", ours_bf16)):
+        row["max_delta" + name] = max(abs(a.logprob - b) for a, b in zip(scores, theirs))
+        row["different" + name] = _different_predictions(questions, scores, theirs)
     row["flops_share"] = 2 * params * tokens / row["kinject"] / peak
     return row
 
 
-def _tokens_run(scorer, encoded, pack) -> int:
-    """Tokens kinject's packed scorer feeds the model (padding not counted)."""
+def _different_predictions(questions, ours, theirs: list[float]) -> int:
+    """Questions whose highest-scoring option differs between the two scorers."""
+    different, position = 0, 0
+    for question in questions:
+        span = range(position, position + len(question))
+        ours_best = max(span, key=lambda i: (ours[i].logprob, -i))
+        theirs_best = max(span, key=lambda i: (theirs[i], -i))
+        different += ours_best != theirs_best
+        position += len(question)
+    return different
+
+
+def _tokens_run(scorer, encoded) -> int:
+    """Tokens kinject's packed scorer feeds the model (padding not counted): each shared
+    prefix once, the rest of every packed sequence, and the pairs scored alone."""
+    from kinject.scoring.loglikelihood import _pack, _prefix_clusters
+
     groups: dict[tuple[int, ...], list[int]] = {}
     alone = 0
     for index, (context, continuation) in enumerate(encoded):
@@ -163,7 +176,11 @@ def _tokens_run(scorer, encoded, pack) -> int:
             groups.setdefault(tuple(context), []).append(index)
         else:
             alone += scorer.max_length
-    return alone + sum(len(pack(encoded, group).tokens) for group in groups.values())
+    packed = [_pack(encoded, group) for group in groups.values()]
+    tokens = alone + sum(len(sequence.tokens) for sequence in packed)
+    for shared, members in _prefix_clusters(packed):
+        tokens -= shared * (len(members) - 1)
+    return tokens
 
 
 def main() -> None:
@@ -173,13 +190,19 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=200, help="per cell; 0: all")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--models", nargs="+", default=["demo", "llama-30m"])
+    parser.add_argument(
+        "--cells", nargs="+", default=["rag-k5", "mmlu-5"], choices=["rag-k5", "mmlu-5"]
+    )
+    parser.add_argument(
+        "--unpacked", action="store_true", help="also time kinject one sequence per option"
+    )
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     peak = matmul_peak()
     print(f"fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s", file=sys.stderr)
     world = demo_world()
-    cells = {name: cell_requests(name, world, args.questions) for name in ("rag-k5", "mmlu-5")}
+    cells = {name: cell_requests(name, world, args.questions) for name in args.cells}
     rows = []
     with tempfile.TemporaryDirectory(prefix="kinject-bench-") as scratch:
         models = {"demo": world["world_model"]}
@@ -189,23 +212,25 @@ def main() -> None:
             )
         for model_name in args.models:
             for cell, questions in cells.items():
-                row = measure(models[model_name], questions, args.batch_size, peak)
+                row = measure(models[model_name], questions, args.batch_size, peak, args.unpacked)
                 rows.append((model_name, cell, row))
                 print(f"done: {model_name} {cell}", file=sys.stderr)
-    header = (
-        "| model | params | cell | questions | requests | kinject s | kinject unpacked s "
-        "| lm_eval s | lm_eval / kinject | max abs Δ loglik | same predictions "
-        "| kinject FLOP/s / fp32 peak |"
+    unpacked = " kinject unpacked s |" if args.unpacked else ""
+    print(
+        f"| model | params | cell | questions | requests | kinject s |{unpacked} lm_eval s "
+        "| lm_eval / kinject | max abs Δ loglik | same predictions "
+        "| kinject FLOP/s / fp32 peak | kinject bf16 s | bf16 max abs Δ | bf16 predictions differing |"
     )
-    print(header)
-    print("|---" * 12 + "|")
+    print("|---" * (14 if args.unpacked else 13) + "|")
     for model_name, cell, row in rows:
+        extra = f" {row['kinject unpacked']:.1f} |" if args.unpacked else ""
         print(
             f"| {model_name} | {row['params'] / 1e6:.1f}M | {cell} | {row['questions']} "
-            f"| {row['requests']} | {row['kinject']:.1f} | {row['kinject unpacked']:.1f} "
-            f"| {row['lm_eval']:.1f} | {row['lm_eval'] / row['kinject']:.2f}x "
-            f"| {row['max_delta']:.1e} | {'yes' if row['same_predictions'] else 'no'} "
-            f"| {row['flops_share']:.1%} |"
+            f"| {row['requests']} | {row['kinject']:.1f} |{extra} {row['lm_eval']:.1f} "
+            f"| {row['lm_eval'] / row['kinject']:.2f}x | {row['max_delta']:.1e} "
+            f"| {'yes' if row['different'] == 0 else 'no (' + str(row['different']) + ')'} "
+            f"| {row['flops_share']:.1%} | {row['kinject bf16']:.1f} "
+            f"| {row['max_delta bf16']:.1e} | {row['different bf16']} of {row['questions']} |"
         )
 
 

@@ -206,8 +206,9 @@ def test_acc_and_acc_norm_match_lm_eval_process_results(world_option_task, tiny_
 
 def _rag_length_requests() -> list[tuple[str, str]]:
     """RAG-cell prompts: five long retrieved passages before each question, multi-token
-    options; plus single-token (letter) options, an empty context and one context longer
-    than the model (lm-eval's left truncation)."""
+    options; 5-shot questions with the same examples and letter options; plus single-token
+    options, an empty context and one context longer than the model (lm-eval's left
+    truncation)."""
     passage = (
         "Ada Lenz was born in Riga in 1969 and studied chemistry at the University of Oslo "
         "before she joined Starling Labs, where she led the battery group for a decade. "
@@ -218,6 +219,10 @@ def _rag_length_requests() -> list[tuple[str, str]]:
         context += f"\n\nQuestion: Where was person {q} born?\nAnswer:"
         for option in (" Riga", " Oslo, in Norway", " Berlin", " the city of Athens"):
             requests.append((context, option))
+    shots = "".join(f"Q: What is {n} plus {n}?\nA: {2 * n}\n\n" for n in range(1, 6))
+    for q in range(3):  # 5-shot: the same examples before every question, letter options
+        for letter in (" A", " B", " C"):
+            requests.append((f"{shots}Q: What is {q} times {q}?\nA:", letter))
     requests += [("The answer is", letter) for letter in (" A", " B", " C", " D")]
     requests += [("", " Paris"), ("", " Riga")]
     requests += [(passage * 15 + "Answer:", option) for option in (" Riga", " Oslo")]
@@ -247,7 +252,31 @@ def test_prefix_sharing_gives_the_separate_sequences_scores(request, model_fixtu
     ).loglikelihood(requests)
     assert max(abs(a.logprob - b.logprob) for a, b in zip(fast, separate)) <= 1e-4
     assert [a.is_greedy for a in fast] == [b.is_greedy for b in separate]
-    # 4 RAG questions, the letters and the 2 empty contexts (one shared prefix token) are 6
-    # packed sequences, the 2 truncated pairs go alone: 2 + 1 forward passes of 3 rows,
-    # against 24 sequences in 8 forward passes
-    assert packed_forwards == 3 and len(forwards) == 8
+    # The 4 RAG questions begin with the same passage and the 3 5-shot questions with the
+    # same examples: each run once into a cache (2 passes), then the rest of each question
+    # with its options packed (2 + 1 passes of up to 3 rows); the letters and the 2 empty
+    # contexts are 3 packed sequences (1 pass); the 2 truncated pairs go alone (1 pass).
+    # Separately: 33 sequences in 11 passes of 3.
+    assert packed_forwards == 7 and len(forwards) == 11
+
+
+def test_prefix_clusters_share_the_prefix_that_runs_fewest_tokens():
+    from kinject.scoring.loglikelihood import _pack, _prefix_clusters
+
+    shared, x, y = list(range(100)), list(range(200, 280)), list(range(300, 380))
+    contexts = [shared + x + [7], shared + x + [8], shared + y + [7], shared + y + [8]]
+    contexts.append(list(range(500, 580)))  # nothing in common with the others
+    encoded = [(context, [1, 2]) for context in contexts]
+    packed = [_pack(encoded, [i]) for i in range(len(encoded))]
+    # Sharing the first 100 tokens among four runs 100 + 4 × 82 tokens; two caches of 180
+    # tokens each run 2 × (180 + 2 × 2): fewer.
+    assert _prefix_clusters(packed) == [(180, [0, 1]), (180, [2, 3])]
+    # Two contexts sharing less than the minimum are left alone; a context is never shared
+    # whole (its last token predicts the options' first).
+    short = [
+        _pack([(list(range(40)) + [1], [5]), (list(range(40)) + [2], [5])], [i]) for i in (0, 1)
+    ]
+    assert _prefix_clusters(short, minimum=41) == []
+    assert _prefix_clusters(short, minimum=40) == [(40, [0, 1])]
+    same = [_pack([(list(range(50)), [5]), (list(range(50)), [6])], [i]) for i in (0, 1)]
+    assert _prefix_clusters(same) == [(49, [0, 1])]

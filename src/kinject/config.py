@@ -124,7 +124,18 @@ class ModelSpec(Section):
 
 
 class ScoringConfig(Section):
-    batch_size: int = Field(32, ge=1, description="Sequences per forward pass.")
+    batch_size: int | Literal["auto"] = Field(
+        32,
+        description="Sequences per forward pass at most; auto: as many as memory_budget_gb "
+        "holds at each batch's length.",
+    )
+    memory_budget_gb: float | None = Field(
+        None,
+        gt=0,
+        description="Memory a forward pass may take (estimated from the model's config); "
+        "each batch then takes as many sequences as fit. Unset with batch_size auto: 80% of "
+        "the free GPU memory, or a quarter of the available RAM.",
+    )
     bf16_autocast: bool = Field(False, description="Faster; fp32 is exact to lm-eval.")
     share_prefix: bool = Field(
         True,
@@ -138,6 +149,8 @@ class ScoringConfig(Section):
 
     @model_validator(mode="after")
     def _check(self) -> ScoringConfig:
+        if isinstance(self.batch_size, int) and self.batch_size < 1:
+            raise ValueError("batch_size must be at least 1 (or auto)")
         if any(stop == "" for stop in self.stop):
             raise ValueError("stop strings must not be empty")
         return self

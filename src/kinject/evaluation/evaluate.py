@@ -220,6 +220,7 @@ class _ScoringSession:
 
     def scorer(self):
         if self._scorer is None:
+            from kinject.scoring.batching import batch_options
             from kinject.scoring.loglikelihood import LoglikelihoodScorer, MemoizedScorer
 
             model, tokenizer = self._model()
@@ -228,7 +229,7 @@ class _ScoringSession:
                 LoglikelihoodScorer(
                     model,
                     tokenizer,
-                    scoring.batch_size,
+                    **batch_options(scoring, model),
                     bf16=scoring.bf16_autocast,
                     share_prefix=scoring.share_prefix,
                 )
@@ -237,6 +238,7 @@ class _ScoringSession:
 
     def generator(self):
         if self._generator is None:
+            from kinject.scoring.batching import batch_options
             from kinject.scoring.generation import GreedyGenerator
 
             model, tokenizer = self._model()
@@ -244,10 +246,10 @@ class _ScoringSession:
             self._generator = GreedyGenerator(
                 model,
                 tokenizer,
-                scoring.batch_size,
-                scoring.max_new_tokens,
-                scoring.stop,
-                scoring.bf16_autocast,
+                **batch_options(scoring, model),
+                max_new_tokens=scoring.max_new_tokens,
+                stop=scoring.stop,
+                bf16=scoring.bf16_autocast,
             )
         return self._generator
 

@@ -1,6 +1,6 @@
 """Greedy generation for open questions: batched, left-padded, cut at a stop string.
 
-Prompts are sorted by length (longest first) so a batch pads little; results come back in
+Prompts are sorted by token length (longest first) so a batch pads little; results come back in
 the caller's order.  Decoding is greedy (deterministic); the answer is the generated text up
 to the first stop string, stripped of surrounding whitespace.
 """
@@ -17,14 +17,17 @@ class GreedyGenerator:
         self,
         model,
         tokenizer,
-        batch_size: int = 32,
+        batch_size: int | None = 32,
         max_new_tokens: int = 32,
         stop: Sequence[str] = ("\n",),
         bf16: bool = False,
+        memory_budget: int | None = None,
     ):
+        from kinject.scoring.batching import BatchPlan
+
         self.model = model
         self.tokenizer = tokenizer
-        self.batch_size = batch_size
+        self.plan = BatchPlan(model.config, batch_size, memory_budget)
         self.max_new_tokens = max_new_tokens
         self.stop = tuple(stop)
         self.bf16 = bf16
@@ -32,17 +35,18 @@ class GreedyGenerator:
     def generate(
         self, prompts: Sequence[str], on_batch: Callable[[int], None] | None = None
     ) -> list[str]:
-        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+        encoded = [self._encode(prompt) for prompt in prompts]
+        # a row's keys and values grow to its prompt and every new token; logits: the last
+        widths = [len(ids) + self.max_new_tokens for ids in encoded]
         answers: list[str] = [""] * len(prompts)
-        for first in range(0, len(order), self.batch_size):
-            batch = order[first : first + self.batch_size]
-            for index, text in zip(batch, self._batch([prompts[i] for i in batch])):
+        for batch in self.plan.batches(widths, kept=[1]):
+            for index, text in zip(batch, self._batch([encoded[i] for i in batch])):
                 answers[index] = text
             if on_batch is not None:
                 on_batch(len(batch))
         return answers
 
-    def _batch(self, prompts: list[str]) -> list[str]:
+    def _batch(self, encoded: list[list[int]]) -> list[str]:
         import torch
 
         from kinject.training.loop import autocast_context
@@ -52,7 +56,6 @@ class GreedyGenerator:
         pad = (
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         )
-        encoded = [self._encode(prompt) for prompt in prompts]
         width = max(len(ids) for ids in encoded)
         device = next(self.model.parameters()).device
         input_ids = torch.tensor(

@@ -70,19 +70,27 @@ class LoglikelihoodScorer:
         self,
         model,
         tokenizer,
-        batch_size: int = 32,
+        batch_size: int | None = 32,
         max_length: int | None = None,
         bf16: bool = False,
         add_bos_token: bool | None = None,
         share_prefix: bool = True,
+        memory_budget: int | None = None,
     ):
+        """``batch_size`` caps the rows of a forward pass; ``memory_budget`` (bytes) makes
+        each pass as many rows as fit at its width (see :mod:`kinject.scoring.batching`)."""
+        from kinject.scoring.batching import BatchPlan
+
         self.model = model
         self.tokenizer = tokenizer
-        self.batch_size = batch_size
+        self.plan = BatchPlan(model.config, batch_size, memory_budget)
         self.max_length = max_length or model_max_length(model, tokenizer)
         self.bf16 = bf16
         self.add_bos_token = add_bos_token
-        self.share_prefix = share_prefix and _mask_kind(model) is not None
+        self._mask_kind = _mask_kind(model)
+        self.share_prefix = share_prefix and self._mask_kind is not None
+        self._prefix_cache = self.share_prefix  # off once the model's cache proves unsharable
+        self._keeps_logits = _takes_logits_to_keep(model)
 
     # -- tokenization, as lm-eval's HFLM.tok_encode / TemplateLM._encode_pair -----------------
 
@@ -162,19 +170,20 @@ class LoglikelihoodScorer:
                     alone.append(index)
             self._score_packed(encoded, list(groups.values()), results, on_batch, device)
         # Longest first, as lm-eval does: a batch's padding is bounded by its first item.
-        order = sorted(alone, key=lambda i: -len(inputs[i]))
+        alone = list(alone)
+        batches = self.plan.batches([len(inputs[i]) for i in alone])
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.model.eval()
         with torch.inference_mode():
-            for begin in range(0, len(order), self.batch_size):
-                batch = order[begin : begin + self.batch_size]
+            for rows in batches:
+                batch = [alone[r] for r in rows]
                 width = len(inputs[batch[0]])
                 ids = torch.full((len(batch), width), pad, dtype=torch.long)
                 for row, index in enumerate(batch):
                     ids[row, : len(inputs[index])] = torch.tensor(inputs[index])
                 # Right padding is invisible to a causal model at the real positions.
                 with autocast_context(device.type, self.bf16):
-                    logits = self.model(ids.to(device)).logits
+                    logits = self.model(ids.to(device), use_cache=False).logits
                 logprobs = F.log_softmax(logits.float(), dim=-1)
                 for row, index in enumerate(batch):
                     continuation = encoded[index][1]
@@ -189,60 +198,99 @@ class LoglikelihoodScorer:
         return results  # type: ignore[return-value]
 
     def _score_packed(self, encoded, groups: list[list[int]], results: list, on_batch, device):
-        """Score each group of requests sharing a context as one packed sequence."""
+        """Score each group of requests sharing a context as one packed sequence; sequences
+        that begin with the same long run of tokens (the k-shot examples every question of a
+        task shows) read it from one shared key/value cache."""
+        packed = [_pack(encoded, group) for group in groups]
+        clusters = _prefix_clusters(packed) if self._prefix_cache else []
+        clustered = {i for _, members in clusters for i in members}
+        alone = [i for i in range(len(packed)) if i not in clustered]
+        self.model.eval()
+        for shared, members in [*clusters, (0, alone)]:
+            cache = self._prefix_kv(packed[members[0]].tokens[:shared], device) if shared else None
+            if shared and cache is None:  # the model's cache cannot be shared: no prefix
+                shared = 0
+            widths = [len(packed[i].tokens) - shared for i in members]
+            kept = [len({r for _, rows in packed[i].spans for r in rows}) for i in members]
+            kept = kept if self._keeps_logits else None
+            for rows in self.plan.batches(widths, shared, kept):
+                batch = [packed[members[r]].after(shared) for r in rows]
+                self._forward_packed(batch, shared, cache, encoded, results, device)
+                if on_batch is not None:
+                    on_batch(sum(len(sequence.spans) for sequence in batch))
+
+    def _prefix_kv(self, prefix: list[int], device):
+        """The keys and values of every layer for ``prefix`` (batch of one), or None where the
+        model's cache is not plain per-layer tensors (sliding windows, recurrent state)."""
+        import torch
+        from transformers.cache_utils import DynamicCache, DynamicLayer
+
+        from kinject.training.loop import autocast_context
+
+        with torch.inference_mode(), autocast_context(device.type, self.bf16):
+            ids = torch.tensor([prefix], device=device)
+            keep = {"logits_to_keep": 1} if self._keeps_logits else {}
+            cache = self.model(input_ids=ids, use_cache=True, **keep).past_key_values
+        if not isinstance(cache, DynamicCache) or any(
+            type(layer) is not DynamicLayer for layer in cache.layers
+        ):
+            self._prefix_cache = False
+            return None
+        return [(layer.keys, layer.values) for layer in cache.layers]
+
+    def _forward_packed(self, batch, shared: int, cache, encoded, results: list, device):
+        """One forward pass over packed sequences whose first ``shared`` tokens are ``cache``."""
         import torch
         import torch.nn.functional as F
 
         from kinject.training.loop import autocast_context
 
-        packed = [_pack(encoded, group) for group in groups]
-        order = sorted(range(len(packed)), key=lambda i: -len(packed[i].tokens))
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        kind = _mask_kind(self.model)
-        keeps_logits = _takes_logits_to_keep(self.model)
-        self.model.eval()
-        with torch.inference_mode():
-            for begin in range(0, len(order), self.batch_size):
-                batch = [packed[i] for i in order[begin : begin + self.batch_size]]
-                ids, positions, segments = _packed_batch(batch, pad)
-                inputs = {"input_ids": ids.to(device)}
-                if any(max(sequence.segments) > 0 for sequence in batch):
-                    # options with more than one token: the packed mask and positions
-                    allowed = _allowed(segments)
-                    if kind == "bool":
-                        mask = allowed[:, None]
-                    else:  # eager attention adds the mask to the scores
-                        dtype = next(self.model.parameters()).dtype
-                        mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(
-                            ~allowed, torch.finfo(dtype).min
-                        )[:, None]
-                    inputs["attention_mask"] = mask.to(device)
-                    inputs["position_ids"] = positions.to(device)
-                # else every option is one token, read from the context's last logit: the
-                # plain causal pass (right padding is invisible to the real positions)
-                wanted = [sorted({r for _, rows in seq.spans for r in rows}) for seq in batch]
-                if keeps_logits:  # the vocabulary projection only where a token is predicted
-                    width = max(map(len, wanted))
-                    keep = torch.tensor([w + [w[-1]] * (width - len(w)) for w in wanted])
-                    inputs["logits_to_keep"] = keep.to(device)
-                    where = [{r: i for i, r in enumerate(w)} for w in wanted]
-                else:
-                    where = [{r: r for r in w} for w in wanted]
-                with autocast_context(device.type, self.bf16):
-                    logits = self.model(**inputs).logits
-                requests = 0
-                for row, sequence in enumerate(batch):
-                    for index, rows in sequence.spans:
-                        continuation = encoded[index][1]
-                        picked = [where[row][r] for r in rows]
-                        span = F.log_softmax(logits[row, picked].float(), dim=-1)
-                        target = torch.tensor(continuation, device=span.device)
-                        greedy = bool((span.argmax(dim=-1) == target).all())
-                        value = float(span.gather(1, target[:, None]).sum())
-                        results[index] = Loglikelihood(value, greedy)
-                        requests += 1
-                if on_batch is not None:
-                    on_batch(requests)
+        ids, positions, segments = _packed_batch(batch, pad)
+        rows, width = ids.shape
+        inputs = {"input_ids": ids.to(device), "use_cache": cache is not None}
+        if cache is not None:
+            from transformers.cache_utils import DynamicCache
+
+            inputs["past_key_values"] = DynamicCache(
+                [(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in cache]
+            )
+        if any(max(sequence.segments, default=0) > 0 for sequence in batch):
+            # options with more than one token: the packed mask and positions
+            allowed = _allowed(segments)
+            if shared:  # every token sees the whole shared prefix
+                allowed = torch.cat([allowed.new_ones(rows, width, shared), allowed], dim=2)
+            if self._mask_kind == "bool":
+                mask = allowed[:, None]
+            else:  # eager attention adds the mask to the scores
+                dtype = next(self.model.parameters()).dtype
+                mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(
+                    ~allowed, torch.finfo(dtype).min
+                )[:, None]
+            inputs["attention_mask"] = mask.to(device)
+            inputs["position_ids"] = positions.to(device)
+        # else every option is one token, read from the context's last logit: the plain
+        # causal pass (right padding is invisible to the real positions; after a cache the
+        # model numbers the positions on from its length)
+        wanted = [sorted({r for _, rows in seq.spans for r in rows}) for seq in batch]
+        if self._keeps_logits:  # the vocabulary projection only where a token is predicted
+            most = max(map(len, wanted))
+            keep = torch.tensor([w + [w[-1]] * (most - len(w)) for w in wanted])
+            inputs["logits_to_keep"] = keep.to(device)
+            where = [{r: i for i, r in enumerate(w)} for w in wanted]
+        else:
+            where = [{r: r for r in w} for w in wanted]
+        with torch.inference_mode(), autocast_context(device.type, self.bf16):
+            logits = self.model(**inputs).logits
+        for row, sequence in enumerate(batch):
+            for index, predicting in sequence.spans:
+                continuation = encoded[index][1]
+                picked = [where[row][r] for r in predicting]
+                span = F.log_softmax(logits[row, picked].float(), dim=-1)
+                target = torch.tensor(continuation, device=span.device)
+                greedy = bool((span.argmax(dim=-1) == target).all())
+                value = float(span.gather(1, target[:, None]).sum())
+                results[index] = Loglikelihood(value, greedy)
 
 
 @dataclass(frozen=True)
@@ -251,6 +299,20 @@ class _Packed:
     positions: list[int]
     segments: list[int]  # 0: the shared context; s: the s-th option's tokens
     spans: list[tuple[int, list[int]]]  # (request index, the rows whose logits predict it)
+    context: int  # how many of the tokens are the context
+
+    def after(self, shared: int) -> _Packed:
+        """The sequence without its first ``shared`` tokens (read from a cache instead);
+        positions stay those of the whole sequence."""
+        if not shared:
+            return self
+        return _Packed(
+            self.tokens[shared:],
+            self.positions[shared:],
+            self.segments[shared:],
+            [(index, [r - shared for r in rows]) for index, rows in self.spans],
+            self.context - shared,
+        )
 
 
 def _pack(encoded, group: list[int]) -> _Packed:
@@ -265,7 +327,58 @@ def _pack(encoded, group: list[int]) -> _Packed:
         segments += [segment] * (len(continuation) - 1)
         rows = [len(context) - 1] + [start + t - 1 for t in range(1, len(continuation))]
         spans.append((index, rows))
-    return _Packed(tokens, positions, segments, spans)
+    return _Packed(tokens, positions, segments, spans, len(context))
+
+
+# Below this many tokens, a shared prefix's own pass and its cache copies cost more than the
+# tokens they save.
+MIN_SHARED_PREFIX = 32
+
+
+def _prefix_clusters(packed: list[_Packed], minimum: int = MIN_SHARED_PREFIX):
+    """``[(shared, members)]``: packed sequences whose first ``shared`` tokens are the same
+    (the k-shot examples of a task, a passage retrieved first for several questions), chosen
+    to run the fewest tokens.  Every sequence keeps its context's last token, whose logit
+    predicts the options' first tokens.
+
+    Sorted by tokens, the prefix a run of sequences shares is the smallest of its neighbours'
+    common prefixes; a run either shares that (one cache) or splits where it occurs, as the
+    cheaper in tokens decides (a walk over the Cartesian tree of the neighbours' prefixes).
+    """
+    import itertools
+    import os
+
+    order = sorted(range(len(packed)), key=lambda i: packed[i].tokens)
+    common = [
+        min(
+            len(os.path.commonprefix([packed[a].tokens, packed[b].tokens])),
+            packed[a].context - 1,
+            packed[b].context - 1,
+        )
+        for a, b in itertools.pairwise(order)
+    ]
+    decided: dict[tuple[int, int], tuple[int, list]] = {}
+    todo = [(0, len(order) - 1, False)] if order else []
+    while todo:
+        lo, hi, parts_decided = todo.pop()
+        if lo == hi:
+            decided[lo, hi] = (len(packed[order[lo]].tokens), [])
+            continue
+        low = min(common[lo:hi])
+        cuts = [k for k in range(lo, hi) if common[k] == low]
+        parts = list(zip([lo] + [k + 1 for k in cuts], cuts + [hi]))
+        if not parts_decided:
+            todo.append((lo, hi, True))
+            todo += [(a, b, False) for a, b in parts]
+            continue
+        cost = sum(decided[part][0] for part in parts)
+        clusters = [cluster for part in parts for cluster in decided[part][1]]
+        members = order[lo : hi + 1]
+        shared_cost = low + sum(len(packed[i].tokens) - low for i in members)
+        if low >= minimum and shared_cost <= cost:
+            cost, clusters = shared_cost, [(low, members)]
+        decided[lo, hi] = (cost, clusters)
+    return decided[0, len(order) - 1][1] if order else []
 
 
 def _packed_batch(batch: list[_Packed], pad: int):

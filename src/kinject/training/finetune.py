@@ -100,9 +100,13 @@ def guard_contamination(training: TrainingSet, tasks: list[Task], config: Finetu
 def training_identity(config: FinetuneConfig) -> dict:
     """What decides the trained model, as the config says it: everything but the contamination
     guard (it only checks the data), the checkpoint interval (a resumed run sees the very
-    batches an unbroken one would) and whether validation scoring packs a question's options
-    (the same scores to float rounding)."""
-    exclude = {"contamination": True, "checkpoint_every_s": True, "scoring": {"share_prefix"}}
+    batches an unbroken one would), and how validation scoring packs and batches a question's
+    options (the same scores to float rounding)."""
+    exclude = {
+        "contamination": True,
+        "checkpoint_every_s": True,
+        "scoring": {"share_prefix", "memory_budget_gb"},
+    }
     return config.model_dump(mode="json", exclude=exclude)
 
 
@@ -379,13 +383,14 @@ class _BestKeeper:
             return {}
         from kinject.evaluation.arms import BaseArm
         from kinject.evaluation.runner import accuracy, score_cell
+        from kinject.scoring.batching import batch_options
         from kinject.scoring.loglikelihood import LoglikelihoodScorer
 
         scoring = self.config.scoring
         scorer = LoglikelihoodScorer(
             self.model,
             self.tokenizer,
-            scoring.batch_size,
+            **batch_options(scoring, self.model),
             bf16=scoring.bf16_autocast,
             share_prefix=scoring.share_prefix,
         )
