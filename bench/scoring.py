@@ -12,12 +12,15 @@ Models: the demo's tiny base model (pretrained and cached by `kinject demo`; bui
 missing) and a ~30M-parameter Llama built from a config (random weights: speed and
 exactness do not need trained ones).
 
-Columns: seconds of kinject's packed scorer (a question's options in one sequence), of
-kinject with packing off, and of lm_eval's HFLM (model loaded before the clock starts, the
-same batch size, fp32); the ratio lm_eval / kinject; the largest |Δ log-likelihood| against
-lm_eval; whether every question's prediction is the same; kinject's achieved FLOP/s
-(2 × parameters × tokens it ran) as a share of this machine's fp32 matmul peak, measured
-first.
+Columns: seconds of kinject's scorer (a question's options in one packed sequence, a prefix
+shared by several questions run once into a key/value cache), and of lm_eval's HFLM (model
+loaded before the clock starts, the same batch size, fp32); the ratio lm_eval / kinject;
+the largest |Δ log-likelihood| against lm_eval; whether every question's prediction is the
+same; kinject's achieved FLOP/s (2 × parameters per token it ran, plus attention's
+4 × hidden × layers per query-key pair) as a share of this machine's fp32 matmul peak,
+measured first; then kinject with bf16 autocast: seconds, largest |Δ| against lm_eval's fp32
+and the questions whose prediction differs. `--unpacked` adds kinject one sequence per
+option, as lm-eval runs them.
 """
 
 from __future__ import annotations
@@ -133,7 +136,7 @@ def measure(model_dir: str, questions, batch_size: int, peak: float, unpacked: b
 
     ours, row["kinject"] = timed()
     scorer = LoglikelihoodScorer(model, tokenizer, batch_size)
-    tokens = _tokens_run(scorer, [scorer.encode_pair(c, x) for c, x in requests])
+    flops = _flops(model, scorer, [scorer.encode_pair(c, x) for c, x in requests])
     ours_bf16, row["kinject bf16"] = timed(bf16=True)
     if unpacked:
         _, row["kinject unpacked"] = timed(share_prefix=False)
@@ -148,7 +151,7 @@ def measure(model_dir: str, questions, batch_size: int, peak: float, unpacked: b
     for name, scores in (("", ours), (" bf16", ours_bf16)):
         row["max_delta" + name] = max(abs(a.logprob - b) for a, b in zip(scores, theirs))
         row["different" + name] = _different_predictions(questions, scores, theirs)
-    row["flops_share"] = 2 * params * tokens / row["kinject"] / peak
+    row["flops_share"] = flops / row["kinject"] / peak
     return row
 
 
@@ -164,23 +167,35 @@ def _different_predictions(questions, ours, theirs: list[float]) -> int:
     return different
 
 
-def _tokens_run(scorer, encoded) -> int:
-    """Tokens kinject's packed scorer feeds the model (padding not counted): each shared
-    prefix once, the rest of every packed sequence, and the pairs scored alone."""
+def _flops(model, scorer, encoded) -> float:
+    """FLOPs of the passes kinject's scorer runs (padding not counted): 2 × parameters per
+    token, plus 4 × hidden size per layer for each (query, key) pair attention computes.
+    Each shared prefix is run once, then the rest of every packed sequence after it; the
+    pairs lm-eval cuts from the left are scored alone."""
     from kinject.scoring.loglikelihood import _pack, _prefix_clusters
 
+    config = model.config
+    params = sum(p.numel() for p in model.parameters())
+    per_pair = 4 * config.hidden_size * config.num_hidden_layers
     groups: dict[tuple[int, ...], list[int]] = {}
-    alone = 0
+    tokens = pairs = 0
     for index, (context, continuation) in enumerate(encoded):
         if len(context) + len(continuation) <= scorer.max_length + 1:
             groups.setdefault(tuple(context), []).append(index)
         else:
-            alone += scorer.max_length
+            tokens += scorer.max_length
+            pairs += scorer.max_length * (scorer.max_length + 1) // 2
     packed = [_pack(encoded, group) for group in groups.values()]
-    tokens = alone + sum(len(sequence.tokens) for sequence in packed)
-    for shared, members in _prefix_clusters(packed):
-        tokens -= shared * (len(members) - 1)
-    return tokens
+    shared = dict.fromkeys(range(len(packed)), 0)
+    for length, members in _prefix_clusters(packed):
+        shared.update(dict.fromkeys(members, length))
+        tokens += length
+        pairs += length * (length + 1) // 2
+    for index, sequence in enumerate(packed):
+        cached, width = shared[index], len(sequence.tokens) - shared[index]
+        tokens += width
+        pairs += width * cached + width * (width + 1) // 2
+    return 2 * params * tokens + per_pair * pairs
 
 
 def main() -> None:

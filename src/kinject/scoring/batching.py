@@ -14,7 +14,7 @@ kept)::
               + 2 × 4 bytes × kept positions × vocabulary                  fp32 logits, log-softmax
 
 The attention term is that of the plain (math) kernel, the largest; fused kernels use less.
-The estimate is checked against measured peaks by ``bench/scoring.py --memory``.
+The estimate is checked against measured peaks by ``bench/batch_memory.py``.
 """
 
 from __future__ import annotations
