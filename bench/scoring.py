@@ -18,8 +18,8 @@ loaded before the clock starts, the same batch size, fp32); the ratio lm_eval / 
 the largest |Δ log-likelihood| against lm_eval; whether every question's prediction is the
 same; kinject's achieved FLOP/s (2 × parameters per token it ran, plus attention's
 4 × hidden × layers per query-key pair) as a share of this machine's fp32 matmul peak,
-measured first; then kinject with bf16 autocast: seconds, largest |Δ| against lm_eval's fp32
-and the questions whose prediction differs. `--unpacked` adds kinject one sequence per
+measured first; then kinject with bf16 autocast: seconds, FLOP/s as a share of the bf16
+matmul peak, largest |Δ| against lm_eval's fp32 and the questions whose prediction differs. `--unpacked` adds kinject one sequence per
 option, as lm-eval runs them.
 """
 
@@ -37,11 +37,12 @@ SHARED = ROOT.parent / "shared" / "data" / "mmlu"
 SUBJECTS = ("anatomy", "astronomy", "college_biology", "college_chemistry", "prehistory")
 
 
-def matmul_peak() -> float:
-    """fp32 FLOP/s of a 1024² matmul on this machine (best of 5)."""
+def matmul_peak(dtype: str = "float32") -> float:
+    """FLOP/s of a 1024² matmul in ``dtype`` on this machine (best of 5)."""
     import torch
 
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    a = torch.randn(1024, 1024, dtype=getattr(torch, dtype))
+    b = torch.randn(1024, 1024, dtype=getattr(torch, dtype))
     best = float("inf")
     for _ in range(5):
         started = time.perf_counter()
@@ -115,7 +116,7 @@ def thirty_million_llama(tokenizer_dir: str, folder: Path) -> Path:
     return folder
 
 
-def measure(model_dir: str, questions, batch_size: int, peak: float, unpacked: bool) -> dict:
+def measure(model_dir: str, questions, batch_size: int, peak: dict, unpacked: bool) -> dict:
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
@@ -151,7 +152,8 @@ def measure(model_dir: str, questions, batch_size: int, peak: float, unpacked: b
     for name, scores in (("", ours), (" bf16", ours_bf16)):
         row["max_delta" + name] = max(abs(a.logprob - b) for a, b in zip(scores, theirs))
         row["different" + name] = _different_predictions(questions, scores, theirs)
-    row["flops_share"] = flops / row["kinject"] / peak
+    row["flops_share"] = flops / row["kinject"] / peak["float32"]
+    row["flops_share bf16"] = flops / row["kinject bf16"] / peak["bfloat16"]
     return row
 
 
@@ -214,8 +216,11 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    peak = matmul_peak()
-    print(f"fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s", file=sys.stderr)
+    peak = {dtype: matmul_peak(dtype) for dtype in ("float32", "bfloat16")}
+    print(
+        f"matmul peak: fp32 {peak['float32'] / 1e9:.1f} GFLOP/s, "
+        f"bf16 {peak['bfloat16'] / 1e9:.1f} GFLOP/s"
+    )
     world = demo_world()
     cells = {name: cell_requests(name, world, args.questions) for name in args.cells}
     rows = []
@@ -234,9 +239,10 @@ def main() -> None:
     print(
         f"| model | params | cell | questions | requests | kinject s |{unpacked} lm_eval s "
         "| lm_eval / kinject | max abs Δ loglik | same predictions "
-        "| kinject FLOP/s / fp32 peak | kinject bf16 s | bf16 max abs Δ | bf16 predictions differing |"
+        "| kinject FLOP/s / fp32 peak | kinject bf16 s | FLOP/s / bf16 peak | bf16 max abs Δ "
+        "| bf16 predictions differing |"
     )
-    print("|---" * (14 if args.unpacked else 13) + "|")
+    print("|---" * (15 if args.unpacked else 14) + "|")
     for model_name, cell, row in rows:
         extra = f" {row['kinject unpacked']:.1f} |" if args.unpacked else ""
         print(
@@ -245,6 +251,7 @@ def main() -> None:
             f"| {row['lm_eval'] / row['kinject']:.2f}x | {row['max_delta']:.1e} "
             f"| {'yes' if row['different'] == 0 else 'no (' + str(row['different']) + ')'} "
             f"| {row['flops_share']:.1%} | {row['kinject bf16']:.1f} "
+            f"| {row['flops_share bf16']:.1%} "
             f"| {row['max_delta bf16']:.1e} | {row['different bf16']} of {row['questions']} |"
         )
 
