@@ -7,7 +7,8 @@
 Cells (the same requests for every scorer):
   rag-k5   option-text multiple choice on the demo world's `new` questions, the 5 chunks
            the demo's knowledge base retrieves before each question, 0-shot;
-  mmlu-5   letter-style MMLU 5-shot on the five subjects in ../shared/data/mmlu.
+  mmlu-5   letter-style MMLU 5-shot on the five subjects in ../shared/data/mmlu
+           ($KINJECT_SHARED_DATA/mmlu where that is set).
 Models: the demo's tiny base model (pretrained and cached by `kinject demo`; built here if
 missing) and a ~30M-parameter Llama built from a config (random weights: speed and
 exactness do not need trained ones).
@@ -33,7 +34,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data" / "mmlu"
+SHARED = Path(os.environ.get("KINJECT_SHARED_DATA") or ROOT.parent / "shared" / "data") / "mmlu"
 SUBJECTS = ("anatomy", "astronomy", "college_biology", "college_chemistry", "prehistory")
 
 
