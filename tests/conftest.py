@@ -177,3 +177,16 @@ def quick_experiment_run(tmp_path_factory) -> Path:
         else:
             os.environ["KINJECT_CACHE_DIR"] = previous
     return run_dir
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The figures a test module keeps in a module-level ``SUMMARY`` list of lines (what
+    test_safety.py checked), printed once at the end of the session."""
+    import sys
+
+    modules = [m for n, m in sorted(sys.modules.items()) if n.startswith("test_")]
+    lines = [line for module in modules for line in getattr(module, "SUMMARY", [])]
+    if lines:
+        terminalreporter.section("kinject figures")
+        for line in lines:
+            terminalreporter.write_line(line)

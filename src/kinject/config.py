@@ -15,8 +15,10 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -112,7 +114,15 @@ class PretrainConfig(Section):
 
 
 class ModelSpec(Section):
-    """Any Hugging Face causal LM: a local folder or a hub id."""
+    """Any Hugging Face causal LM: a local folder or a hub id.
+
+    Loading is safe by default: no code from the model's repository runs
+    (``trust_remote_code``) and weights are read from safetensors files only, never from
+    pickle files such as ``pytorch_model.bin`` (``allow_pickle``).  The two switches decide
+    whether a model may be loaded, not what it computes, so they are written out (in saved
+    configs, and in the hashes of fine-tunings) only when turned on: a spec that leaves them
+    off dumps and hashes as before they existed.
+    """
 
     path: str = Field(description="Local folder with config.json and weights, or a hub id.")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -121,6 +131,27 @@ class ModelSpec(Section):
     adapter: str | None = Field(
         None, description="A LoRA adapter folder (peft) applied on top of the model, merged."
     )
+    trust_remote_code: bool = Field(
+        False,
+        description="Run the Python code a model's repository ships (custom architectures). "
+        "Only for repositories you trust: that code runs with your permissions.",
+    )
+    allow_pickle: bool = Field(
+        False,
+        description="Also load weights from pickle files (pytorch_model.bin, adapter_model.bin) "
+        "when there are no safetensors; unpickling untrusted files can run code.",
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_safety_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        for name in _SAFETY_SWITCHES:
+            if data.get(name) is False:
+                del data[name]
+        return data
+
+
+_SAFETY_SWITCHES = ("trust_remote_code", "allow_pickle")
 
 
 class ScoringConfig(Section):

@@ -150,7 +150,11 @@ def _load_sentence_transformer(config: EmbedderConfig, model_path: str):
     logging.getLogger("sentence_transformers").setLevel(logging.WARNING)
     try:
         return SentenceTransformer(
-            model_path, device=resolve_device(config.device), revision=config.revision
+            model_path,
+            device=resolve_device(config.device),
+            revision=config.revision,
+            trust_remote_code=False,  # no code from a model repository runs
+            model_kwargs={"use_safetensors": True},  # no pickle weights (pytorch_model.bin)
         )
     except OSError as error:
         reason = " ".join(str(error).split())

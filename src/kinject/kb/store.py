@@ -416,7 +416,9 @@ def make_chunker(config: KBConfig) -> Chunker:
 
     source = config.chunking.tokenizer or resolve_preset(config.embedder).model
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, revision=config.embedder.revision)
+        tokenizer = AutoTokenizer.from_pretrained(
+            source, revision=config.embedder.revision, trust_remote_code=False
+        )
     except OSError as error:
         reason = " ".join(str(error).split())
         raise KinjectError(f"cannot load the chunking tokenizer '{source}': {reason}") from None

@@ -12,8 +12,9 @@ against a pydantic model and re-asks with the error a bounded number of times::
                                    └─ messages + [bad reply, "not valid: <error>"] ─► complete …
 
 The API key is read from the environment when a request is sent.  It is not part of the
-config, the cache key, the cache files or any error message (an endpoint's error text is
-scrubbed of it before it is shown).
+config, the cache key, the cache files or any error message: whatever an endpoint sends back
+(an error text, a reply that is not a chat completion, the reply's own text) is scrubbed of
+the key before it is cut to an excerpt, shown, cached or written.
 """
 
 from __future__ import annotations
@@ -257,7 +258,7 @@ class OpenAIChat(ChatModel):
                     payload = response.read()
                 return _reply_text(payload, url, key)
             except urllib.error.HTTPError as error:
-                message = _scrub(_error_message(error), key)
+                message = _error_message(error, key)
                 if error.code != 429 and error.code < 500:
                     raise KinjectError(f"{url}: HTTP {error.code}: {message}") from None
                 last = f"HTTP {error.code}: {message}"
@@ -295,16 +296,22 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
-def _error_message(error: urllib.error.HTTPError) -> str:
+def _error_message(error: urllib.error.HTTPError, key: str | None) -> str:
+    """The endpoint's error text without the key (scrubbed before the body is cut short, so
+    no cut leaves part of the key)."""
     try:
-        body = error.read().decode("utf-8", "replace")
+        body = _scrub(error.read().decode("utf-8", "replace"), key)
     except OSError:
-        return error.reason or ""
+        return _scrub(str(error.reason or ""), key)
     try:
         detail = json.loads(body)["error"]
-        return str(detail.get("message") or detail) if isinstance(detail, dict) else str(detail)
     except (json.JSONDecodeError, KeyError, TypeError):
-        return body[:300] or str(error.reason)
+        return body[:300] or _scrub(str(error.reason), key)
+    message = str(detail.get("message") or detail) if isinstance(detail, dict) else str(detail)
+    return _scrub(message, key)  # again: JSON may have escaped a character of the key
+
+
+MIN_SECRET_CHARS = 16  # a shorter "key" (a local server's "EMPTY") is kept in reply text
 
 
 def _scrub(text: str, key: str | None) -> str:
@@ -321,11 +328,13 @@ def _reply_text(payload: bytes, url: str, key: str | None) -> str:
         choice = data["choices"][0]
         content = choice["message"]["content"]
     except (json.JSONDecodeError, KeyError, IndexError, TypeError):
-        head = _scrub(payload[:200].decode("utf-8", "replace"), key)
+        head = _scrub(payload.decode("utf-8", "replace"), key)[:200]
         raise KinjectError(f"{url}: not a chat.completion reply: {head!r}") from None
     if not isinstance(content, str):
         reason = choice.get("finish_reason") if isinstance(choice, dict) else None
         raise KinjectError(f"{url}: the reply has no text (finish_reason: {reason})")
+    if key and len(key) >= MIN_SECRET_CHARS:  # an endpoint echoing the request's key
+        content = _scrub(content, key)
     return content
 
 

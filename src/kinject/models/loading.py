@@ -1,4 +1,11 @@
-"""Loading any Hugging Face causal LM and its tokenizer, from a local folder or a hub id."""
+"""Loading any Hugging Face causal LM and its tokenizer, from a local folder or a hub id.
+
+Safe by default (``ModelSpec``): ``trust_remote_code`` is passed as the spec says (off
+unless set), and weights come from safetensors files only.  Pickle weights
+(``pytorch_model.bin``, ``adapter_model.bin``, ``*.pt`` …) can run code when unpickled, so a
+model or adapter that has only those is refused with a message naming its folder and the
+``allow_pickle`` switch, unless the spec turns that switch on.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,12 @@ from pathlib import Path
 
 from kinject.config import ModelSpec
 from kinject.errors import KinjectError
+
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle")
+ALLOW_PICKLE_HINT = (
+    "convert the weights to safetensors, or set 'allow_pickle: true' in the config's model "
+    "section if you trust these files (unpickling can run code)"
+)
 
 
 def resolve_device(device: str) -> str:
@@ -28,10 +41,16 @@ def load_tokenizer(spec: ModelSpec):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(spec.path, revision=spec.revision)
+        return AutoTokenizer.from_pretrained(
+            spec.path, revision=spec.revision, trust_remote_code=spec.trust_remote_code
+        )
     except OSError as error:
         reason = " ".join(str(error).split())
         raise KinjectError(f"cannot load the tokenizer of '{spec.path}': {reason}") from None
+    except ValueError as error:  # transformers refusing to run the repository's code
+        if "trust_remote_code" in str(error):
+            raise _remote_code_refused(spec.path) from None
+        raise
 
 
 def load_causal_lm(spec: ModelSpec):
@@ -44,26 +63,66 @@ def load_causal_lm(spec: ModelSpec):
     looks_local = source.startswith((".", "/", "~")) or Path(source).exists()
     if looks_local and not Path(source).expanduser().exists():
         raise KinjectError(f"model folder '{source}' does not exist")
+    if looks_local and not spec.allow_pickle:
+        refuse_pickle_only(Path(source).expanduser(), "model folder", "model.safetensors")
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
         spec.dtype
     ]
+    trust = spec.trust_remote_code
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, revision=spec.revision)
-        model = AutoModelForCausalLM.from_pretrained(source, revision=spec.revision, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(
+            source, revision=spec.revision, trust_remote_code=trust
+        )
+        model = AutoModelForCausalLM.from_pretrained(
+            source,
+            revision=spec.revision,
+            dtype=dtype,
+            trust_remote_code=trust,
+            use_safetensors=None if spec.allow_pickle else True,
+        )
     except OSError as error:
         reason = " ".join(str(error).split())  # transformers' messages span lines
+        if not spec.allow_pickle and "safetensors" in reason:
+            reason += f" (kinject reads safetensors weights only: {ALLOW_PICKLE_HINT})"
         raise KinjectError(f"cannot load model '{source}': {reason}") from None
+    except ValueError as error:  # transformers refusing to run the repository's code
+        if "trust_remote_code" in str(error):
+            raise _remote_code_refused(source) from None
+        raise
     if spec.adapter is not None:
-        model = _merged_adapter(model, spec.adapter)
+        model = _merged_adapter(model, spec.adapter, spec.allow_pickle)
     model.to(resolve_device(spec.device))
     model.eval()
     return model, tokenizer
 
 
-def _merged_adapter(model, adapter: str):
+def _remote_code_refused(source: str) -> KinjectError:
+    return KinjectError(
+        f"model '{source}' ships its own Python code (an auto_map in its config), which "
+        "kinject does not run: set 'trust_remote_code: true' in the config's model section "
+        "only if you trust that code (it runs with your permissions)"
+    )
+
+
+def refuse_pickle_only(folder: Path, what: str, expected: str) -> None:
+    """Raise when ``folder`` holds pickle weights and no safetensors file."""
+    if not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted({child.name for pattern in PICKLE_WEIGHTS for child in folder.glob(pattern)})
+    if pickles:
+        raise KinjectError(
+            f"{what} '{folder}' has pickle weights only ({', '.join(pickles)}) and no "
+            f"{expected}: {ALLOW_PICKLE_HINT}"
+        )
+
+
+def _merged_adapter(model, adapter: str, allow_pickle: bool):
     """The model with a LoRA adapter folder applied and merged into its weights."""
     from peft import PeftModel
 
-    if not (Path(adapter) / "adapter_config.json").exists():
+    folder = Path(adapter)
+    if not (folder / "adapter_config.json").exists():
         raise KinjectError(f"adapter folder '{adapter}' has no adapter_config.json")
+    if not allow_pickle:
+        refuse_pickle_only(folder, "adapter folder", "adapter_model.safetensors")
     return PeftModel.from_pretrained(model, adapter).merge_and_unload()

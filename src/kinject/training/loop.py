@@ -118,12 +118,20 @@ class StaleCheckpoint(KinjectError):
 
 
 def _load_checkpoint(path: Path | None, model, optimizer) -> _Progress:
+    import pickle
+
     import torch
 
     if path is None or not path.exists():
         return _Progress()
     device = next(model.parameters()).device
-    state = torch.load(path, map_location=device, weights_only=False)
+    try:  # tensors and plain values only: a checkpoint cannot make Python run code
+        state = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError:
+        raise StaleCheckpoint(
+            f"{path} holds objects other than tensors and plain values, so it was not "
+            "loaded; delete it to start over"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise StaleCheckpoint(
             f"{path} was written by another version of kinject; delete it to start over"
