@@ -125,14 +125,21 @@ def eval_command(
     Example:
 
         kinject eval --config eval.yaml --out runs/my-eval
+
+    On several devices (or CPU processes), each scoring its share of every cell:
+
+        accelerate launch --num_processes 2 -m kinject eval --config eval.yaml
     """
     from kinject.config import EvalConfig, load_config
     from kinject.evaluation.evaluate import run_evaluation
     from kinject.evaluation.report import rich_tables
+    from kinject.training.loop import is_main_process
 
     eval_config = load_config(EvalConfig, config).with_paths_resolved(config.parent)
     run_dir = out or Path("runs") / config.stem
     result = run_evaluation(eval_config, run_dir)
+    if not is_main_process():  # under `accelerate launch`, the first process reports
+        return
     for table in rich_tables(result.metrics, result.select_k_on):
         _print(table)
     typer.echo(f"run folder: {run_dir}")
@@ -238,6 +245,10 @@ def run(
 
         kinject run examples/paper/mmlu.yaml --dry-run
         kinject run examples/demo/experiment.yaml --out runs/demo-grid
+
+    On several devices (or CPU processes), training and scoring data parallel:
+
+        accelerate launch --num_processes 4 -m kinject run examples/paper/mmlu.yaml
     """
     from kinject.experiments.files import load_experiment
 
@@ -252,9 +263,12 @@ def run(
         raise typer.Exit(2 if result.problems else 0)
     from kinject.experiments.runner import run_experiment
     from kinject.experiments.tables import rich_tables
+    from kinject.training.loop import is_main_process
 
     run_dir = out or Path("runs") / experiment.stem
     result = run_experiment(config, run_dir)
+    if not is_main_process():  # under `accelerate launch`, the first process reports
+        return
     costs = json.loads((run_dir / "costs.json").read_text(encoding="utf-8"))
     for rendered in rich_tables(result.metrics, costs):
         _print(rendered)

@@ -184,15 +184,18 @@ def run_demo(
 
     from kinject.experiments.runner import run_experiment
     from kinject.experiments.tables import rich_tables
+    from kinject.training.loop import is_main_process
 
     console = Console()
     config = load_demo_config(config_path, quick)
     run_dir = out or Path("runs") / ("demo-quick" if quick else "demo")
     started = time.perf_counter()
     result = run_experiment(demo_experiment(config), run_dir, show_progress, console)
-    write_text(run_dir / "demo.yaml", to_yaml(config))
     metrics = result.metrics["cells"]
     results = checks(metrics)
+    if not is_main_process():  # under `accelerate launch`, the first process writes and prints
+        return run_dir, metrics, results
+    write_text(run_dir / "demo.yaml", to_yaml(config))
     write_json(
         run_dir / "checks.json",
         {"checks": [{"check": c.label, "value": c.value, "passed": c.passed} for c in results]},

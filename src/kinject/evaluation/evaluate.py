@@ -12,6 +12,10 @@ The run folder (the contract later tools rely on)::
     metrics.json    {"cells": [{arm, split, shots, k, n, acc, acc_ci, acc_norm, acc_norm_ci}]}
     costs.json      {"cells": [{arm, split, shots, k, seconds, latency_ms, requests, reused}]}
     table.md        the human table
+
+Under ``accelerate launch --num_processes N`` every process runs the evaluation and scores
+its share of each cell (:mod:`kinject.scoring.parallel`); the main process alone decides
+what is left to score, writes the run folder and shows progress.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from kinject.evaluation.runner import (
     score_open_cell,
 )
 from kinject.fileio import read_jsonl, write_json, write_jsonl, write_text
+from kinject.scoring.parallel import on_main, processes
 from kinject.tasks.items import Task
 from kinject.tasks.loaders import jsonl_task, mmlu_hf_task, mmlu_task, open_task
 
@@ -136,8 +141,12 @@ def run_evaluation(
     With ``rag.select_k_on``, that task is the validation set of the rag arm alone: its K grid
     is scored there first, and the other tasks are then scored at the best K for each number
     of shots (K is never chosen on them).
+
+    Under ``accelerate launch`` every process calls this and gets the same result; only
+    the main process writes.
     """
     run_dir = Path(run_dir)
+    processes(config.model.device)  # several processes: joined before a model is loaded
     tasks = [load_task(spec) for spec in config.tasks]  # bad inputs fail before any model work
     if config.rag and config.rag.select_k_on and config.rag.select_k_sample:
         size = config.rag.select_k_sample
@@ -158,7 +167,7 @@ def run_evaluation(
         for shots in config.shots
     ]
     session.score(plan)  # the K grid on the validation task
-    selected = choose_k(session.store, plan) if select_on else None
+    selected = on_main(lambda: choose_k(session.store, plan)) if select_on else None
     test = [
         session.planned(task, arm, shots)
         for task in tasks
@@ -168,7 +177,7 @@ def run_evaluation(
         if arm not in grid or arm.k == selected[shots]
     ]
     session.score(test)
-    metrics = tabulate(run_dir, plan + test, config)
+    metrics = on_main(lambda: tabulate(run_dir, plan + test, config))
     return EvalResult(run_dir, metrics, select_on)
 
 
@@ -201,7 +210,9 @@ class _ScoringSession:
         self.run_dir = run_dir
         self.store = CellStore(run_dir)
         self.model_and_tokenizer = model_and_tokenizer
-        self.show_progress = show_progress
+        self.group = processes(config.model.device)
+        self.main = self.group is None or self.group.main
+        self.show_progress = show_progress and self.main
         self.selector = build_selector(config)
         self._scorer = None
         self._generator = None
@@ -212,9 +223,13 @@ class _ScoringSession:
         if self.model_and_tokenizer is None:
             self.model_and_tokenizer = _load(self.config)
         if not self._begun:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            write_text(self.run_dir / "config.yaml", to_yaml(self.config))
-            write_json(self.run_dir / "env.json", environment(self.config.seed))
+            if self.main:
+                env = environment(self.config.seed)
+                if self.group is not None:
+                    env["processes"] = self.group.size
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                write_text(self.run_dir / "config.yaml", to_yaml(self.config))
+                write_json(self.run_dir / "env.json", env)
             self._begun = True
         return self.model_and_tokenizer
 
@@ -222,28 +237,30 @@ class _ScoringSession:
         if self._scorer is None:
             from kinject.scoring.batching import batch_options
             from kinject.scoring.loglikelihood import LoglikelihoodScorer, MemoizedScorer
+            from kinject.scoring.parallel import ParallelScorer
 
             model, tokenizer = self._model()
             scoring = self.config.scoring
-            self._scorer = MemoizedScorer(
-                LoglikelihoodScorer(
-                    model,
-                    tokenizer,
-                    **batch_options(scoring, model),
-                    bf16=scoring.bf16_autocast,
-                    share_prefix=scoring.share_prefix,
-                )
+            scorer = LoglikelihoodScorer(
+                model,
+                tokenizer,
+                **batch_options(scoring, model),
+                bf16=scoring.bf16_autocast,
+                share_prefix=scoring.share_prefix,
             )
+            # the memo outside: every process holds the same memo, so asks for the same rest
+            self._scorer = MemoizedScorer(ParallelScorer(scorer, self.group))
         return self._scorer
 
     def generator(self):
         if self._generator is None:
             from kinject.scoring.batching import batch_options
             from kinject.scoring.generation import GreedyGenerator
+            from kinject.scoring.parallel import ParallelGenerator
 
             model, tokenizer = self._model()
             scoring = self.config.scoring
-            self._generator = GreedyGenerator(
+            generator = GreedyGenerator(
                 model,
                 tokenizer,
                 **batch_options(scoring, model),
@@ -251,6 +268,7 @@ class _ScoringSession:
                 stop=scoring.stop,
                 bf16=scoring.bf16_autocast,
             )
+            self._generator = ParallelGenerator(generator, self.group)
         return self._generator
 
     def planned(self, task: Task, arm: Arm, shots: int) -> PlannedCell:
@@ -279,7 +297,11 @@ class _ScoringSession:
 
         from kinject.progress import progress_bar
 
-        pending = [p for p in plan if not self.store.has(p.cell, p.digest)]
+        # the main process's view of the finished cells, so that every process scores the same
+        left = on_main(
+            lambda: [i for i, p in enumerate(plan) if not self.store.has(p.cell, p.digest)]
+        )
+        pending = [plan[i] for i in left]
         if not pending:
             return
         self._model()  # fails before any file is written
@@ -316,7 +338,8 @@ class _ScoringSession:
                     "requests": requests,  # log-likelihoods (or generations) of the cell
                     "reused": requests - computed,  # identical to an earlier cell's: not rescored
                 }
-                self.store.write(p.cell, p.digest, records, cost)
+                if self.main:
+                    self.store.write(p.cell, p.digest, records, cost)
 
 
 def _load(config: EvalConfig):

@@ -25,11 +25,17 @@ Run folder::
 
 Every cell is keyed by a digest of what decides it, so rerunning after a kill resumes, and
 rerunning after changing one axis scores only the cells that axis touches.
+
+Under ``accelerate launch --num_processes N`` every process runs the experiment: they train
+each fine-tuning together (data parallel) and score each cell together
+(:mod:`kinject.scoring.parallel`); the main process alone builds the world's caches, writes
+the run folder and prints.
 """
 
 from __future__ import annotations
 
 import re
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +57,7 @@ from kinject.config import (
 )
 from kinject.errors import KinjectError
 from kinject.fileio import write_json, write_text
+from kinject.scoring.parallel import on_main, processes
 
 FINETUNE_RECIPE = 1  # bump when fine-tuning changes meaning: every fine-tuning is trained again
 BASE_ARMS = ("base", "oracle", "rag")
@@ -87,17 +94,25 @@ def run_experiment(
     from kinject.evaluation.evaluate import load_task, run_evaluation
     from kinject.experiments.tabulate import tabulate_experiment
 
+    group = processes(config.models[0].device)  # joined before any model is loaded
+    main = group is None or group.main
     console = console or Console()
+    if not main:
+        console, show_progress = Console(quiet=True), False
     run_dir = Path(run_dir)
-    config = resolve_world(config, show_progress, console)
+    config = on_main(lambda: resolve_world(config, show_progress, console))
     for spec in all_task_specs(config):
         load_task(spec)  # bad inputs fail before any model work
     for sweep in config.sweeps:
         for value in sweep.values:
             swept(config, sweep, value)  # a bad key or value fails now, not after hours
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(run_dir / "experiment.yaml", to_yaml(config))
-    write_json(run_dir / "env.json", environment(config.seed))
+    if main:
+        env = environment(config.seed)
+        if group is not None:
+            env["processes"] = group.size
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(run_dir / "experiment.yaml", to_yaml(config))
+        write_json(run_dir / "env.json", env)
     runs: list[ModelRun] = []
     stages = stage_count(config)
     for model in config.models:
@@ -115,8 +130,10 @@ def run_experiment(
             if run.arms:
                 evaluation = eval_config(config, run)
                 run_evaluation(evaluation, run.folder(run_dir), show_progress=show_progress)
-    write_json(run_dir / "plan.json", {"runs": [_plan_row(run, run_dir) for run in runs]})
-    metrics = tabulate_experiment(run_dir)
+    plan = {"runs": [_plan_row(run, run_dir) for run in runs]}
+    if main:
+        write_json(run_dir / "plan.json", plan)
+    metrics = on_main(lambda: tabulate_experiment(run_dir))
     return ExperimentResult(run_dir, metrics)
 
 
@@ -298,13 +315,16 @@ def ensure_finetuned(
         run_finetune,
         training_identity,
     )
+    from kinject.training.loop import is_main_process
 
     key = fingerprint(FINETUNE_RECIPE, training_identity(job), input_identity(job))
     folder = finetune_root(config, run_dir) / f"{name}-{key}"
-    with cache_lock(folder):
-        cached = is_finished(folder)
-        result = run_finetune(job, folder)
-    selection = result.selection
+    # Under `accelerate launch` every process trains (data parallel) and the main one writes:
+    # it alone holds the lock, and the others start once it does (on_main waits for it).
+    with cache_lock(folder) if is_main_process() else nullcontext():
+        cached = on_main(lambda: is_finished(folder))
+        result = run_finetune(job, folder)  # None in the other processes
+        model, selection = on_main(lambda: (result.model, result.selection))
     training = {
         "learning_rate": selection["learning_rate"],
         "epoch": selection["epoch"],
@@ -312,7 +332,7 @@ def ensure_finetuned(
         "folder": str(folder),
         "cached": cached,
     }
-    return result.model, training
+    return model, training
 
 
 def swept(config: ExperimentConfig, sweep: SweepConfig, value) -> FinetuneRecipe:
