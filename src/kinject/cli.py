@@ -20,6 +20,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode="markdown",
+    pretty_exceptions_show_locals=False,  # a crash must not print locals (keys, texts)
 )
 world_app = typer.Typer(
     help="The synthetic knowledge world (the embedded default dataset).", no_args_is_help=True
