@@ -26,7 +26,8 @@ from kinject.errors import KinjectError
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No inf or nan: .inf MB, a nan learning rate would pass the range checks
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class WorldConfig(Section):
@@ -673,17 +674,10 @@ def parse_config(
 
 
 def load_config(model: type[T], path: str | Path) -> T:
-    import yaml
+    from kinject.fileio import read_yaml
 
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise KinjectError(f"{path}: config file not found") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise KinjectError(f"{path}: not valid YAML ({error})") from None
+    data = read_yaml(path, "config file")
     if data is not None and not isinstance(data, dict):
         raise KinjectError(f"{path}: expected a mapping at the top level")
     return parse_config(model, data, path)

@@ -8,6 +8,10 @@ from pathlib import Path
 class KinjectError(Exception):
     """A problem with the user's input or environment, reported without a traceback."""
 
+    def __str__(self) -> str:
+        # One line, whatever the input put into the message (an id with a line break in it).
+        return super().__str__().replace("\r", "\\r").replace("\n", "\\n")
+
 
 class DataError(KinjectError):
     """A bad record in an input file, located by file, line and field."""

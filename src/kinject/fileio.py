@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import IO, Any
 
-from kinject.errors import DataError
+from kinject.errors import DataError, KinjectError
 
 
 @contextmanager
@@ -95,13 +98,23 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
+def read_bytes(path: str | Path) -> bytes:
+    """The bytes of a file; a missing file, a folder or an unreadable file is a DataError."""
+    path = Path(path)
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(path, None, None, "file not found") from None
+    except IsADirectoryError:
+        raise DataError(path, None, None, "is a folder, not a file") from None
+    except OSError as error:
+        raise DataError(path, None, None, f"cannot read file ({error.strerror})") from None
+
+
 def read_lines(path: str | Path) -> Iterator[tuple[int, str]]:
     """Yield ``(line_number, text)`` for each line, failing on invalid UTF-8 with the line named."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(path, None, None, "file not found") from None
+    raw = read_bytes(path)
     for number, line in enumerate(raw.splitlines(), start=1):
         try:
             yield number, line.decode("utf-8")
@@ -110,14 +123,150 @@ def read_lines(path: str | Path) -> Iterator[tuple[int, str]]:
 
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield ``(line_number, object)`` for each non-blank line of a JSONL file."""
+    """Yield ``(line_number, object)`` for each non-blank line of a JSONL file (a UTF-8 byte
+    order mark before the first line is allowed)."""
     for number, line in read_lines(path):
+        if number == 1:
+            line = line.removeprefix("\ufeff")
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(path, number, None, f"not valid JSON ({error.msg})") from None
+        obj = parse_json(path, number, line)
         if not isinstance(obj, dict):
             raise DataError(path, number, None, "expected a JSON object")
         yield number, obj
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_UNWRITABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def parse_json(path: str | Path, line: int | None, text: str) -> Any:
+    """``json.loads(text)``, with every way hostile text can fail it as a DataError naming
+    the file and the line (``line`` None: ``text`` is the whole file, and the error's own
+    line and column are named): not JSON, nested too deeply for the parser, a number too
+    long to convert, or a string holding a lone surrogate escape (``"\\ud800"``), which is
+    valid JSON but not Unicode text that UTF-8 can hold."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as error:
+        if line is None:
+            line, detail = error.lineno, f"{error.msg}, column {error.colno}"
+        else:
+            detail = error.msg
+        raise DataError(path, line, None, f"not valid JSON ({detail})") from None
+    except RecursionError:
+        raise DataError(path, line, None, "JSON nested too deeply") from None
+    except ValueError:  # the only other: an integer longer than Python converts
+        digits = sys.get_int_max_str_digits()
+        raise DataError(path, line, None, f"a JSON number of more than {digits} digits") from None
+    if _SURROGATE_ESCAPE.search(text):  # rare: only then walk the object
+        found = _find_in_strings(obj, _SURROGATE)
+        if found is not None:
+            where, char = found
+            message = f"lone surrogate \\u{ord(char):04x} in a string (not valid Unicode)"
+            raise DataError(path, line, where or None, message)
+    return obj
+
+
+def read_yaml(path: str | Path, what: str = "file") -> Any:
+    """The data of a YAML file (``yaml.safe_load``; None when empty), or a one-line
+    KinjectError naming the file and, where it has them, the line, column and key: the file
+    missing or unreadable, invalid UTF-8, invalid YAML, a key written twice in one mapping
+    (YAML would keep the last silently), or a string holding a NUL character or a lone
+    surrogate escape (no path, no UTF-8 file can hold one)."""
+    import yaml
+
+    path = Path(path)
+    if not path.exists():
+        raise KinjectError(f"{path}: {what} not found")
+    raw = read_bytes(path)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        raise DataError(path, line, None, f"invalid UTF-8 at byte {error.start}") from None
+    try:
+        data = yaml.load(text, Loader=_yaml_loader())
+    except _DuplicateKey as error:
+        message = f"written twice in one mapping (first on line {error.first})"
+        raise DataError(path, error.line, str(error.key), message) from None
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        problem = " ".join((error.problem or error.context or "").split())
+        line = mark.line + 1 if mark is not None else None
+        column = f", column {mark.column + 1}" if mark is not None else ""
+        raise DataError(path, line, None, f"not valid YAML ({problem}{column})") from None
+    except yaml.YAMLError as error:
+        reason = " ".join(str(error).split())
+        raise KinjectError(f"{path}: not valid YAML ({reason})") from None
+    found = _find_in_strings(data, _UNWRITABLE)  # no path, no UTF-8 file can hold these
+    if found is not None:
+        where, char = found
+        if char == "\x00":
+            message = "a NUL character in a string (no path can hold one)"
+        else:
+            message = f"lone surrogate \\u{ord(char):04x} in a string (not valid Unicode)"
+        raise DataError(path, None, where or None, message)
+    return data
+
+
+class _DuplicateKey(Exception):
+    """A key written twice in one YAML mapping (raised while loading, reported as DataError)."""
+
+    def __init__(self, key: Any, line: int, first: int):
+        super().__init__(key, line, first)
+        self.key, self.line, self.first = key, line, first
+
+
+@lru_cache(maxsize=1)
+def _yaml_loader() -> type:
+    """``yaml.SafeLoader`` that refuses a key written twice in the same mapping (a ``<<``
+    merge may still be overridden, as YAML intends)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    if key in seen:
+                        raise _DuplicateKey(key, line, seen[key])
+                    seen[key] = line
+                except TypeError:  # an unhashable key: SafeLoader's own error follows
+                    continue
+            return super().construct_mapping(node, deep=deep)
+
+    return Loader
+
+
+def _find_in_strings(data: Any, pattern: re.Pattern) -> tuple[str, str] | None:
+    """``(key path, match)`` for the first string, or mapping key, in ``data`` where
+    ``pattern`` matches; the key path as ``a.b[0]`` ("" for ``data`` itself, and the
+    mapping's own path for a key).  A mapping or list met again (a YAML alias) is not
+    walked again, so an alias bomb costs nothing."""
+    stack: list[tuple[str, Any]] = [("", data)]
+    walked: set[int] = set()
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, str):
+            found = pattern.search(value)
+            if found:
+                return where, found.group()
+            continue
+        if not isinstance(value, (dict, list)) or id(value) in walked:
+            continue
+        walked.add(id(value))
+        if isinstance(value, dict):
+            for key, item in reversed(value.items()):
+                found = pattern.search(key) if isinstance(key, str) else None
+                if found:
+                    return where, found.group()
+                stack.append((f"{where}.{key}" if where else str(key), item))
+        else:
+            stack.extend((f"{where}[{i}]", value[i]) for i in reversed(range(len(value))))
+    return None

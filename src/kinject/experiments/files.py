@@ -30,21 +30,16 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
 
 def _read(path: Path, seen: tuple[Path, ...]) -> tuple[dict, dict[tuple, Path]]:
     """The merged mapping of ``path`` and its includes, and which file wrote each key."""
-    import yaml
+    from kinject.fileio import read_yaml
 
     path = path.resolve()
     if path in seen:
         chain = " -> ".join(str(p) for p in (*seen, path))
         raise KinjectError(f"include cycle: {chain}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    if not path.exists():
         where = f" (included from {seen[-1]})" if seen else ""
-        raise KinjectError(f"{path}: experiment file not found{where}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise KinjectError(f"{path}: not valid YAML ({error})") from None
+        raise KinjectError(f"{path}: experiment file not found{where}")
+    data = read_yaml(path, "experiment file")
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -85,6 +85,22 @@ class ExperimentResult:
     metrics: dict
 
 
+def check_inputs(config: ExperimentConfig) -> None:
+    """The other files the run reads — each fine-tuning's training text, the oracle corpus,
+    the knowledge base — opened now: a bad one fails before the run folder is made, not
+    after the trainings before it."""
+    from kinject.corpus import load_corpus_jsonl
+    from kinject.kb.store import KnowledgeBase
+    from kinject.training.data import TrainingSet
+
+    for recipe in config.finetunes.values():
+        TrainingSet(recipe.data)
+    if config.corpus is not None:
+        load_corpus_jsonl(config.corpus)
+    if config.rag is not None:
+        KnowledgeBase.open(config.rag.kb)
+
+
 def run_experiment(
     config: ExperimentConfig, run_dir: str | Path, show_progress: bool = True, console=None
 ) -> ExperimentResult:
@@ -106,6 +122,7 @@ def run_experiment(
     for sweep in config.sweeps:
         for value in sweep.values:
             swept(config, sweep, value)  # a bad key or value fails now, not after hours
+    check_inputs(config)
     if main:
         env = environment(config.seed)
         if group is not None:

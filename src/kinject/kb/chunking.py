@@ -10,8 +10,14 @@ with the last sentences of the one before, up to ``overlap`` tokens::
 
 A sentence longer than ``size`` tokens is cut into windows of at most ``size`` tokens that
 overlap by at most ``overlap``, cut between words (inside a word only when one word is longer
-than a window).  Every chunk is an exact character span of its document:
-``chunk.text == document.text[chunk.start:chunk.end]``.
+than a window, and then between characters: a byte-level tokenizer spreads one character over
+several tokens).  Every chunk is an exact character span of its document:
+``chunk.text == document.text[chunk.start:chunk.end]``, without whitespace at either end,
+and chunks move forward: each starts and ends after the one before it.  Nothing is lost and
+nothing repeated but the overlap: what lies between two chunks (or before the first, after
+the last) is whitespace, so the chunks, each without the part it shares with the one before,
+and the whitespace between them, are the text again (a text of which the tokenizer reads
+nothing, such as a lone control character, gives no chunks).
 """
 
 from __future__ import annotations
@@ -79,20 +85,28 @@ class Chunker:
         offsets = self._token_offsets(text)
         if not offsets:
             return []
-        starts = [start for start, _ in offsets]
+        # A sentence's tokens are those that end inside it: a byte-level BPE token such as
+        # " The" starts on the space before its sentence and still belongs to it.
+        ends = [end for _, end in offsets]
         units = []  # sentences as token ranges [first, last)
         for a, b in sentence_spans(text):
-            first, last = bisect.bisect_left(starts, a), bisect.bisect_left(starts, b)
+            first, last = bisect.bisect_right(ends, a), bisect.bisect_right(ends, b)
             if last > first:
                 units.append((first, last))
-        # word_start[i]: token i follows whitespace (or opens the text), so a cut before it
-        # does not split a word
-        word_start = [i == 0 or offsets[i - 1][1] < offsets[i][0] for i in range(len(offsets))]
-        ranges = self._pack(units, word_start)
         chunks = []
-        for index, (first, last) in enumerate(ranges):
-            start, end = offsets[first][0], offsets[last - 1][1]
-            chunks.append(Chunk(f"{doc_id}::{index}", doc_id, index, start, end, text[start:end]))
+        for first, last in self._pack(units, _cuts(text, offsets)):
+            # From the end of the token before (characters no token reads, such as U+FFFD
+            # or a zero-width joiner for MiniLM, go with the chunk that follows them) to the
+            # end of the last token (of the text, for the last chunk); whitespace trimmed.
+            start = offsets[first - 1][1] if first else 0
+            end = offsets[last - 1][1] if last < len(offsets) else len(text)
+            while start < end and text[start].isspace():
+                start += 1
+            while end > start and text[end - 1].isspace():
+                end -= 1
+            if end > start:
+                n = len(chunks)
+                chunks.append(Chunk(f"{doc_id}::{n}", doc_id, n, start, end, text[start:end]))
         return chunks
 
     def _token_offsets(self, text: str) -> list[tuple[int, int]]:
@@ -101,7 +115,7 @@ class Chunker:
         )
         return [(a, b) for a, b in encoding["offset_mapping"] if b > a]
 
-    def _pack(self, units: list[tuple[int, int]], word_start: list[bool]) -> list[tuple[int, int]]:
+    def _pack(self, units: list[tuple[int, int]], cuts: list[int]) -> list[tuple[int, int]]:
         """Token ranges of the chunks: whole sentences, carried overlap, long ones windowed."""
         ranges: list[tuple[int, int]] = []
         current: list[tuple[int, int]] = []
@@ -110,39 +124,67 @@ class Chunker:
             if length > self.size:
                 if current:
                     ranges.append((current[0][0], current[-1][1]))
-                ranges.extend(self._windows(*unit, word_start))
+                ranges.extend(self._windows(*unit, cuts))
                 current = []
                 continue
             if current and unit[1] - current[0][0] > self.size:
                 ranges.append((current[0][0], current[-1][1]))
-                current = self._carried(current, room=self.size - length)
+                current = self._carried(current, unit)
             current.append(unit)
         if current:
             ranges.append((current[0][0], current[-1][1]))
         return ranges
 
-    def _carried(self, previous: list[tuple[int, int]], room: int) -> list[tuple[int, int]]:
-        """The last sentences of ``previous`` that fit in ``overlap`` (and beside the next one)."""
-        budget = min(self.overlap, room)
+    def _carried(
+        self, previous: list[tuple[int, int]], following: tuple[int, int]
+    ) -> list[tuple[int, int]]:
+        """The last sentences of ``previous`` that fit in ``overlap`` and, with the tokens up
+        to the end of the ``following`` sentence (whitespace tokens between sentences
+        included), in ``size``."""
         carried: list[tuple[int, int]] = []
         for unit in reversed(previous[1:]):  # never the first: every chunk must move forward
-            if previous[-1][1] - unit[0] > budget:
+            if previous[-1][1] - unit[0] > self.overlap or following[1] - unit[0] > self.size:
                 break
             carried.insert(0, unit)
         return carried
 
-    def _windows(self, first: int, last: int, word_start: list[bool]) -> list[tuple[int, int]]:
+    def _windows(self, first: int, last: int, cuts: list[int]) -> list[tuple[int, int]]:
         """Windows of at most ``size`` tokens over ``[first, last)``, each ending before the
         last word start that fits and the next one starting at the first word start within
-        ``overlap`` tokens of that end (hard cuts only where no word starts)."""
+        ``overlap`` tokens of that end (where no word starts, cut between characters, and
+        inside one only if a single character is more than ``size`` tokens).  A window ends
+        after the one before it ended, so none lies inside another."""
         windows = []
-        start = first
+        start, previous_end = first, first
         while True:
             end = min(start + self.size, last)
             if end < last:
-                end = next((i for i in range(end, start, -1) if word_start[i]), end)
+                fits = range(end, previous_end, -1)
+                end = next((i for i in fits if cuts[i] == _WORD), None) or next(
+                    (i for i in fits if cuts[i] == _CHARACTER), end
+                )
             windows.append((start, end))
+            previous_end = end
             if end == last:
                 return windows
             after = range(max(end - self.overlap, start + 1), end)
-            start = next((i for i in after if word_start[i]), end)
+            start = next((i for i in after if cuts[i] == _WORD), end)
+
+
+# How clean a cut before token i is (see _cuts).
+_WORD, _CHARACTER, _INSIDE = 2, 1, 0
+
+
+def _cuts(text: str, offsets: list[tuple[int, int]]) -> list[int]:
+    """Per token: _WORD when whitespace comes before it (or it opens the text), so a cut
+    before it splits no word; _CHARACTER when it starts a character (a cut splits a word but
+    no character); _INSIDE when it continues the character of the token before it (a
+    byte-level tokenizer's pieces of one character)."""
+    cuts = [_WORD] * len(offsets)
+    for i in range(1, len(offsets)):
+        before, start = offsets[i - 1][1], offsets[i][0]
+        if before > start:
+            cuts[i] = _INSIDE
+        elif before == start or not text[before:start].isspace():
+            cuts[i] = _CHARACTER
+    return cuts

@@ -26,7 +26,7 @@ written to disk.
 from __future__ import annotations
 
 import hashlib
-import json
+import logging
 import os
 import re
 import sys
@@ -42,6 +42,7 @@ from typing import Any
 
 from kinject.corpus import check_corpus_record
 from kinject.errors import DataError, KinjectError
+from kinject.fileio import parse_json
 from kinject.progress import progress_bar
 
 SUPPORTED_SUFFIXES = (
@@ -522,10 +523,7 @@ def _jsonl_record(
         decoded = decoded.removeprefix("\ufeff")
     if not decoded.strip():
         return None
-    try:
-        obj = json.loads(decoded)
-    except json.JSONDecodeError as error:
-        raise DataError(path, number, None, f"not valid JSON ({error.msg})") from None
+    obj = parse_json(path, number, decoded)
     if not isinstance(obj, dict):
         raise DataError(path, number, None, "expected a JSON object")
     check_corpus_record(path, number, obj)
@@ -542,11 +540,7 @@ def _read_squad(file: _File, raw: bytes, run: _Run) -> list[IngestedDocument]:
     """One document per paragraph of a SQuAD v1.1 file, id ``"{title}#{index}"``."""
     _check_not_binary(file.path, raw)
     decoded = _decode(file.path, raw).removeprefix("\ufeff")
-    try:
-        obj = json.loads(decoded)
-    except json.JSONDecodeError as error:
-        message = f"not valid JSON ({error.msg}, column {error.colno})"
-        raise DataError(file.path, error.lineno, None, message) from None
+    obj = parse_json(file.path, None, decoded)
     documents: list[IngestedDocument] = []
     for article, (title, contexts) in enumerate(_squad_articles(file.path, obj)):
         clean_title = _clean_title(title.replace("_", " "))
@@ -602,6 +596,8 @@ def _pdf_pages(path: Path, raw: bytes) -> list[str]:
         import pypdf
     except ImportError:
         raise KinjectError(f"{path}: reading PDF files needs pypdf; {_PDF_EXTRA}") from None
+    # pypdf logs what it repairs ("EOF marker not found"); what it cannot read is raised
+    logging.getLogger("pypdf").setLevel(logging.ERROR)
     try:
         reader = pypdf.PdfReader(BytesIO(raw))
         if reader.is_encrypted and not reader.decrypt(""):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from kinject.errors import DataError, KinjectError
 from kinject.evaluation.stats import bootstrap_ci
-from kinject.fileio import read_jsonl
+from kinject.fileio import parse_json, read_bytes, read_jsonl
 
 DEFAULT_KS = (1, 5, 20)
 
@@ -55,7 +55,7 @@ def _squad_queries(path: Path) -> list[Query]:
     from kinject.kb.ingest import squad_paragraph_id
 
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = parse_json(path, None, read_bytes(path).decode("utf-8"))
         articles = data["data"]
         queries = []
         for article in articles:

@@ -41,6 +41,8 @@ from kinject.config import KBConfig, load_config, to_yaml
 from kinject.errors import KinjectError
 from kinject.fileio import (
     exclusive_lock,
+    parse_json,
+    read_bytes,
     read_jsonl,
     staging_dir,
     write_json,
@@ -91,7 +93,9 @@ class KnowledgeBase:
             raise KinjectError(
                 f"{folder} is not a knowledge base (no {POINTER}); make one with `kinject kb build`"
             )
-        data = json.loads(pointer.read_text(encoding="utf-8"))
+        data = parse_json(pointer, None, read_bytes(pointer).decode("utf-8", "replace"))
+        if not isinstance(data, dict) or not isinstance(data.get("snapshot"), str):
+            raise KinjectError(f'{pointer}: expected {{"format": {FORMAT}, "snapshot": "…"}}')
         if data.get("format") != FORMAT:
             raise KinjectError(f"{pointer}: unknown knowledge-base format {data.get('format')}")
         return cls(folder, folder / data["snapshot"])
@@ -202,7 +206,9 @@ def build_kb(
         )
     report = _ingest(sources, config, options)
     if not report.documents:
-        raise KinjectError(f"no documents found in {', '.join(map(str, sources))}")
+        n = len(report.warnings)  # else why the files were skipped is never shown
+        why = f" ({n} warning{'s' * (n > 1)}, the first: {report.warnings[0]})" if n else ""
+        raise KinjectError(f"no documents found in {', '.join(map(str, sources))}{why}")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = staging_dir(out.parent, f".{out.name}.building-")
     try:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import bz2
 import html
-import json
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kinject.errors import DataError, KinjectError
+from kinject.fileio import parse_json
 from kinject.sources.wikitext import tidy_sections, wikitext_to_text
 
 Problem = Callable[[KinjectError], None]
@@ -193,9 +193,9 @@ def _json_pages(path: Path, lines: list[str], problem: Problem) -> list[WikiPage
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as error:
-            problem(DataError(path, number, None, f"not valid JSON ({error.msg})"))
+            obj = parse_json(path, number, line)
+        except DataError as error:
+            problem(error)
             continue
         if not isinstance(obj, dict):
             problem(DataError(path, number, None, "expected a JSON object"))

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from kinject.errors import DataError
-from kinject.fileio import read_jsonl
+from kinject.fileio import read_bytes, read_jsonl
 from kinject.tasks.items import MCItem, OpenItem, Task
 
 MMLU_LETTERS = ("A", "B", "C", "D")
@@ -101,8 +101,15 @@ def load_open_jsonl(path: str | Path) -> list[OpenItem]:
     return items
 
 
+def _questions(items: list, path: str | Path) -> tuple:
+    """A task's questions: an empty test file (or split) is an error, not a task of none."""
+    if not items:
+        raise DataError(path, None, None, "no questions")
+    return tuple(items)
+
+
 def open_task(name: str, path: str | Path, dev_path: str | Path | None = None) -> Task:
-    items = tuple(load_open_jsonl(path))  # the test file's errors first
+    items = _questions(load_open_jsonl(path), path)  # the test file's errors first
     dev = load_open_jsonl(dev_path) if dev_path is not None else []
     return Task(
         name=name,
@@ -120,10 +127,7 @@ def load_mmlu_csv(path: str | Path, subject: str | None = None) -> list[MCItem]:
     """Rows ``question,A,B,C,D,answer`` with no header; ids are ``{subject}-{row index}``."""
     path = Path(path)
     subject = subject or mmlu_subject(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(path, None, None, "file not found") from None
+    raw = read_bytes(path)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -132,8 +136,14 @@ def load_mmlu_csv(path: str | Path, subject: str | None = None) -> list[MCItem]:
     reader = csv.reader(io.StringIO(text, newline=""))
     items: list[MCItem] = []
     start = 1
-    for row in reader:
+    while True:
         line = start
+        try:
+            row = next(reader, None)
+        except csv.Error as error:  # a field over csv.field_size_limit(), a stray quote
+            raise DataError(path, line, None, f"not a readable CSV row ({error})") from None
+        if row is None:
+            break
         start = reader.line_num + 1
         if not row:
             continue
@@ -143,7 +153,8 @@ def load_mmlu_csv(path: str | Path, subject: str | None = None) -> list[MCItem]:
             )
         answer = row[5].strip()
         if answer not in MMLU_LETTERS:
-            raise DataError(path, line, "answer", f"'{row[5]}' is not one of A, B, C, D")
+            shown = repr(row[5]) if len(row[5]) <= 20 else repr(row[5][:20]) + "…"
+            raise DataError(path, line, "answer", f"{shown} is not one of A, B, C, D")
         items.append(
             MCItem(
                 id=f"{subject}-{len(items)}",
@@ -177,7 +188,7 @@ def mmlu_task(test_csv: str | Path, dev_csv: str | Path | None = None) -> Task:
     if dev_csv is None:
         guess = test_csv.parent.parent / "dev" / f"{subject}_dev.csv"
         dev_csv = guess if guess.exists() else None
-    items = tuple(load_mmlu_csv(test_csv, subject))  # the test file's errors first
+    items = _questions(load_mmlu_csv(test_csv, subject), test_csv)  # test's errors first
     dev = load_mmlu_csv(dev_csv, subject) if dev_csv is not None else []
     return Task(
         name=f"mmlu_{subject}",
@@ -213,6 +224,8 @@ def load_mmlu_hf(path: str | Path, subject: str | None = None) -> list[MCItem]:
         answer = _require(row, "answer", int, path, line)
         if not 0 <= answer < 4:
             raise DataError(path, line, "answer", f"{answer} is not one of 0, 1, 2, 3")
+        if not isinstance(row.get("subject", ""), str):
+            raise DataError(path, line, "subject", "expected a string")
         name = subject or row.get("subject") or mmlu_hf_subject(path)
         items.append(
             MCItem(
@@ -277,7 +290,7 @@ def mmlu_hf_task(path: str | Path, dev: str | Path | None = None) -> Task:
     dev_path = Path(dev) if dev is not None else guessed
     return Task(
         name=f"mmlu_{subject}",
-        items=tuple(load_mmlu_hf(test, subject)),
+        items=_questions(load_mmlu_hf(test, subject), test),
         dev=tuple(load_mmlu_hf(dev_path, subject)) if dev_path is not None else (),
         description=mmlu_description(subject),
         style="letter",
@@ -296,7 +309,7 @@ def jsonl_task(
     style: str = "option",
     description: str = "",
 ) -> Task:
-    items = tuple(load_mc_jsonl(path))  # the test file's errors first
+    items = _questions(load_mc_jsonl(path), path)  # the test file's errors first
     dev = load_mc_jsonl(dev_path) if dev_path is not None else []
     return Task(
         name=name,

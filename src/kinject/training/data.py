@@ -88,6 +88,8 @@ def load_paraphrases(path: str | Path, units: Sequence[Unit]) -> dict[str, list[
         if target in table:
             raise DataError(path, line, "id", f"'{row['id']}' has paraphrases twice")
         table[target] = texts
+    if not table:
+        raise DataError(path, None, None, "no paraphrases in the file")
     return table
 
 
