@@ -30,14 +30,14 @@ def _config(world_dir: Path, model_dir: Path, **overrides) -> EvalConfig:
         )
         for split in ("new", "updated")
     ]
-    values = dict(
-        model=ModelSpec(path=str(model_dir), device="cpu"),
-        tasks=tasks,
-        arms=["base", "oracle"],
-        corpus=str(world_dir / "kb.jsonl"),
-        shots=[0, 2],
-        bootstrap_resamples=200,
-    )
+    values = {
+        "model": ModelSpec(path=str(model_dir), device="cpu"),
+        "tasks": tasks,
+        "arms": ["base", "oracle"],
+        "corpus": str(world_dir / "kb.jsonl"),
+        "shots": [0, 2],
+        "bootstrap_resamples": 200,
+    }
     values.update(overrides)
     return EvalConfig(**values)
 

@@ -141,7 +141,7 @@ def _requests(mmlu_lm_eval_dir, world_option_task) -> list[tuple[str, str]]:
     for shots in (0, 5):
         for doc in _by_doc(_lm_eval_task(mmlu_lm_eval_dir, "local_mmlu_anatomy", shots))[:6]:
             requests += [inst.args for inst in doc]
-        task, lm_dir = world_option_task
+        _task, lm_dir = world_option_task
         for doc in _by_doc(_lm_eval_task(lm_dir, "world_new", shots))[:6]:
             requests += [inst.args for inst in doc]
     requests += [("", " Paris"), ("Answer: ", "Paris")]  # empty context; trailing space

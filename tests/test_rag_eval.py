@@ -162,7 +162,7 @@ def test_nearest_fewshot_runs_end_to_end(tmp_path, world_dir, kb_dir, tiny_llama
     first = run_evaluation(
         _config(world_dir, kb_dir, tiny_llama_dir), tmp_path / "first", show_progress=False
     )
-    zero = lambda metrics: [m["acc"] for m in metrics if m["shots"] == 0]  # noqa: E731
+    zero = lambda metrics: [m["acc"] for m in metrics if m["shots"] == 0]
     assert zero(result.metrics) == zero(first.metrics)  # 0-shot has no examples to choose
 
 

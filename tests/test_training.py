@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -37,7 +39,7 @@ def test_isolated_blocks_score_each_document_as_if_alone(bpe_tokenizer):
     for row in range(2):
         positions = batch["position_ids"][row].tolist()
         starts = [i for i, p in enumerate(positions) if p == 0] + [len(positions)]
-        for begin, end in zip(starts, starts[1:]):
+        for begin, end in itertools.pairwise(starts):
             segment = batch["input_ids"][row, begin:end][None]
             with torch.no_grad():
                 alone = model(input_ids=segment).logits
