@@ -39,14 +39,14 @@ def _documents() -> list[str]:
 def test_padded_rows_hold_the_packed_tokens_in_order(bench, bpe_tokenizer):
     documents = _documents()
     lengths = [len(ids) + 2 for ids in bpe_tokenizer(documents, add_special_tokens=False).input_ids]
-    block, batch, steps = 64, 3, 16
+    block, batch = 64, 3
     assert min(lengths) < block < max(lengths)
 
     def for_epoch(epoch: int) -> list[str]:  # another order every epoch, as TrainingSet does
         return documents[epoch % len(documents) :] + documents[: epoch % len(documents)]
 
     packed = PackedBlocks(bpe_tokenizer, for_epoch, block, batch, isolate_documents=True)
-    assert steps * batch > packed.blocks_in_epoch(0)  # the run crosses into a second epoch
+    steps = packed.blocks_in_epoch(0) // batch + 2  # the run crosses into a second epoch
     padded = bench.PaddedDocuments(bpe_tokenizer, for_epoch, steps * batch * block, block, batch)
 
     packed_tokens = [t for s in range(steps) for t in bench.real_tokens(packed.batch_for(s))]
