@@ -19,7 +19,7 @@ k=10): queries per second and recall@10 against the flat index's exact top 10.  
 vectors have no clusters, which is the worst case for HNSW and IVF recall: real embeddings
 score higher at the same settings.  FAISS uses 2 threads unless ``--threads`` says otherwise.
 
-    python bench/index_scale.py                  # N = 1,000,000: about half an hour on 2 cores
+    python bench/index_scale.py --pq             # N = 1,000,000: 24 minutes on 2 busy cores
     python bench/index_scale.py --smoke          # N = 20,000: seconds
     python bench/index_scale.py --n 200000 --pq --out bench/results/index_scale.json
 """

@@ -23,10 +23,10 @@ inside folders and symbolic links that are not followed are always warnings.
 
 Nothing is written to disk, except, when :func:`ingest` is given a :class:`TextSpool`, the
 cleaned texts, to an anonymous temporary file: then each document is kept as a
-:class:`SpooledDocument` (its id, title, source, hash and where its text lies in the spool) and
-no text stays in memory, so a corpus of any size is read in the memory of its largest file
-(a Wikipedia dump is streamed page by page).  A file that fails part-way is taken back out of
-the spool, as it is left out of the documents.
+:class:`SpooledDocument` (its id, title, source, hash and where its text lies in the spool):
+no text stays in memory beyond the file being read (a Wikipedia dump is streamed page by
+page), only well under a kilobyte per document.  A file that fails part-way is taken back out
+of the spool, as it is left out of the documents.
 """
 
 from __future__ import annotations
