@@ -20,7 +20,7 @@ vectors have no clusters, which is the worst case for HNSW and IVF recall: real 
 score higher at the same settings.  FAISS uses 2 threads unless ``--threads`` says otherwise.
 
     python bench/index_scale.py --pq             # N = 1,000,000: 24 minutes on 2 busy cores
-    python bench/index_scale.py --smoke          # N = 20,000: seconds
+    python bench/index_scale.py --smoke          # N = 20,000: about a minute
     python bench/index_scale.py --n 200000 --pq --out bench/results/index_scale.json
 """
 
@@ -214,7 +214,7 @@ def main() -> None:
         epilog="example: python bench/index_scale.py --smoke",
     )
     parser.add_argument("--n", type=int, default=1_000_000, help="Vectors (1,000,000).")
-    parser.add_argument("--smoke", action="store_true", help="N = 20,000: seconds.")
+    parser.add_argument("--smoke", action="store_true", help="N = 20,000: about a minute.")
     parser.add_argument("--queries-n", type=int, default=1_000, help="Queries (1,000).")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2, help="FAISS threads (2).")

@@ -16,9 +16,9 @@ are the same shape as MiniLM's (384 dimensions, 256-token chunks).
 ``--before-src`` runs the same builds with another kinject source tree (e.g. the main branch
 before streaming ingestion) in the same run, so the table compares the two:
 
-    git -C /work/main archive 13ffd31 src | tar -x -C /tmp/kinject-before
+    mkdir -p /tmp/kinject-before && git archive 13ffd31 src | tar -x -C /tmp/kinject-before
     python bench/ingest_memory.py --before-src /tmp/kinject-before/src
-    python bench/ingest_memory.py --docs 500 --smoke     # a quick check of the script
+    python bench/ingest_memory.py --smoke       # 300 and 900 documents: a check of the script
 """
 
 from __future__ import annotations
@@ -43,11 +43,14 @@ MB = 1_000_000
 
 
 def find_squad() -> Path:
-    for base in (ROOT.parent / "shared", ROOT / "shared", Path("/work/shared")):
-        candidate = base / "data" / "squad_v1.1_dev" / "dev-v1.1.json"
+    shared = os.environ.get("KINJECT_SHARED_DATA")
+    bases = [Path(shared)] if shared else []
+    bases += [ROOT.parent / "shared" / "data", ROOT / "shared" / "data"]
+    for base in bases:
+        candidate = base / "squad_v1.1_dev" / "dev-v1.1.json"
         if candidate.exists():
             return candidate
-    raise SystemExit("SQuAD dev set not found: pass --squad PATH/dev-v1.1.json")
+    raise SystemExit("SQuAD dev set not found: set KINJECT_SHARED_DATA or pass --squad")
 
 
 def squad_sentences(path: Path) -> list[str]:
@@ -206,9 +209,13 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=2_000, help="Documents at 1x (2,000).")
     parser.add_argument("--scale", type=int, default=10, help="The larger corpus: this many x.")
     parser.add_argument("--before-src", type=Path, help="Also build with this kinject src.")
-    parser.add_argument("--squad", type=Path, help="dev-v1.1.json (default: ../shared/data/…)")
+    parser.add_argument(
+        "--squad",
+        type=Path,
+        help="dev-v1.1.json (default: $KINJECT_SHARED_DATA or ../shared/data/…)",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--smoke", action="store_true", help="300 documents, 3x: seconds.")
+    parser.add_argument("--smoke", action="store_true", help="300 documents, 3x: a minute or two.")
     args = parser.parse_args()
     docs, scale = (300, 3) if args.smoke else (args.docs, args.scale)
     small, large = "1x", f"{scale}x"
