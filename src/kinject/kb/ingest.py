@@ -19,8 +19,14 @@ the file's path relative to its SOURCE folder (or its name, for a single-file SO
 Bad input (empty, binary, invalid UTF-8, too large, a bad JSONL line, an unreadable PDF, an
 id already taken) is skipped with a one-line warning naming the file, line and field, or
 raised as a :class:`KinjectError` with the same message when ``strict``.  Unsupported files
-inside folders and symbolic links that are not followed are always warnings.  Nothing is
-written to disk.
+inside folders and symbolic links that are not followed are always warnings.
+
+Nothing is written to disk, except, when :func:`ingest` is given a :class:`TextSpool`, the
+cleaned texts, to an anonymous temporary file: then each document is kept as a
+:class:`SpooledDocument` (its id, title, source, hash and where its text lies in the spool):
+no text stays in memory beyond the file being read (a Wikipedia dump is streamed page by
+page), only well under a kilobyte per document.  A file that fails part-way is taken back out
+of the spool, as it is left out of the documents.
 """
 
 from __future__ import annotations
@@ -30,9 +36,10 @@ import logging
 import os
 import re
 import sys
+import tempfile
 import unicodedata
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from functools import lru_cache
@@ -83,15 +90,86 @@ class IngestedDocument:
     root: str  # absolute path of the SOURCE argument it was found under
     sha256: str  # hex sha256 of the text (utf-8)
 
+    @property
+    def chars(self) -> int:
+        return len(self.text)
+
+
+class TextSpool:
+    """Document texts on disk while a knowledge base is built: appended as the sources are
+    read, read back one document at a time.  The file is anonymous (unlinked as it is made),
+    so nothing is left behind, whatever happens (``contextlib.closing`` closes it)."""
+
+    def __init__(self, folder: str | Path):
+        # closed by close(); unlinked as it is made, so never left behind
+        self._file = tempfile.TemporaryFile(dir=folder, buffering=0)  # noqa: SIM115
+        self.size = 0
+
+    def keep(self, document: IngestedDocument) -> SpooledDocument:
+        """Write ``document``'s text to the spool; the document without its text."""
+        data = memoryview(document.text.encode("utf-8"))
+        offset, written = self.size, 0
+        while written < len(data):
+            written += os.pwrite(self._file.fileno(), data[written:], offset + written)
+        self.size += len(data)
+        return SpooledDocument(
+            document.id,
+            document.title,
+            document.source,
+            document.root,
+            document.sha256,
+            len(document.text),
+            self,
+            offset,
+            len(data),
+        )
+
+    def read(self, offset: int, length: int) -> str:
+        data = os.pread(self._file.fileno(), length, offset)
+        if len(data) != length:
+            raise KinjectError(f"text spool: {length} bytes at {offset} expected, {len(data)} read")
+        return data.decode("utf-8")
+
+    def truncate(self, size: int) -> None:
+        """Forget what was written after ``size`` bytes (a file that failed part-way)."""
+        os.ftruncate(self._file.fileno(), size)
+        self.size = size
+
+    def close(self) -> None:
+        self._file.close()
+
+
+@dataclass(frozen=True, slots=True)
+class SpooledDocument:
+    """An :class:`IngestedDocument` whose text waits in a :class:`TextSpool`: ``text`` reads it
+    back each time it is asked for."""
+
+    id: str
+    title: str | None
+    source: str
+    root: str
+    sha256: str
+    chars: int  # len(text)
+    spool: TextSpool
+    offset: int  # bytes into the spool
+    length: int  # bytes of utf-8
+
+    @property
+    def text(self) -> str:
+        return self.spool.read(self.offset, self.length)
+
+
+Document = IngestedDocument | SpooledDocument
+
 
 @dataclass
 class IngestReport:
     """What :func:`ingest` found: the documents, and what it skipped or dropped."""
 
-    documents: list[IngestedDocument]  # sorted by id, exact duplicates removed
+    documents: list[Document]  # sorted by id, exact duplicates removed
     warnings: list[str] = field(default_factory=list)  # one line each, naming the file
     duplicates: list[tuple[str, str]] = field(default_factory=list)  # (dropped id, kept id)
-    dropped: list[IngestedDocument] = field(default_factory=list)  # those dropped, by id
+    dropped: list[Document] = field(default_factory=list)  # those dropped, by id
 
 
 @dataclass(frozen=True)
@@ -136,6 +214,7 @@ def ingest(
     exclude: Sequence[str] = (),
     max_file_mb: float = 20.0,
     show_progress: bool = False,
+    spool: TextSpool | None = None,
 ) -> IngestReport:
     """Read every supported file under ``sources`` into cleaned, de-duplicated documents.
 
@@ -144,6 +223,7 @@ def ingest(
     do not apply to a SOURCE that is itself a file.  Files over ``max_file_mb`` (10^6 bytes)
     are skipped without being read.  Documents with the same cleaned text are kept once,
     under the id that sorts first; the others are listed in ``duplicates`` (and ``dropped``).
+    With a ``spool``, the documents are :class:`SpooledDocument` s, their texts in the spool.
     """
     if isinstance(sources, (str, Path)):
         sources = [sources]
@@ -153,11 +233,11 @@ def ingest(
         raise KinjectError(f"max_file_mb must be positive, got {max_file_mb}")
     run = _Run(strict, tuple(include), tuple(exclude), int(max_file_mb * 1_000_000))
     files = [file for source in sources for file in _source_files(Path(source), run)]
-    documents: list[IngestedDocument] = []
+    documents: list[Document] = []
     owners: dict[str, Path] = {}
     with progress_bar("ingesting", total=len(files), enabled=show_progress) as bar:
         for file in files:
-            for document in _file_documents(file, run):
+            for document in _file_documents(file, run, spool):
                 if _claim_id(document, file.path, owners, run):
                     documents.append(document)
             bar.advance(1, info=file.doc_id)
@@ -300,16 +380,27 @@ def _matches(patterns: tuple[str, ...], relative: str, name: str) -> bool:
 # --------------------------------------------------------------------------- reading files
 
 
-def _file_documents(file: _File, run: _Run) -> list[IngestedDocument]:
-    """The documents in one file; bad input is raised (strict) or warned about and skipped."""
+def _file_documents(file: _File, run: _Run, spool: TextSpool | None) -> list[Document]:
+    """The documents in one file; bad input is raised (strict) or warned about and skipped.
+    With a ``spool``, texts go to it as they are read; a file that fails part-way is taken
+    back out of it, as it is left out of the documents."""
+    mark = spool.size if spool is not None else 0
     try:
         kind = _kind(file.path)
+        documents: Iterable[IngestedDocument]
         if kind in _STREAMED_READERS:
             _check_size(file.path, run.max_bytes)
-            return _STREAMED_READERS[kind](file, run)
-        raw = _read_bytes(file.path, run.max_bytes)
-        return _READERS[kind](file, raw, run)
+            documents = _STREAMED_READERS[kind](file, run)
+        else:
+            raw = _read_bytes(file.path, run.max_bytes)
+            documents = _READERS[kind](file, raw, run)
+            del raw
+        if spool is None:
+            return list(documents)
+        return [spool.keep(document) for document in documents]
     except KinjectError as error:
+        if spool is not None:
+            spool.truncate(mark)
         run.problem(error)
         return []
 
@@ -614,28 +705,28 @@ def _pdf_pages(path: Path, raw: bytes) -> list[str]:
 # --------------------------------------------------------------------------- Wikipedia
 
 
-def _read_wiki_dump(file: _File, run: _Run) -> list[IngestedDocument]:
-    """The articles of a MediaWiki XML export or dump, streamed from disk."""
+def _read_wiki_dump(file: _File, run: _Run) -> Iterator[IngestedDocument]:
+    """The articles of a MediaWiki XML export or dump, streamed from disk, one by one."""
     from kinject.sources.wikidump import dump_pages
 
     return _wiki_documents(file, dump_pages(file.path, run.problem))
 
 
-def _read_wikiextractor(file: _File, raw: bytes, run: _Run) -> list[IngestedDocument]:
+def _read_wikiextractor(file: _File, raw: bytes, run: _Run) -> Iterator[IngestedDocument]:
     from kinject.sources.wikidump import wikiextractor_pages
 
     return _wiki_documents(file, wikiextractor_pages(file.path, raw, run.problem))
 
 
-def _wiki_documents(file: _File, pages) -> list[IngestedDocument]:
-    documents = []
+def _wiki_documents(file: _File, pages) -> Iterator[IngestedDocument]:
+    found = False
     for page in pages:
         text = clean_text(page.text)
         if text:  # nothing may be left of a page of control characters
-            documents.append(_document(file, page.id, text, _clean_title(page.title)))
-    if not documents:
+            found = True
+            yield _document(file, page.id, text, _clean_title(page.title))
+    if not found:
         raise DataError(file.path, None, None, "no article pages with text")
-    return documents
 
 
 _READERS = {
@@ -655,7 +746,7 @@ _STREAMED_READERS = {".xml": _read_wiki_dump, ".xml.bz2": _read_wiki_dump}
 # --------------------------------------------------------------------------- ids and text
 
 
-def _claim_id(document: IngestedDocument, path: Path, owners: dict[str, Path], run: _Run) -> bool:
+def _claim_id(document: Document, path: Path, owners: dict[str, Path], run: _Run) -> bool:
     """Whether ``document``'s id is still free; the first file to use an id keeps it."""
     first = owners.get(document.id)
     if first is None:
@@ -667,10 +758,10 @@ def _claim_id(document: IngestedDocument, path: Path, owners: dict[str, Path], r
 
 
 def _drop_exact_duplicates(
-    documents: list[IngestedDocument],
-) -> tuple[list[IngestedDocument], list[tuple[str, str]]]:
+    documents: list[Document],
+) -> tuple[list[Document], list[tuple[str, str]]]:
     """Documents sorted by id, each text once (under its first id); ``(dropped, kept)`` ids."""
-    kept: list[IngestedDocument] = []
+    kept: list[Document] = []
     duplicates: list[tuple[str, str]] = []
     first: dict[str, str] = {}
     for document in sorted(documents, key=lambda d: d.id):

@@ -23,6 +23,23 @@ atomic rename; a crash at any point leaves the previous snapshot in use)::
 Chunks and vectors of unchanged text are reused by content hash; the indexes are rebuilt from
 the stored rows in document-id order, so a knowledge base after any sequence of updates
 searches exactly like a fresh build of the same documents.
+
+A snapshot is written as a stream, so a build needs memory for one batch of chunks and the
+search indexes, not for the corpus::
+
+    sources ──► ingest ──► TextSpool (texts on disk; in memory: id, title, hash, offset)
+                              │  documents in id order, one text at a time
+                              ▼
+    documents.jsonl ◄── document ──► chunks ──► chunks.jsonl
+                                        │ batches of SourceOptions.batch chunks
+                                        ▼
+                     new texts embedded ──► embeddings.npy (rows appended; header last)
+                     texts tokenized    ──► BM25 term ids (4 bytes a token)
+    then: dense.faiss from embeddings.npy (block by block), bm25/ from the term ids
+
+A build reads its documents into a spool beside ``--out`` (an unlinked temporary file);
+updates (add, update, remove) still hold the knowledge base's documents, chunks and vectors
+in memory.
 """
 
 from __future__ import annotations
@@ -32,6 +49,7 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +58,7 @@ import numpy as np
 from kinject.config import KBConfig, load_config, to_yaml
 from kinject.errors import KinjectError
 from kinject.fileio import (
+    atomic_open,
     exclusive_lock,
     parse_json,
     read_bytes,
@@ -50,7 +69,7 @@ from kinject.fileio import (
     write_text,
 )
 from kinject.kb.chunking import Chunk, Chunker
-from kinject.kb.ingest import IngestedDocument, ingest
+from kinject.kb.ingest import Document, IngestedDocument, TextSpool, ingest
 
 FORMAT = 1
 POINTER = "kb.json"
@@ -189,6 +208,13 @@ class SourceOptions:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     show_progress: bool = True
+    # chunks chunked, embedded and written per batch: bounds a build's memory, never changes
+    # what it writes (a vector does not depend on the texts embedded with it)
+    batch: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.batch < 1:
+            raise KinjectError(f"batch must be at least 1 chunk, got {self.batch}")
 
 
 def build_kb(
@@ -204,22 +230,25 @@ def build_kb(
         raise KinjectError(
             f"{out} already exists; use `kinject kb update` to change it, or choose another --out"
         )
-    report = _ingest(sources, config, options)
-    if not report.documents:
-        n = len(report.warnings)  # else why the files were skipped is never shown
-        why = f" ({n} warning{'s' * (n > 1)}, the first: {report.warnings[0]})" if n else ""
-        raise KinjectError(f"no documents found in {', '.join(map(str, sources))}{why}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = staging_dir(out.parent, f".{out.name}.building-")
-    try:
-        change = Change(added=[d.id for d in report.documents], warnings=report.warnings)
-        _commit(staging, report.documents, report.dropped, config, None, change, options)
-        if out.exists():
-            out.rmdir()  # empty, checked above
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    # the texts wait on the disk the KB goes to, in a file unlinked as it is made
+    spool_folder = next(p for p in out.absolute().parents if p.is_dir())
+    with closing(TextSpool(spool_folder)) as spool:
+        report = _ingest(sources, config, options, spool)
+        if not report.documents:
+            n = len(report.warnings)  # else why the files were skipped is never shown
+            why = f" ({n} warning{'s' * (n > 1)}, the first: {report.warnings[0]})" if n else ""
+            raise KinjectError(f"no documents found in {', '.join(map(str, sources))}{why}")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = staging_dir(out.parent, f".{out.name}.building-")
+        try:
+            change = Change(added=[d.id for d in report.documents], warnings=report.warnings)
+            _commit(staging, report.documents, report.dropped, config, None, change, options)
+            if out.exists():
+                out.rmdir()  # empty, checked above
+            staging.rename(out)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     return change
 
 
@@ -332,7 +361,7 @@ def drop_duplicates(
     return sorted(kept.values(), key=lambda d: d.id), dropped
 
 
-def _ingest(sources, config: KBConfig, options: SourceOptions):
+def _ingest(sources, config: KBConfig, options: SourceOptions, spool: TextSpool | None = None):
     report = ingest(
         sources,
         strict=options.strict,
@@ -340,6 +369,7 @@ def _ingest(sources, config: KBConfig, options: SourceOptions):
         exclude=options.exclude,
         max_file_mb=config.max_file_mb,
         show_progress=options.show_progress,
+        spool=spool,
     )
     return report
 
@@ -360,8 +390,8 @@ def _clean_stale(kb_dir: Path) -> None:
 
 def _commit(
     staging: Path,
-    documents: list[IngestedDocument],
-    dropped: list[IngestedDocument],
+    documents: Sequence[Document],
+    dropped: Sequence[Document],
     config: KBConfig,
     previous: KnowledgeBase | None,
     change: Change,
@@ -372,14 +402,6 @@ def _commit(
     For a new KB ``staging`` is the KB folder to be; for an update it is a temporary folder
     under ``KB_DIR/snapshots``.
     """
-    chunks = chunk_documents(documents, config, previous)
-    if not chunks:
-        raise KinjectError("the documents hold no text to index")
-    started = time.perf_counter()
-    embeddings = _embeddings(chunks, config, previous, change, options.show_progress)
-    # wall time of embedding the new texts (loading the model included); reused vectors cost
-    # only reading them back
-    embed_seconds = time.perf_counter() - started
     if previous is None:
         kb_dir, snapshot = staging, staging / "snapshots" / "000001"
         number = 1
@@ -387,32 +409,34 @@ def _commit(
         kb_dir = previous.folder
         number = int(previous.snapshot.name) + 1
         snapshot = staging
-    _write_snapshot(snapshot, documents, dropped, chunks, embeddings, config, change, embed_seconds)
+    _write_snapshot(snapshot, documents, dropped, config, previous, change, options)
     final = kb_dir / "snapshots" / f"{number:06d}"
     if snapshot != final:
         os.rename(snapshot, final)
     write_json(kb_dir / POINTER, {"format": FORMAT, "snapshot": f"snapshots/{number:06d}"})
-    change.documents, change.chunks = len(documents), len(chunks)
+    change.documents = len(documents)
 
 
-def chunk_documents(
-    documents: Sequence[IngestedDocument], config: KBConfig, previous: KnowledgeBase | None
-) -> list[Chunk]:
-    """Chunks of every document, in order; an unchanged document keeps its previous chunks."""
-    old: dict[tuple[str, str], list[Chunk]] = {}
-    if previous is not None:
-        sha = {row["id"]: row["sha256"] for row in previous.manifest}
-        for chunk in previous.chunks:
-            old.setdefault((chunk.doc_id, sha[chunk.doc_id]), []).append(chunk)
-    chunker = None
-    chunks: list[Chunk] = []
-    for document in documents:
-        reused = old.get((document.id, document.sha256))
-        if reused is None:
-            chunker = chunker or make_chunker(config)
-            reused = chunker.chunk(document.id, document.text)
-        chunks.extend(reused)
-    return chunks
+class _Chunks:
+    """The chunks of one document at a time; an unchanged document (same id and text as in
+    ``previous``) keeps its previous chunks, without tokenizing it again."""
+
+    def __init__(self, config: KBConfig, previous: KnowledgeBase | None):
+        self.config = config
+        self.old: dict[tuple[str, str], list[Chunk]] = {}
+        if previous is not None:
+            sha = {row["id"]: row["sha256"] for row in previous.manifest}
+            for chunk in previous.chunks:
+                self.old.setdefault((chunk.doc_id, sha[chunk.doc_id]), []).append(chunk)
+        self._chunker: Chunker | None = None
+
+    def of(self, document: Document, text: str) -> list[Chunk]:
+        reused = self.old.get((document.id, document.sha256))
+        if reused is not None:
+            return reused
+        if self._chunker is None:
+            self._chunker = make_chunker(self.config)
+        return self._chunker.chunk(document.id, text)
 
 
 def make_chunker(config: KBConfig) -> Chunker:
@@ -431,61 +455,173 @@ def make_chunker(config: KBConfig) -> Chunker:
     return Chunker(tokenizer, config.chunking.size, config.chunking.overlap)
 
 
-def _embeddings(
-    chunks: list[Chunk],
-    config: KBConfig,
-    previous: KnowledgeBase | None,
-    change: Change,
-    show_progress: bool,
-) -> np.ndarray:
-    """One vector per chunk; texts seen before (by hash) reuse their vector, each new text is
-    embedded once."""
-    from kinject.kb.embedders import make_embedder
+class _Vectors:
+    """``embeddings.npy`` written as chunks come, a batch at a time: one vector per chunk, in
+    order.  A text seen in the previous snapshot (by hash) reuses its vector; a text already
+    met in this build copies the row it got; each other text is embedded once, with the rest
+    of its batch.  Only hashes (and the previous snapshot's vectors, on update) are kept.
 
-    cache: dict[str, np.ndarray] = {}
-    if previous is not None:
-        vectors = previous.embeddings()
-        for chunk, vector in zip(previous.chunks, vectors):
-            cache[chunk.sha256] = vector
-    new_texts = {chunk.sha256: chunk.text for chunk in chunks if chunk.sha256 not in cache}
-    change.reused = sum(1 for chunk in chunks if chunk.sha256 in cache)
-    change.embedded = len(new_texts)
-    if new_texts:
-        embedder = previous.embedder if previous is not None else make_embedder(config.embedder)
-        embedder.show_progress = show_progress
-        hashes = sorted(new_texts)
-        fresh = embedder.embed([new_texts[sha] for sha in hashes])
-        cache.update(zip(hashes, fresh))
-    return np.stack([cache[chunk.sha256] for chunk in chunks]).astype(np.float32)
+    The rows go after room for the .npy header, which is written when the number of rows is
+    known: the file is byte for byte what ``np.save`` writes of the same array.
+    """
+
+    _HEADER = 128  # bytes np.save's version 1.0 header takes for any float32 [rows, dim]
+
+    def __init__(self, handle, config: KBConfig, previous: KnowledgeBase | None, change: Change):
+        self.handle = handle
+        self.config = config
+        self.previous = previous
+        self.change = change
+        self.seconds = 0.0  # embedding the new texts (the model's loading included)
+        self.rows = 0  # written
+        self.dim: int | None = None
+        self._cache: dict[str, np.ndarray] = {}  # previous vectors by text hash
+        if previous is not None:
+            started = time.perf_counter()
+            for chunk, vector in zip(previous.chunks, previous.embeddings()):
+                self._cache[chunk.sha256] = vector
+            self.seconds += time.perf_counter() - started
+        self._row_of: dict[bytes, int] = {}  # this build's rows by text hash (digest)
+        self._embedder = None
+        handle.seek(self._HEADER)
+
+    def write(self, chunks: Sequence[Chunk]) -> None:
+        """The rows of ``chunks``, the next ones in order."""
+        started = time.perf_counter()
+        sources: list[tuple[str, object]] = []  # per row: where its vector comes from
+        texts: list[str] = []  # to embed
+        for position, chunk in enumerate(chunks):
+            sha = chunk.sha256
+            digest = bytes.fromhex(sha)
+            if sha in self._cache:
+                self.change.reused += 1
+                sources.append(("vector", self._cache[sha]))
+            elif digest in self._row_of:
+                sources.append(("row", self._row_of[digest]))
+            else:
+                sources.append(("new", len(texts)))
+                texts.append(chunk.text)
+            if digest not in self._row_of:
+                self._row_of[digest] = self.rows + position
+        fresh = self._embed(texts) if texts else None
+        self.change.embedded += len(texts)
+        block = np.empty((len(chunks), self._dim(fresh)), dtype=np.float32)
+        for position, (kind, where) in enumerate(sources):
+            if kind == "vector":
+                block[position] = where
+            elif kind == "new":
+                block[position] = fresh[where]
+            elif where >= self.rows:  # a row of this block
+                block[position] = block[where - self.rows]
+            else:
+                block[position] = self._read_row(where)
+        self.handle.write(block.tobytes())
+        self.rows += len(chunks)
+        self.seconds += time.perf_counter() - started
+
+    def finish(self) -> None:
+        """Write the header, now that the number of rows is known."""
+        import io
+
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(
+            header, {"descr": "<f4", "fortran_order": False, "shape": (self.rows, self.dim or 0)}
+        )
+        if len(header.getvalue()) != self._HEADER:  # (rows, dim) would need ~60 digits
+            raise KinjectError(f"embeddings.npy: no room for the header of {self.rows} rows")
+        self.handle.seek(0)
+        self.handle.write(header.getvalue())
+        self.handle.seek(0, os.SEEK_END)
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        from kinject.kb.embedders import make_embedder
+
+        if self._embedder is None:
+            if self.previous is not None:
+                self._embedder = self.previous.embedder
+            else:
+                self._embedder = make_embedder(self.config.embedder)
+            self._embedder.show_progress = False  # the build shows one bar for everything
+        return self._embedder.embed(texts)
+
+    def _dim(self, fresh: np.ndarray | None) -> int:
+        if self.dim is None:
+            if fresh is not None:
+                self.dim = fresh.shape[1]
+            else:
+                self.dim = len(next(iter(self._cache.values())))
+        return self.dim
+
+    def _read_row(self, row: int) -> np.ndarray:
+        self.handle.flush()
+        size = self.dim * 4
+        data = os.pread(self.handle.fileno(), size, self._HEADER + row * size)
+        return np.frombuffer(data, dtype=np.float32)
 
 
 def _write_snapshot(
     folder: Path,
-    documents: list[IngestedDocument],
-    dropped: list[IngestedDocument],
-    chunks: list[Chunk],
-    embeddings: np.ndarray,
+    documents: Sequence[Document],
+    dropped: Sequence[Document],
     config: KBConfig,
+    previous: KnowledgeBase | None,
     change: Change,
-    embed_seconds: float,
+    options: SourceOptions,
 ) -> None:
-    """Every file of a snapshot; ``embed_seconds``: the time this build spent embedding, for
-    build.json."""
+    """Every file of a snapshot, streamed: each document is read (from the spool, on a build),
+    written to documents.jsonl, chunked; its chunks go to chunks.jsonl and, a batch of
+    ``options.batch`` chunks at a time, to embeddings.npy and the BM25 term ids."""
     from kinject.kb.indexes import (
         BM25_FOLDER,
         FAISS_FILE,
-        build_bm25_index,
-        build_dense_index,
+        BM25Builder,
+        build_dense_index_from_file,
         save_bm25_index,
         save_dense_index,
     )
+    from kinject.progress import progress_bar
 
     folder.mkdir(parents=True, exist_ok=True)
     write_text(folder / "config.yaml", to_yaml(config))
-    write_jsonl(folder / "documents.jsonl", (_corpus_row(d) for d in documents))
     counts: dict[str, int] = {}
-    for chunk in chunks:
-        counts[chunk.doc_id] = counts.get(chunk.doc_id, 0) + 1
+    chunker = _Chunks(config, previous)
+    bm25 = BM25Builder()
+    bm25_seconds = 0.0
+    with ExitStack() as files:
+        corpus_out = files.enter_context(atomic_open(folder / "documents.jsonl"))
+        chunks_out = files.enter_context(atomic_open(folder / "chunks.jsonl"))
+        vectors_out = files.enter_context(atomic_open(folder / "embeddings.npy", "w+b"))
+        vectors = _Vectors(vectors_out, config, previous, change)
+        batch: list[Chunk] = []
+
+        def flush() -> None:
+            nonlocal bm25_seconds
+            vectors.write(batch)
+            started = time.perf_counter()
+            bm25.add(chunk.text for chunk in batch)
+            bm25_seconds += time.perf_counter() - started
+            batch.clear()
+
+        bar_context = progress_bar("chunking and embedding", len(documents), options.show_progress)
+        with bar_context as bar:
+            for document in documents:
+                text = document.text
+                corpus_out.write(_json_line(_corpus_row(document, text)))
+                chunks = chunker.of(document, text)
+                del text
+                counts[document.id] = len(chunks)
+                for chunk in chunks:
+                    chunks_out.write(_json_line(chunk.to_json()))
+                    batch.append(chunk)
+                    if len(batch) >= options.batch:
+                        flush()
+                bar.advance(1)
+            if batch:
+                flush()
+        if not vectors.rows:
+            raise KinjectError("the documents hold no text to index")
+        vectors.finish()
+    change.chunks = vectors.rows
     kept = {d.sha256: d.id for d in documents}
     duplicates = {d.id: kept[d.sha256] for d in dropped}
     write_jsonl(
@@ -496,27 +632,30 @@ def _write_snapshot(
         ),
     )
     write_json(folder / "duplicates.json", duplicates)
-    write_jsonl(folder / "chunks.jsonl", (chunk.to_json() for chunk in chunks))
-    np.save(folder / "embeddings.npy", embeddings)
     started = time.perf_counter()
-    save_dense_index(build_dense_index(embeddings, config.index), folder)
-    save_bm25_index(build_bm25_index([chunk.text for chunk in chunks]), folder)
-    index_seconds = time.perf_counter() - started
+    save_dense_index(build_dense_index_from_file(folder / "embeddings.npy", config.index), folder)
+    save_bm25_index(bm25.build(), folder)
+    index_seconds = time.perf_counter() - started + bm25_seconds
     write_json(
         folder / "build.json",
         {
             "documents": len(documents),
-            "chunks": len(chunks),
+            "chunks": vectors.rows,
             "embedded": change.embedded,
             "reused": change.reused,
             "duplicates": len(duplicates),
-            "embed_seconds": round(embed_seconds, 3),
+            "embed_seconds": round(vectors.seconds, 3),
             "index_seconds": round(index_seconds, 3),
             "index_bytes": _bytes(folder / FAISS_FILE) + _bytes(folder / BM25_FOLDER),
             "embeddings_bytes": _bytes(folder / "embeddings.npy"),
         },
     )
     _fsync_tree(folder)
+
+
+def _json_line(row: dict) -> str:
+    """A JSONL line as :func:`kinject.fileio.write_jsonl` writes it."""
+    return json.dumps(row, ensure_ascii=False) + "\n"
 
 
 def _bytes(path: Path) -> int:
@@ -526,19 +665,19 @@ def _bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def _manifest_row(document: IngestedDocument, chunks: int, duplicate_of: str | None) -> dict:
+def _manifest_row(document: Document, chunks: int, duplicate_of: str | None) -> dict:
     row = {"id": document.id, "sha256": document.sha256}
     if document.title:
         row["title"] = document.title
-    row |= {"source": document.source, "root": document.root, "chars": len(document.text)}
+    row |= {"source": document.source, "root": document.root, "chars": document.chars}
     row |= {"chunks": chunks}
     if duplicate_of is not None:
         row["duplicate_of"] = duplicate_of  # not indexed: its text is its kept copy's
     return row
 
 
-def _corpus_row(document: IngestedDocument) -> dict:
-    row = {"id": document.id, "text": document.text}
+def _corpus_row(document: Document, text: str) -> dict:
+    row = {"id": document.id, "text": text}
     if document.title:
         row["title"] = document.title
     row["source"] = document.source
