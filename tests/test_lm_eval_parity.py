@@ -280,3 +280,32 @@ def test_prefix_clusters_share_the_prefix_that_runs_fewest_tokens():
     assert _prefix_clusters(short, minimum=40) == [(40, [0, 1])]
     same = [_pack([(list(range(50)), [5]), (list(range(50)), [6])], [i]) for i in (0, 1)]
     assert _prefix_clusters(same) == [(49, [0, 1])]
+
+
+def test_a_model_whose_cache_cannot_be_shared_scores_without_it(bpe_tokenizer):
+    """Sliding-window layers keep only their window: no shared prefix cache, the same scores."""
+    import torch
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    model = MistralForCausalLM(
+        MistralConfig(
+            vocab_size=len(bpe_tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            sliding_window=4096,
+            max_position_embeddings=2048,
+        )
+    )
+    requests = _rag_length_requests()
+    fast = LoglikelihoodScorer(model, bpe_tokenizer, batch_size=3, max_length=1000)
+    scores = fast.loglikelihood(requests)
+    assert not fast._prefix_cache  # tried once on the first shared prefix, then off
+    separate = LoglikelihoodScorer(
+        model, bpe_tokenizer, batch_size=3, max_length=1000, share_prefix=False
+    ).loglikelihood(requests)
+    assert max(abs(a.logprob - b.logprob) for a, b in zip(scores, separate)) <= 1e-4
+    assert [a.is_greedy for a in scores] == [b.is_greedy for b in separate]

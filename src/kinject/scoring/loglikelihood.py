@@ -207,8 +207,10 @@ class LoglikelihoodScorer:
         alone = [i for i in range(len(packed)) if i not in clustered]
         self.model.eval()
         for shared, members in [*clusters, (0, alone)]:
-            cache = self._prefix_kv(packed[members[0]].tokens[:shared], device) if shared else None
-            if shared and cache is None:  # the model's cache cannot be shared: no prefix
+            cache = None
+            if shared and self._prefix_cache:  # off once the model's cache proves unsharable
+                cache = self._prefix_kv(packed[members[0]].tokens[:shared], device)
+            if cache is None:
                 shared = 0
             widths = [len(packed[i].tokens) - shared for i in members]
             kept = [len({r for _, rows in packed[i].spans for r in rows}) for i in members]
