@@ -186,8 +186,9 @@ def read_yaml(path: str | Path, what: str = "file") -> Any:
     except UnicodeDecodeError as error:
         line = raw.count(b"\n", 0, error.start) + 1
         raise DataError(path, line, None, f"invalid UTF-8 at byte {error.start}") from None
+    UniqueKeysSafeLoader = _yaml_loader()  # a yaml.SafeLoader subclass
     try:
-        data = yaml.load(text, Loader=_yaml_loader())
+        data = yaml.load(text, Loader=UniqueKeysSafeLoader)
     except _DuplicateKey as error:
         message = f"written twice in one mapping (first on line {error.first})"
         raise DataError(path, error.line, str(error.key), message) from None
