@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -14,6 +15,20 @@ from kinject.experiments.files import deep_merge
 # processes share the cores; subprocesses get the same single thread, which also keeps their
 # numerics identical to the in-process runs they are compared with.
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+# `accelerate launch` of two processes: on a machine without GPUs, one CPU process each (gloo).
+TWO_CPU_PROCESSES = [
+    str(Path(sys.executable).parent / "accelerate"),
+    "launch",
+    "--multi_gpu",
+    "--num_processes",
+    "2",
+    "--num_machines",
+    "1",
+    "--mixed_precision",
+    "no",
+    "--dynamo_backend",
+    "no",
+]
 
 
 def settings(world: Path, base: Path, **overrides) -> dict:

@@ -15,11 +15,9 @@ import torch
 import yaml
 
 from conftest import tiny_llama
-from finetune_helpers import ONE_THREAD, settings, weights
+from finetune_helpers import ONE_THREAD, TWO_CPU_PROCESSES, settings, weights
 from kinject.config import WorldConfig
 from kinject.world.build import build_world, write_world
-
-ACCELERATE = Path(sys.executable).parent / "accelerate"
 
 
 @pytest.fixture()
@@ -51,20 +49,7 @@ def _finetune(launcher: list[str], config: Path, out: Path) -> subprocess.Comple
 def test_two_processes_train_the_model_one_process_trains(job, tmp_path):
     single = _finetune([sys.executable], job, tmp_path / "one")
     assert single.returncode == 0, single.stderr
-    launcher = [
-        str(ACCELERATE),
-        "launch",
-        "--multi_gpu",  # on a machine without GPUs: one CPU process each, gloo
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-    ]
-    double = _finetune(launcher, job, tmp_path / "two")
+    double = _finetune(TWO_CPU_PROCESSES, job, tmp_path / "two")
     assert double.returncode == 0, double.stderr
     assert double.stdout.count("chosen:") == 1  # the main process alone reports and writes
 

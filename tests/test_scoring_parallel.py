@@ -9,32 +9,14 @@ import os
 import random
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from finetune_helpers import ONE_THREAD, TWO_CPU_PROCESSES
 from kinject.scoring.parallel import shard_requests
-
-ACCELERATE = Path(sys.executable).parent / "accelerate"
-# One torch thread in every process: the numerics of one process and of two are the same.
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-TWO_PROCESSES = [
-    str(ACCELERATE),
-    "launch",
-    "--multi_gpu",  # on a machine without GPUs: one CPU process each, gloo
-    "--num_processes",
-    "2",
-    "--num_machines",
-    "1",
-    "--mixed_precision",
-    "no",
-    "--dynamo_backend",
-    "no",
-]
-
 
 # -- the shards ------------------------------------------------------------------------------
 
@@ -171,7 +153,7 @@ def test_an_experiment_on_two_processes_scores_what_one_process_scores(
     cache = tmp_path / "cache"
     monkeypatch.setenv("KINJECT_CACHE_DIR", str(cache))
     experiment = _experiment(tmp_path)
-    command = [*TWO_PROCESSES, "-m", "kinject", "run", str(experiment), "--out", "two"]
+    command = [*TWO_CPU_PROCESSES, "-m", "kinject", "run", str(experiment), "--out", "two"]
     env = {**os.environ, **ONE_THREAD, "ACCELERATE_LOG_LEVEL": "error"}
     double = subprocess.run(
         command, cwd=tmp_path, env=env, capture_output=True, text=True, check=False, timeout=300
