@@ -40,6 +40,10 @@ export_app = typer.Typer(
     help="Export tasks and runs to other tools (lm-evaluation-harness).", no_args_is_help=True
 )
 app.add_typer(export_app, name="export")
+probes_app = typer.Typer(
+    help="Probes: renamed-entity corpora and the questions that test them.", no_args_is_help=True
+)
+app.add_typer(probes_app, name="probes")
 
 
 def user_errors(function):
@@ -332,7 +336,7 @@ def export_lm_eval_command(
     format: Annotated[
         str | None, typer.Option(help="Task file: jsonl, mmlu_csv or mmlu_hf (default: by suffix).")
     ] = None,
-    style: Annotated[str | None, typer.Option(help="Task file: letter or option.")] = None,
+    style: Annotated[str | None, typer.Option(help="Task file: letter, option or cloze.")] = None,
     name: Annotated[str | None, typer.Option(help="Task file: the task's name.")] = None,
     description: Annotated[
         str | None, typer.Option(help="Task file: text before the k-shot examples.")
@@ -377,6 +381,60 @@ def export_lm_eval_command(
     for cell in result.skipped:
         typer.echo(f"not exported: {cell['model']} {cell['arm']} {cell['split']}: {cell['reason']}")
     typer.echo(f"wrote {result.out} (manifest.json, README.md)")
+
+
+@probes_app.command("rename")
+@user_errors
+def probes_rename(
+    corpus: Annotated[
+        Path, typer.Argument(help="Plain text (split at blank lines) or a corpus JSONL.")
+    ],
+    rename: Annotated[
+        list[str],
+        typer.Option("--map", help="Old=New or 'Old -> New'; repeat for several entities."),
+    ],
+    templates: Annotated[Path, typer.Option(help="Probe template YAML.")],
+    out: Annotated[Path, typer.Option(help="The folder to write (new, empty, or a rebuild).")],
+    seed: Annotated[int, typer.Option(help="Shuffles each probe's choices.")] = 0,
+    doc_chars: Annotated[
+        int | None, typer.Option(help="Plain text: characters per document at most [2000].")
+    ] = None,
+) -> None:
+    """Rename entities in a corpus (Romeo -> Bob, ROMEO -> BOB, romeo -> bob) and write cloze
+    and multiple-choice probes about them, once with each name, plus the unrenamed corpus.
+
+    Writes `renamed.jsonl`, `original.jsonl`, `cloze_new/old.jsonl` (score with style cloze),
+    `mc_new/old.jsonl` (style option), `cloze_dev/mc_dev.jsonl` when the templates have dev
+    probes, `entities/<entity>/` and `probes.json` (replacements per form, counts, files).
+
+    Example:
+
+        kinject probes rename shared/data/tiny_shakespeare/input.txt --map Romeo=Bob \\
+            --map Petruchio=Carl --templates examples/rename/probes.yaml --out probes/bob
+    """
+    from kinject.config import RenameConfig, parse_config
+    from kinject.probes.rename import build_from_config
+
+    fields = {
+        "corpus": str(corpus),
+        "map": rename,
+        "templates": str(templates),
+        "seed": seed,
+    }
+    if doc_chars is not None:
+        fields["doc_chars"] = doc_chars
+    result = build_from_config(parse_config(RenameConfig, fields), out)
+    manifest = result.manifest
+    for old, done in manifest["replacements"].items():
+        forms = ", ".join(f"{form}: {n}" for form, n in done["forms"].items())
+        left = ", ".join(f"{word} ({n})" for word, n in list(done["untouched"].items())[:5])
+        typer.echo(f"{old} -> {done['new']}: {done['total']} replaced ({forms})")
+        if left:
+            typer.echo(f"  left as they are: {left}")
+    for name, about in manifest["files"].items():
+        style = f", style {about['style']}" if "style" in about else ""
+        typer.echo(f"  {name}: {about['records']} {about['kind']} records{style}")
+    typer.echo(f"wrote {result.out} (probes.json, fingerprint {manifest['fingerprint']})")
 
 
 @app.command()

@@ -205,8 +205,10 @@ class TaskSpec(Section):
         description="k-shot examples; MMLU guesses ../dev/<subject>_dev.csv (mmlu_csv) or the "
         "dev-* file beside the test file (mmlu_hf).",
     )
-    style: Literal["letter", "option"] | None = Field(
-        None, description="Prompt style; default letter for MMLU, option for JSONL."
+    style: Literal["letter", "option", "cloze"] | None = Field(
+        None,
+        description="Prompt style; default letter for MMLU, option for JSONL; cloze: the "
+        "question is a text each choice continues (lm-eval's lambada/hellaswag layout).",
     )
     description: str | None = Field(None, description="Text before the k-shot examples.")
 
@@ -786,6 +788,63 @@ QUICK_DEMO = {
     },
     "bootstrap_resamples": 200,
 }
+
+
+class RenameConfig(Section):
+    """Entity-rename probes (issue 9): the corpus with entities renamed (Romeo -> Bob), and
+    cloze and multiple-choice probes about each renamed entity, written for both names.
+    ``kinject probes rename`` and an experiment's ``rename:`` section build from this."""
+
+    corpus: str = Field(
+        description="Plain text (documents of whole blank-line separated passages) or a "
+        "corpus JSONL (its documents kept as they are)."
+    )
+    map: dict[str, str] = Field(
+        min_length=1,
+        description="Old name -> new name, as written in the corpus ({Romeo: Bob}), or a list "
+        "of 'Romeo=Bob' / 'Romeo -> Bob'; each also renames its UPPER and lower forms.",
+    )
+    templates: str = Field(description="Probe template YAML (examples/rename/probes.yaml).")
+    seed: int = Field(0, description="Shuffles each probe's choices (the same for both names).")
+    doc_chars: int = Field(
+        2000,
+        ge=1,
+        description="Plain text: passages are grouped into documents of at most this many "
+        "characters (a longer passage is a document of its own).",
+    )
+
+    @field_validator("map", mode="before")
+    @classmethod
+    def _map_entries(cls, value: Any) -> Any:
+        if not isinstance(value, (list, tuple)):
+            return value
+        from kinject.probes.rename import parse_rename
+
+        if not all(isinstance(entry, str) for entry in value):
+            raise ValueError("a list of renames holds strings: 'Romeo=Bob' or 'Romeo -> Bob'")
+        pairs = [parse_rename(entry) for entry in value]
+        olds = [old for old, _ in pairs]
+        twice = sorted({old for old in olds if olds.count(old) > 1})
+        if twice:
+            raise ValueError(f"'{twice[0]}' is renamed twice")
+        return dict(pairs)
+
+    @field_validator("map")
+    @classmethod
+    def _map_names(cls, value: dict[str, str]) -> dict[str, str]:
+        from kinject.probes.rename import RenameMap
+
+        RenameMap(value)  # raises ValueError naming the bad name
+        return value
+
+    def with_paths_resolved(self, base: Path) -> RenameConfig:
+        """``corpus`` and ``templates`` relative to ``base`` (the folder of the file naming them)."""
+        return self.model_copy(
+            update={
+                "corpus": str((base / self.corpus).resolve()),
+                "templates": str((base / self.templates).resolve()),
+            }
+        )
 
 
 # --- experiments: `kinject run` ----------------------------------------------------------------

@@ -15,7 +15,8 @@ How lm-eval rebuilds kinject's prompt (:func:`kinject.tasks.prompts.build_prompt
 
     description + (dev query + " " + choices[answer] + "\\n\\n") × num_fewshot + query   + " " + choice
     └─ YAML ──┘   └─ fewshot_split: dev, sampler first_n, target/fewshot delimiters ┘   └─ doc ─┘
-    query = [context + "\\n\\n"] + the question in the task's style (letter: "…\\nAnswer:")
+    query = [context + "\\n\\n"] + the question in the task's style (letter: "…\\nAnswer:";
+            cloze: the text as it is, lm-eval's plain-continuation layout)
 
 ``doc_to_text: query``, ``doc_to_choice: choices`` and ``doc_to_target: answer`` name document
 fields, which lm-eval takes verbatim (no Jinja), so every byte of the prompt is kinject's.

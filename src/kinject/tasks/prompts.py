@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from kinject.tasks.items import MCItem, Task
 
-STYLES = ("letter", "option")
+STYLES = ("letter", "option", "cloze")
 FEWSHOT_DELIMITER = "\n\n"
 TARGET_DELIMITER = " "
 
@@ -35,6 +35,14 @@ def letters(n: int) -> list[str]:
 
 
 def item_text(item: MCItem, style: str) -> str:
+    """The question in ``style``; ``cloze`` (lm-eval's plain-continuation layout, as lambada
+    or hellaswag: ``doc_to_text`` the text, ``doc_to_choice`` the options) is the question as
+    it is, each choice scored as its continuation::
+
+        {question}                                                      + " {choice}"
+    """
+    if style == "cloze":
+        return item.question
     if style == "letter":
         lines = [item.question.strip()]
         lines += [
@@ -48,7 +56,10 @@ def item_text(item: MCItem, style: str) -> str:
 
 
 def item_choices(item: MCItem, style: str) -> list[str]:
-    """The continuations scored for each option, without the target delimiter."""
+    """The continuations scored for each option, without the target delimiter (option and
+    cloze: the choices' texts; letter: A, B, …)."""
+    if style not in STYLES:
+        raise ValueError(f"unknown prompt style '{style}' (expected one of {', '.join(STYLES)})")
     return letters(len(item.choices)) if style == "letter" else list(item.choices)
 
 
