@@ -20,7 +20,7 @@ def test_bad_value_names_the_key(tmp_path):
     path = tmp_path / "e.yaml"
     path.write_text("model: {path: m}\ntasks: [{path: t.jsonl, style: fancy}]\n")
     with pytest.raises(
-        KinjectError, match=r"key 'tasks.0.style': Input should be 'letter' or 'option'"
+        KinjectError, match=r"key 'tasks.0.style': Input should be 'letter', 'option' or 'cloze'"
     ):
         load_config(EvalConfig, path)
 
