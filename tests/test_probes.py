@@ -33,6 +33,7 @@ from kinject.probes.rename import (
     rename_fingerprint,
     rename_text,
     split_passages,
+    split_sections,
 )
 from kinject.tasks.items import MCItem, Task
 from kinject.tasks.loaders import load_mc_jsonl
@@ -155,6 +156,10 @@ def test_passages_are_grouped_into_documents_without_cutting_one():
     assert passages == ["A:\none", "B:\ntwo", "C:\n" + "x" * 50, "D:\nfour"]
     assert group_passages(passages, 20) == ["A:\none\n\nB:\ntwo", "C:\n" + "x" * 50, "D:\nfour"]
     assert group_passages(passages, 10_000) == ["\n\n".join(passages)]
+    assert split_sections("A:\none\n\nB:\ntwo\n\n \nC:\nthree\n\n\n\n") == [
+        "A:\none\n\nB:\ntwo",
+        "C:\nthree",
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -619,6 +624,9 @@ def test_example_templates_build_on_tiny_shakespeare(tmp_path, shakespeare):
                 assert set(re.findall(r"\w+", choice.lower())) <= words, (record["id"], choice)
     renamed = "\n".join(d["text"] for d in rows(out / "renamed.jsonl"))
     assert not re.search(r"(?i)romeo|petruchio", renamed)
+    original = rows(out / "original.jsonl")  # two blank lines (L15598): Romeo and Juliet begins
+    assert any(d["text"].startswith("SAMPSON:\nGregory, o' my word") for d in original)
+    assert max(len(d["text"]) for d in original) < 4000 and len(original) > 500
     for record in rows(out / "cloze_new.jsonl") + rows(out / "mc_new.jsonl"):
         assert not re.search(r"(?i)romeo|petruchio", record["question"] + str(record["choices"]))
 

@@ -9,7 +9,8 @@ Juliet.  From a corpus, a rename map (``Romeo -> Bob``) and probe templates this
   apostrophe ends the word); a name touching another letter, digit or underscore is a
   different word and stays (``Romeos``, ``Romeorama``, ``xRomeo``), as do other case mixes
   (``RoMeO``): ``probes.json`` counts every such word left (``untouched``);
-* the same documents not renamed, with the same ids;
+* the same documents not renamed, with the same ids (plain text: consecutive blank-line
+  separated passages, a few thousand characters each, never across two blank lines);
 * cloze and multiple-choice probes about each renamed entity, each written twice with the
   same id and the same choice order: with the new name (``*_new.jsonl``), and with the old
   one (``*_old.jsonl``).  Every other renamed name in a probe (an answer that is another
@@ -227,6 +228,12 @@ def untouched_words(renamed_text: str, rename_map: RenameMap) -> dict[str, dict[
 # the corpus as documents
 
 
+def split_sections(text: str) -> list[str]:
+    """Parts separated by two or more blank lines: no document spans one of these breaks
+    (tiny shakespeare has two: where Romeo and Juliet begins, and in Measure for Measure)."""
+    return [part for part in re.split(r"\n(?:[ \t]*\n){2,}", text) if part.strip()]
+
+
 def split_passages(text: str) -> list[str]:
     """Passages separated by blank lines (tiny shakespeare: one speech each)."""
     return [part.strip("\n") for part in re.split(r"\n(?:[ \t]*\n)+", text) if part.strip()]
@@ -263,11 +270,14 @@ def read_documents(path: Path, doc_chars: int) -> list[dict]:
     else:
         text = "\n".join(line for _, line in read_lines(path))
         stem = _slug(path.stem) or "doc"
+        documents = [
+            document
+            for section in split_sections(text)
+            for document in group_passages(split_passages(section), doc_chars)
+        ]
         rows = [
             {"id": f"{stem}-{number:05d}", "text": document, "source": path.name}
-            for number, document in enumerate(
-                group_passages(split_passages(text), doc_chars), start=1
-            )
+            for number, document in enumerate(documents, start=1)
         ]
     if not rows:
         raise KinjectError(f"{path}: the corpus holds no text")
