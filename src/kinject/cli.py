@@ -226,6 +226,17 @@ def run(
             "tokens) without loading or downloading a model; exit 2 on a problem.",
         ),
     ] = False,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="Score this model instead of the file's models: a local folder or a hub id "
+            "(the setup sections it no longer needs, e.g. text_model:, are skipped).",
+        ),
+    ] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="With --model: float32, bfloat16 or float16.")
+    ] = None,
 ) -> None:
     """Run an experiment's grid (models × arms × tasks × shots × K × sweeps); rerun to resume.
 
@@ -250,6 +261,8 @@ def run(
 
         kinject run examples/paper/mmlu.yaml --dry-run
         kinject run examples/demo/experiment.yaml --out runs/demo-grid
+        kinject run examples/rename/experiment.yaml --model mistralai/Mistral-7B-v0.1 \\
+            --dtype bfloat16 --out runs/rename-mistral
 
     On several devices (or CPU processes), training and scoring data parallel:
 
@@ -258,6 +271,12 @@ def run(
     from kinject.experiments.files import load_experiment
 
     config = load_experiment(experiment)
+    if model is not None:
+        from kinject.experiments.files import with_model
+
+        config = with_model(config, model, dtype)
+    elif dtype is not None:
+        raise typer.BadParameter("--dtype goes with --model")
     if dry_run:
         from kinject.experiments.dryrun import dry_run as check
         from kinject.experiments.dryrun import dry_run_lines

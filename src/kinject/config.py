@@ -114,6 +114,44 @@ class PretrainConfig(Section):
         return self
 
 
+class TextPretrainConfig(Section):
+    """How a tiny base model is pretrained on a text: next-token loss on packed blocks."""
+
+    seed: int = 0
+    steps: int = Field(1500, ge=1, description="Optimizer steps.")
+    batch_size: int = Field(16, ge=1, description="Blocks per optimizer step.")
+    block_size: int = Field(256, ge=32, description="Tokens per packed training block.")
+    learning_rate: float = Field(3e-3, gt=0)
+    warmup_steps: int = Field(100, ge=0, description="Linear learning-rate warm-up steps.")
+    weight_decay: float = Field(0.01, ge=0)
+    schedule: Literal["cosine", "wsd"] = Field(
+        "cosine", description="wsd: constant after warm-up, linear decay over the last 20%."
+    )
+    document_chars: int = Field(
+        4000,
+        ge=200,
+        description="The text is cut at blank lines into documents of about this many "
+        "characters; their order is shuffled every pass.",
+    )
+    bf16: bool = Field(True, description="bf16 autocast (CPU or CUDA).")
+    threads: int | None = Field(None, description="torch threads; default: torch's choice.")
+
+    @model_validator(mode="after")
+    def _check(self) -> TextPretrainConfig:
+        if self.warmup_steps > self.steps:
+            raise ValueError("warmup_steps is larger than steps")
+        return self
+
+
+class TextModelSetup(Section):
+    """``${text_model}``: a tiny Llama-style model with its own BPE, pretrained here on a text
+    and cached by the text's content and this config (a second run reuses it)."""
+
+    corpus: str = Field(description="A plain text file (.txt) or a corpus JSONL.")
+    model: TinyModelConfig = TinyModelConfig()
+    pretrain: TextPretrainConfig = TextPretrainConfig()
+
+
 class ModelSpec(Section):
     """Any Hugging Face causal LM: a local folder or a hub id.
 
@@ -318,6 +356,14 @@ class KBConfig(Section):
     embedder: EmbedderConfig = EmbedderConfig()
     index: IndexConfig = IndexConfig()
     max_file_mb: float = Field(20.0, gt=0, description="Larger files are skipped (or an error).")
+
+
+class KBSetup(Section):
+    """``${kb}``: a knowledge base built from corpus files, cached by their content and the
+    KB config (what ``kinject kb build SOURCES --out KB`` would make)."""
+
+    sources: list[str] = Field(min_length=1, description="Files or folders to ingest.")
+    config: KBConfig = KBConfig()
 
 
 class RagConfig(Section):
@@ -923,6 +969,12 @@ class ExperimentConfig(Section):
     seed: int = 0
     world: WorldSetup | None = Field(
         None, description="Build the synthetic world first (see ${world} placeholders)."
+    )
+    text_model: TextModelSetup | None = Field(
+        None, description="Pretrain a tiny base model on a text first; ${text_model} names it."
+    )
+    knowledge_base: KBSetup | None = Field(
+        None, description="Build a knowledge base first; ${kb} names it."
     )
     models: list[ExperimentModel] = Field(min_length=1)
     tasks: list[TaskSpec] = Field(

@@ -43,23 +43,21 @@ class DryRun:
 
 
 def dry_run(config: ExperimentConfig) -> DryRun:
-    from kinject.experiments.files import with_world
     from kinject.experiments.runner import (
         all_task_specs,
-        cached_world,
         eval_config,
         model_runs,
         swept,
     )
+    from kinject.experiments.setup import cached_setup
 
     result = DryRun()
-    if config.world is not None:
-        built = cached_world(config.world)
-        if built is None:
-            result.unknown.append("world: not built yet (the first run builds it)")
-        else:
-            config = with_world(config, built)
-            result.checks.append(Check("world", "synthetic world", True, built["world"]))
+    config, built, missing = cached_setup(config)
+    for section in missing:
+        result.unknown.append(f"{section}: not built yet (the first run builds it)")
+    for section, values in built.items():
+        for name, path in values.items():
+            result.checks.append(Check("setup", f"{section}: ${{{name}}}", True, path))
     sizes = {}  # task name -> (questions, requests per pass) or None when it cannot be read
     for spec in all_task_specs(config):
         sizes[spec.task_name()] = _check_task(spec, max(config.shots), result)
@@ -101,7 +99,7 @@ def _check_task(spec: TaskSpec, shots: int, result: DryRun) -> tuple[int, int, i
 
     name = spec.task_name()
     if _placeholder(spec.path) or _placeholder(spec.dev):
-        result.unknown.append(f"task '{name}': made by the world section on the first run")
+        result.unknown.append(f"task '{name}': made by a setup section on the first run")
         return None
     try:
         task = load_task(spec)
@@ -121,7 +119,7 @@ def _check_kb(config: ExperimentConfig, result: DryRun) -> None:
     if config.rag is None:
         return
     if _placeholder(config.rag.kb):
-        result.unknown.append("knowledge base: made by the world section on the first run")
+        result.unknown.append("knowledge base: made by a setup section on the first run")
         return
     manifest = Path(config.rag.kb) / "kb.json"
     if not manifest.is_file():
@@ -141,7 +139,7 @@ def _check_kb(config: ExperimentConfig, result: DryRun) -> None:
 
 def _check_file(result: DryRun, kind: str, name: str, path: str) -> bool:
     if _placeholder(path):
-        result.unknown.append(f"{name}: made by the world section on the first run")
+        result.unknown.append(f"{name}: made by a setup section on the first run")
         return False
     ok = Path(path).exists()
     result.checks.append(Check(kind, name, ok, path if ok else f"{path}: not found"))
@@ -150,7 +148,7 @@ def _check_file(result: DryRun, kind: str, name: str, path: str) -> bool:
 
 def _check_model(model: ExperimentModel, result: DryRun) -> None:
     if _placeholder(model.path):
-        result.unknown.append(f"model '{model.label}': pretrained by the world section")
+        result.unknown.append(f"model '{model.label}': made by a setup section on the first run")
         return
     local = Path(model.path).expanduser()
     if local.is_dir():
@@ -187,8 +185,8 @@ def _training_tokens(data: TrainingData, name: str, model: str, tokens_of, resul
 
     files = [getattr(data, key) for key in ("corpus", "paraphrases", "qa", "replay")]
     if any(_placeholder(path) for path in files):
-        if f"'{name}': its training text is made by the world section" not in result.unknown:
-            result.unknown.append(f"'{name}': its training text is made by the world section")
+        if f"'{name}': its training text is made by a setup section" not in result.unknown:
+            result.unknown.append(f"'{name}': its training text is made by a setup section")
         return 0
     try:
         training = TrainingSet(data)

@@ -1,5 +1,6 @@
 """Reading an experiment file: ``include:`` of base files, paths relative to the file that
-wrote them, and the ``${world}`` placeholders of an experiment on the synthetic world."""
+wrote them, and the placeholders (``${world}``, ``${text_model}`` …) of what its setup
+sections build (:mod:`kinject.experiments.setup`)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,6 @@ from typing import Any
 
 from kinject.config import ExperimentConfig, parse_config
 from kinject.errors import KinjectError
-
-PLACEHOLDERS = ("${world}", "${world_model}", "${world_kb}")
 
 
 def load_experiment(path: str | Path) -> ExperimentConfig:
@@ -110,6 +109,15 @@ def _resolve_paths(data: dict, base: Path) -> None:
     for key in ("corpus", "finetune_dir"):
         if key in data:
             data[key] = file(data[key])
+    for section, keys in (("text_model", ("corpus",)), ("rename", ("corpus", "templates"))):
+        setup = data.get(section)
+        if isinstance(setup, dict):
+            for key in keys:
+                if key in setup:
+                    setup[key] = file(setup[key])
+    setup = data.get("knowledge_base")
+    if isinstance(setup, dict) and isinstance(setup.get("sources"), list):
+        setup["sources"] = [file(source) for source in setup["sources"]]
     rag = data.get("rag")
     if isinstance(rag, dict) and "kb" in rag:
         rag["kb"] = file(rag["kb"])
@@ -127,8 +135,8 @@ def _list(value: Any) -> list:
     return value if isinstance(value, list) else []
 
 
-def with_world(config: ExperimentConfig, values: dict[str, str]) -> ExperimentConfig:
-    """The experiment with ``${world}``, ``${world_model}`` and ``${world_kb}`` replaced."""
+def with_placeholders(config: ExperimentConfig, values: dict[str, str]) -> ExperimentConfig:
+    """The experiment with each ``${name}`` of ``values`` replaced by its value."""
     text_of = {f"${{{name}}}": value for name, value in values.items()}
 
     def substitute(value: Any) -> Any:
@@ -146,8 +154,24 @@ def with_world(config: ExperimentConfig, values: dict[str, str]) -> ExperimentCo
 
 
 def unresolved_placeholder(config: ExperimentConfig) -> str | None:
-    """The first ``${…}`` left in the experiment (a typo, or no ``world:`` section)."""
+    """The first ``${…}`` left in the experiment (a typo, or no section that makes it)."""
     import re
 
     found = re.search(r"\$\{[^}]*\}", str(config.model_dump(mode="json")))
     return found.group(0) if found else None
+
+
+def with_model(config: ExperimentConfig, model: str, dtype: str | None = None) -> ExperimentConfig:
+    """The experiment with its models replaced by ``model`` (a local folder, made absolute,
+    or a hub id), labelled by its last path part."""
+    import re
+
+    local = Path(model).expanduser()
+    path = str(local.resolve()) if local.exists() else model
+    label = re.sub(r"[^A-Za-z0-9_-]", "-", Path(model.rstrip("/")).name) or "model"
+    entry: dict[str, Any] = {"label": label, "path": path}
+    if dtype is not None:
+        entry["dtype"] = dtype
+    data = config.model_dump(mode="json")
+    data["models"] = [entry]
+    return parse_config(ExperimentConfig, data)

@@ -108,6 +108,7 @@ def run_experiment(
 
     from kinject.evaluation.environment import environment
     from kinject.evaluation.evaluate import load_task, run_evaluation
+    from kinject.experiments.setup import resolve_setup
     from kinject.experiments.tabulate import tabulate_experiment
 
     group = processes(config.models[0].device)  # joined before any model is loaded
@@ -116,7 +117,7 @@ def run_experiment(
     if not main:
         console, show_progress = Console(quiet=True), False
     run_dir = Path(run_dir)
-    config = on_main(lambda: resolve_world(config, show_progress, console))
+    config = on_main(lambda: resolve_setup(config, show_progress, console))
     for spec in all_task_specs(config):
         load_task(spec)  # bad inputs fail before any model work
     for sweep in config.sweeps:
@@ -152,20 +153,6 @@ def run_experiment(
         write_json(run_dir / "plan.json", plan)
     metrics = on_main(lambda: tabulate_experiment(run_dir))
     return ExperimentResult(run_dir, metrics)
-
-
-def resolve_world(config: ExperimentConfig, show_progress: bool, console) -> ExperimentConfig:
-    """Build (or reuse) the synthetic world the experiment names, and put in its paths."""
-    from kinject.experiments.files import unresolved_placeholder, with_world
-
-    if config.world is not None:
-        values = prepare_world(config.world, show_progress, console)
-        config = with_world(config, values)
-    left = unresolved_placeholder(config)
-    if left is not None:
-        hint = "" if config.world is not None else " (placeholders need a 'world:' section)"
-        raise KinjectError(f"the experiment still holds '{left}'{hint}")
-    return config
 
 
 def prepare_world(setup: WorldSetup, show_progress: bool = True, console=None) -> dict[str, str]:

@@ -148,7 +148,23 @@ def pretrain_base_model(
 
 
 def _save(model, tokenizer, result, world, model_config, config, out_dir: Path) -> None:
-    """Write the model folder beside ``out_dir`` and rename it into place when complete."""
+    recipe = {
+        "world": world.config.model_dump(mode="json"),
+        "model": model_config.model_dump(mode="json"),
+        "pretrain": config.model_dump(mode="json"),
+    }
+    summary = {"recipe_version": RECIPE_VERSION}
+    save_model_folder(model, tokenizer, result, out_dir, recipe, summary, made_by="kinject demo")
+
+
+def save_model_folder(
+    model, tokenizer, result, out_dir: Path, recipe: dict, summary: dict, made_by: str
+) -> None:
+    """A pretrained model's folder: weights, tokenizer, ``kinject_pretrain.yaml`` (how it was
+    made), its training log and summary.  Written beside ``out_dir`` and renamed into place
+    when complete."""
+    import yaml
+
     from kinject.models.loading import quiet_transformers
     from kinject.models.tiny import parameter_count
     from kinject.training.loop import write_training_log
@@ -160,32 +176,16 @@ def _save(model, tokenizer, result, world, model_config, config, out_dir: Path) 
     tokenizer.save_pretrained(staging)
     write_text(
         staging / "kinject_pretrain.yaml",
-        "# how this base model was made (kinject demo)\n"
-        + to_yaml_sections(world.config, model_config, config),
+        f"# how this base model was made ({made_by})\n" + yaml.safe_dump(recipe, sort_keys=False),
     )
     write_training_log(staging / "training_log.jsonl", result)
-    summary = {
-        **result.summary(),
-        "parameters": parameter_count(model),
-        "recipe_version": RECIPE_VERSION,
-    }
-    write_json(staging / "pretrain_summary.json", summary)
+    write_json(
+        staging / "pretrain_summary.json",
+        {**result.summary(), "parameters": parameter_count(model), **summary},
+    )
     if out_dir.exists():
         shutil.rmtree(out_dir)
     staging.rename(out_dir)
-
-
-def to_yaml_sections(world: WorldConfig, model: TinyModelConfig, pretrain: PretrainConfig) -> str:
-    import yaml
-
-    return yaml.safe_dump(
-        {
-            "world": world.model_dump(mode="json"),
-            "model": model.model_dump(mode="json"),
-            "pretrain": pretrain.model_dump(mode="json"),
-        },
-        sort_keys=False,
-    )
 
 
 def ensure_base_model(
