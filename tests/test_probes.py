@@ -200,6 +200,12 @@ TEMPLATES = {
                 "answer": "Juliet",
                 "distractors": ["Kate", "Nurse", "Rosaline"],
             },
+            {
+                "id": "am",
+                "quote": "I am {name}, a",
+                "answer": "Montague",
+                "distractors": ["Capulet"],
+            },
         ],
         "Petruchio": [
             {"cloze": "{name} came from", "answer": "Verona", "distractors": ["Padua", "Pisa"]},
@@ -243,10 +249,10 @@ def test_build_writes_paired_probes_for_both_names(tmp_path, play):
     }
     assert manifest["replacements"]["Petruchio"]["total"] == 3
     assert manifest["probes"] == {
-        "Romeo": {"cloze": 2, "mc": 1},
-        "Petruchio": {"cloze": 1, "mc": 0},
+        "Romeo": {"quote": 1, "cloze": 2, "mc": 1},
+        "Petruchio": {"quote": 0, "cloze": 1, "mc": 0},
     }
-    assert manifest["dev"] == {"cloze": 1, "mc": 1}
+    assert manifest["dev"] == {"quote": 0, "cloze": 1, "mc": 1}
     assert manifest["map"] == rmap and manifest["seed"] == 3
 
     original, renamed = rows(out / "original.jsonl"), rows(out / "renamed.jsonl")
@@ -263,7 +269,7 @@ def test_build_writes_paired_probes_for_both_names(tmp_path, play):
     assert "BOB:" in joined and "Bob's sword" in joined and "Romeos everywhere" in joined
     assert not re.search(r"\bRomeo\b|\bPetruchio\b|\bPETRUCHIO\b", joined)
 
-    for kind in ("cloze", "mc"):
+    for kind in ("quote", "cloze", "mc"):
         new, old = rows(out / f"{kind}_new.jsonl"), rows(out / f"{kind}_old.jsonl")
         assert [r["id"] for r in new] == [r["id"] for r in old]
         for a, b in zip(new, old):
@@ -281,6 +287,9 @@ def test_build_writes_paired_probes_for_both_names(tmp_path, play):
     assert slew_old["choices"][slew_old["answer"]] == "Tybalt"
     assert "Petruchio" in slew_old["choices"] and "Carl" in slew_new["choices"]  # renamed too
     assert cloze_new["romeo-loves"]["choices"][cloze_new["romeo-loves"]["answer"]] == "Juliet"
+    (quote,) = rows(out / "quote_new.jsonl")
+    assert quote["id"] == "romeo-am" and quote["question"] == "I am Bob, a"
+    assert manifest["files"]["quote_old.jsonl"]["style"] == "cloze"
     (mc,) = rows(out / "mc_new.jsonl")
     assert mc["id"] == "romeo-mc01" and mc["question"] == "Whom does Bob love?"
 
@@ -378,7 +387,7 @@ def _templates_with(tmp_path: Path, probe: dict, entity: str = "Romeo", section=
             {"cloze": "{name} slew", "question": "Who?", "answer": "A", "distractors": ["B"]},
             "Romeo",
             "entities",
-            "exactly one of 'cloze' and 'question'",
+            "exactly one of 'quote', 'cloze' and 'question'",
         ),
         (
             {"cloze": "{name} slew", "answer": "Tybalt", "distractors": []},

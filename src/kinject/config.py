@@ -973,6 +973,11 @@ class ExperimentConfig(Section):
     text_model: TextModelSetup | None = Field(
         None, description="Pretrain a tiny base model on a text first; ${text_model} names it."
     )
+    rename: RenameConfig | None = Field(
+        None,
+        description="Rename entities in a corpus and write probes first; ${rename} names "
+        "the folder (kinject probes rename).",
+    )
     knowledge_base: KBSetup | None = Field(
         None, description="Build a knowledge base first; ${kb} names it."
     )

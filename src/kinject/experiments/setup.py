@@ -39,7 +39,7 @@ def used_sections(config: ExperimentConfig) -> list[str]:
     rest = str(data)
     used = []
     for section in reversed(SETUP_SECTIONS):  # a used section makes what it uses used
-        if getattr(config, section, None) is None:
+        if getattr(config, section) is None:
             continue
         if any(f"${{{name}}}" in rest for name in PLACEHOLDERS[section]):
             used.append(section)
@@ -139,30 +139,18 @@ def _cached_world(config) -> dict[str, str] | None:
 
 
 def rename_dir(config: ExperimentConfig) -> Path:
-    from kinject.probes.rename import RENAME_FORMAT
+    from kinject.probes.rename import rename_fingerprint
 
-    setup = config.rename
-    inputs = _content_key([setup.corpus, setup.templates])
-    key = fingerprint(RENAME_FORMAT, setup.model_dump(mode="json"), inputs)
-    return cache_dir() / "rename" / f"rename-{key}"
+    return cache_dir() / "rename" / f"rename-{rename_fingerprint(config.rename)}"
 
 
 def _build_rename(config, show_progress, console) -> dict[str, str]:
-    from kinject.fileio import replace_dir, staging_dir
-    from kinject.probes.rename import build_rename_probes
+    from kinject.probes.rename import build_from_config
 
     folder = rename_dir(config)
-    with cache_lock(folder):
+    with cache_lock(folder):  # the build itself is atomic: staged, then renamed into place
         if not (folder / "probes.json").exists():
-            staging = staging_dir(folder.parent, f".{folder.name}.building-")
-            try:
-                build_rename_probes(config.rename, staging)
-            except BaseException:
-                import shutil
-
-                shutil.rmtree(staging, ignore_errors=True)
-                raise
-            replace_dir(staging, folder)
+            build_from_config(config.rename, folder)
     if console is not None:
         console.print(f"renamed corpus and probes: {folder}")
     return {"rename": str(folder)}

@@ -11,7 +11,10 @@ Juliet.  From a corpus, a rename map (``Romeo -> Bob``) and probe templates this
   (``RoMeO``): ``probes.json`` counts every such word left (``untouched``);
 * the same documents not renamed, with the same ids (plain text: consecutive blank-line
   separated passages, a few thousand characters each, never across two blank lines);
-* cloze and multiple-choice probes about each renamed entity, each written twice with the
+* probes about each renamed entity, of three kinds: *quotes* (a line of the corpus cut
+  before its answer: does the model remember the renamed line — the form?), *cloze* texts
+  and *questions* in words the corpus does not use (does it know the renamed entity's
+  associations — the facts?).  Each probe is written twice with the
   same id and the same choice order: with the new name (``*_new.jsonl``), and with the old
   one (``*_old.jsonl``).  Every other renamed name in a probe (an answer that is another
   renamed character) is renamed in the new file too.
@@ -19,9 +22,10 @@ Juliet.  From a corpus, a rename map (``Romeo -> Bob``) and probe templates this
 The output folder (built in a staging folder beside it, then renamed into place)::
 
     renamed.jsonl, original.jsonl     corpus JSONL {"id", "text", "source"}: the same documents
-    cloze_new.jsonl, cloze_old.jsonl  tasks for style cloze:  "Bob slew" + " Tybalt" | " Paris" …
+    quote_new.jsonl, quote_old.jsonl  tasks for style cloze:  "Bob slew" + " Tybalt" | " Paris" …
+    cloze_new.jsonl, cloze_old.jsonl  tasks for style cloze:  "Bob is in love with" + " Juliet" …
     mc_new.jsonl, mc_old.jsonl        tasks for style option: "Whom does Bob love?" …
-    cloze_dev.jsonl, mc_dev.jsonl     k-shot examples about unrenamed characters (when given)
+    *_dev.jsonl                       k-shot examples about unrenamed characters (when given)
     entities/<entity>/<kind>_<name>.jsonl   one entity's probes (a validation entity apart)
     probes.json                       map, replacements per form, probe counts, files, seed
 
@@ -31,7 +35,8 @@ The probe template file (YAML; unknown keys and wrong types are errors naming th
 
     entities:                      # OLD names as the corpus writes them; each one in the map
       Romeo:
-        - {id: slew, cloze: "{name} slew", answer: Tybalt, distractors: [Paris, Benvolio]}
+        - {id: slew, quote: "{name} slew", answer: Tybalt, distractors: [Paris, Benvolio]}
+        - {cloze: "{name} is in love with", answer: Juliet, distractors: [Bianca, Hermione]}
         - {question: "Whom does {name} love?", answer: Juliet, distractors: [Bianca, Hermione]}
     dev:                           # optional: probes about characters the map leaves alone
       Hermione:
@@ -67,7 +72,7 @@ from kinject.fileio import (
 FORMAT = 1
 SLOT = "{name}"
 MANIFEST = "probes.json"
-KINDS = {"cloze": "cloze", "mc": "option"}  # probe kind -> the prompt style to score it in
+KINDS = {"quote": "cloze", "cloze": "cloze", "mc": "option"}  # probe kind -> its prompt style
 
 
 class RenameError(KinjectError, ValueError):
@@ -301,15 +306,24 @@ class ProbeTemplate(Section):
         description="Default: cloze01, mc01 … in the entity's order; ids get the entity's "
         "name in front (romeo-slew).",
     )
-    cloze: str | None = Field(None, description="A text the answer continues: '{name} slew'.")
+    quote: str | None = Field(
+        None,
+        description="A line of the corpus cut before the answer: '{name} slew' (Romeo slew "
+        "Tybalt).  It asks for the form: the renamed line, remembered.",
+    )
+    cloze: str | None = Field(
+        None,
+        description="A text the answer continues, in words the corpus does not use: "
+        "'{name} is in love with'.  It asks for the fact.",
+    )
     question: str | None = Field(None, description="A question: 'Whom does {name} love?'.")
     answer: str
     distractors: list[str] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _check(self) -> ProbeTemplate:
-        if (self.cloze is None) == (self.question is None):
-            raise ValueError("give exactly one of 'cloze' and 'question'")
+        if sum(text is not None for text in (self.quote, self.cloze, self.question)) != 1:
+            raise ValueError("give exactly one of 'quote', 'cloze' and 'question'")
         if SLOT not in self.text:
             raise ValueError(f"'{self.text}' has no {SLOT} slot for the entity's name")
         for choice in self.choices:
@@ -324,11 +338,13 @@ class ProbeTemplate(Section):
 
     @property
     def kind(self) -> str:
+        if self.quote is not None:
+            return "quote"
         return "cloze" if self.cloze is not None else "mc"
 
     @property
     def text(self) -> str:
-        return self.cloze if self.cloze is not None else self.question  # type: ignore[return-value]
+        return next(t for t in (self.quote, self.cloze, self.question) if t is not None)
 
     @property
     def choices(self) -> list[str]:
@@ -371,13 +387,13 @@ def load_templates(path: str | Path) -> ProbeFile:
 class Probe:
     id: str
     entity: str
-    kind: str  # cloze | mc
+    kind: str  # quote | cloze | mc
     old: dict  # the task record with the old name
     new: dict  # the same with the new name (dev probes: the same record)
 
 
 def _ids(templates: list[ProbeTemplate], prefix: str) -> list[str]:
-    numbers = {"cloze": 0, "mc": 0}
+    numbers = dict.fromkeys(KINDS, 0)
     ids = []
     for template in templates:
         numbers[template.kind] += 1
