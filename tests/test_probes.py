@@ -622,12 +622,25 @@ def test_example_templates_build_on_tiny_shakespeare(tmp_path, shakespeare):
     assert romeo["possessive"] == 13 and romeo["untouched"] == {}
     assert manifest["replacements"]["Petruchio"]["total"] == 192
     counts = manifest["probes"]
-    assert 12 <= counts["Romeo"]["cloze"] <= 20 and 8 <= counts["Romeo"]["mc"] <= 12
-    assert counts["Petruchio"]["cloze"] >= 10
+    romeo_probes, petruchio = counts["Romeo"], counts["Petruchio"]
+    assert romeo_probes["quote"] >= 8 and romeo_probes["cloze"] >= 8 and romeo_probes["mc"] >= 8
+    assert petruchio["quote"] >= 8 and petruchio["cloze"] >= 8
     assert manifest["dev"]["cloze"] >= 5 and manifest["dev"]["mc"] >= 5
     text = shakespeare.read_text(encoding="utf-8")
+    for record in rows(out / "quote_old.jsonl"):  # a quote is a line of the text, answer and all
+        assert f"{record['question']} {record['choices'][record['answer']]}" in text, record["id"]
+    for record in rows(out / "cloze_old.jsonl"):  # a cloze text says it in other words
+        said = f"{record['question']} {record['choices'][record['answer']]}"
+        assert said not in text, record["id"]
     words = set(re.findall(r"\w+", text.lower()))
-    for name in ("cloze_old.jsonl", "mc_old.jsonl", "cloze_dev.jsonl", "mc_dev.jsonl"):
+    names = (
+        "quote_old.jsonl",
+        "cloze_old.jsonl",
+        "mc_old.jsonl",
+        "cloze_dev.jsonl",
+        "mc_dev.jsonl",
+    )
+    for name in names:
         for record in rows(out / name):
             for choice in record["choices"]:
                 assert set(re.findall(r"\w+", choice.lower())) <= words, (record["id"], choice)
@@ -636,7 +649,9 @@ def test_example_templates_build_on_tiny_shakespeare(tmp_path, shakespeare):
     original = rows(out / "original.jsonl")  # two blank lines (L15598): Romeo and Juliet begins
     assert any(d["text"].startswith("SAMPSON:\nGregory, o' my word") for d in original)
     assert max(len(d["text"]) for d in original) < 4000 and len(original) > 500
-    for record in rows(out / "cloze_new.jsonl") + rows(out / "mc_new.jsonl"):
+    for record in (
+        rows(out / "quote_new.jsonl") + rows(out / "cloze_new.jsonl") + rows(out / "mc_new.jsonl")
+    ):
         assert not re.search(r"(?i)romeo|petruchio", record["question"] + str(record["choices"]))
 
 
