@@ -1,6 +1,8 @@
 """An experiment's setup sections beyond the synthetic world: a tiny model pretrained on a
-text (``text_model:``), a knowledge base of corpus files (``knowledge_base:``), and
-``kinject run --model`` replacing the file's models (skipping what only they needed)."""
+text (``text_model:``), a renamed corpus with its probes (``rename:``), a knowledge base of
+corpus files (``knowledge_base:``), each cached, a later one using an earlier one's
+placeholder; and ``kinject run --model`` replacing the file's models (skipping what only
+they needed)."""
 
 from __future__ import annotations
 
@@ -225,3 +227,48 @@ def test_a_setup_section_cannot_use_a_later_sections_placeholder(tmp_path):
 
     with pytest.raises(KinjectError, match=r"'text_model:' uses \$\{kb\}, which no earlier"):
         resolve_setup(load_experiment(experiment), show_progress=False)
+
+
+def test_rename_section_feeds_the_knowledge_base_and_the_tasks(tmp_path):
+    from kinject.experiments.setup import cached_setup, resolve_setup
+
+    (tmp_path / "story.txt").write_text(story(), encoding="utf-8")
+    probes = {
+        "entities": {
+            "Mira": [
+                {
+                    "quote": "{name} of house Alder keeps",
+                    "answer": "the mill",
+                    "distractors": ["the forge", "the quay"],
+                },
+            ]
+        }
+    }
+    (tmp_path / "probes.yaml").write_text(yaml.safe_dump(probes), encoding="utf-8")
+    spec = {
+        "rename": {"corpus": "story.txt", "map": {"Mira": "Zoe"}, "templates": "probes.yaml"},
+        "knowledge_base": {"sources": ["${rename}/renamed.jsonl"]},
+        "models": [{"label": "m", "path": "m"}],
+        "tasks": [{"name": "zoe", "path": "${rename}/quote_new.jsonl", "style": "cloze"}],
+        "arms": ["base", "rag"],
+        "rag": {"kb": "${kb}"},
+    }
+    experiment = tmp_path / "experiment.yaml"
+    experiment.write_text(yaml.safe_dump(spec), encoding="utf-8")
+    config = load_experiment(experiment)
+    _, built, missing = cached_setup(config)
+    assert built == {} and missing == ["rename", "knowledge_base"]
+    resolved = resolve_setup(config, show_progress=False)
+    folder = Path(resolved.tasks[0].path).parent
+    assert folder.parent == cache() / "rename" and (folder / "probes.json").exists()
+    assert json.loads((folder / "quote_new.jsonl").read_text())["question"] == (
+        "Zoe of house Alder keeps"
+    )
+    from kinject.kb.store import KnowledgeBase
+
+    kb = KnowledgeBase.open(resolved.rag.kb)
+    assert Path(resolved.rag.kb).parent == cache() / "kbs"
+    assert any("Zoe of house Alder" in chunk.text for chunk in kb.chunks)
+    assert not any("Mira" in chunk.text for chunk in kb.chunks)
+    again, built, missing = cached_setup(config)  # now both are found, nothing is built
+    assert missing == [] and again == resolved
