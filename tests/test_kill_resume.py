@@ -316,7 +316,7 @@ def write_experiment(path: Path) -> Path:
                 "learning_rate": [3.0e-3],
                 "epochs": 2,
                 "batch_size": 2,
-                "checkpoint_every_s": 0.001,  # every step
+                "checkpoint_every_s": 1.0e-6,  # after every step
             }
         },
         "shots": [0, 1],
