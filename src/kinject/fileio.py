@@ -13,6 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import IO, Any
 
+from kinject import faults
 from kinject.errors import DataError, KinjectError
 
 
@@ -21,11 +22,18 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path``; rename it over ``path`` only if the block succeeds.
 
     A crash or exception inside the block leaves the previous ``path`` (or nothing) behind,
-    never a half-written file.
+    never a half-written file.  The file is fsynced before the rename and the folder after
+    it, so after a power loss ``path`` is the old file or the whole new one.
+
+    The temporary file is ``.{name}.{pid}-{random}.tmp``: a process killed mid-write (SIGKILL
+    runs no cleanup) leaves one behind, and the next write of the same ``path`` removes it
+    once its writer's process is gone (a live writer's is left alone).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temporaries(path)
+    prefix = f".{path.name}.{os.getpid()}-"
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are ordinary files
     try:
         encoding = None if "b" in mode else "utf-8"
@@ -33,10 +41,62 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        faults.checkpoint("write", path)  # tests: killed here, the temporary file remains
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(folder: str | Path) -> None:
+    """Make the names in ``folder`` (a rename into it) durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_OWNED = re.compile(r"(\d+)-[A-Za-z0-9_]+")  # what follows the prefix: "{pid}-{random}"
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Remove the temporary files of atomic writes of ``path`` whose writing process is gone
+    (killed mid-write); returns them."""
+    path = Path(path)
+    prefix = f".{path.name}."
+    removed = []
+    try:
+        names = os.listdir(path.parent)
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        if not (name.startswith(prefix) and name.endswith(".tmp")):
+            continue
+        owner = _OWNED.fullmatch(name[len(prefix) : -len(".tmp")])
+        if owner is not None and not process_alive(int(owner.group(1))):
+            (path.parent / name).unlink(missing_ok=True)
+            removed.append(path.parent / name)
+    return removed
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (a zombie, killed but not yet reaped by
+    its parent, counts as gone)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # no /proc (macOS), or it has just ended
+        return True
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
 
 @contextmanager
@@ -55,26 +115,38 @@ def exclusive_lock(path: str | Path) -> Iterator[None]:
 
 
 def staging_dir(parent: str | Path, prefix: str) -> Path:
-    """A new empty folder in ``parent`` to build into, with ordinary permissions (not 0700)."""
+    """A new empty folder in ``parent`` to build into, with ordinary permissions (not 0700):
+    ``{prefix}{pid}-{random}``.  Folders of the same ``prefix`` left by a process that is
+    gone (killed while building) are removed first."""
+    import shutil
+
     parent = Path(parent)
     parent.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    for name in os.listdir(parent):
+        owner = _OWNED.fullmatch(name[len(prefix) :]) if name.startswith(prefix) else None
+        if owner is not None and not process_alive(int(owner.group(1))):
+            shutil.rmtree(parent / name, ignore_errors=True)
+    folder = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent))
     os.chmod(folder, 0o777 & ~_umask())
     return folder
 
 
 def replace_dir(staging: Path, target: Path) -> None:
-    """Put the finished folder ``staging`` at ``target``, replacing what was there."""
+    """Put the finished folder ``staging`` at ``target``, replacing what was there.
+
+    The old folder is renamed aside (``.{name}.old``) and removed after; one left by a
+    process killed in between is removed on the next replacement."""
     import shutil
 
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
     if target.exists():
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
         target.rename(old)
         staging.rename(target)
         shutil.rmtree(old)
     else:
         staging.rename(target)
+    fsync_dir(target.parent)
 
 
 def _umask() -> int:

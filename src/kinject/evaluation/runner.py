@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from kinject import faults
 from kinject.evaluation.arms import Arm
 from kinject.evaluation.fewshot import ExampleSelector, FirstExamples
 from kinject.evaluation.stats import bootstrap_ci
@@ -229,6 +230,7 @@ class CellStore:
     def write(self, cell: Cell, digest: str, records: list[dict], cost: dict) -> None:
         write_json(self.path(cell, digest).with_suffix(".cost.json"), cost)
         write_jsonl(self.path(cell, digest), records)  # last: its existence marks the cell done
+        faults.checkpoint("cell.stored", self.path(cell, digest).name)
 
     def read(self, cell: Cell, digest: str) -> list[dict]:
         return [row for _, row in read_jsonl(self.path(cell, digest))]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kinject import faults
 from kinject.config import EmbedderConfig
 from kinject.errors import KinjectError
 
@@ -106,6 +107,7 @@ class SentenceTransformerEmbedder(Embedder):
                         show_progress_bar=False,
                     )
                     bar.advance(len(batch))
+                    faults.checkpoint("embed.batch", len(batch))
         return out
 
     def _lengths(self, texts: Sequence[str]) -> list[int]:

@@ -47,6 +47,7 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any
 
+from kinject import faults
 from kinject.corpus import check_corpus_record
 from kinject.errors import DataError, KinjectError
 from kinject.fileio import parse_json
@@ -112,6 +113,7 @@ class TextSpool:
         while written < len(data):
             written += os.pwrite(self._file.fileno(), data[written:], offset + written)
         self.size += len(data)
+        faults.checkpoint("kb.spooled", document.id)
         return SpooledDocument(
             document.id,
             document.title,

@@ -42,6 +42,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from kinject import faults
+
 DEFAULT_MAX_LENGTH = 2048  # lm-eval's fallback when neither model nor tokenizer says
 
 
@@ -195,6 +197,7 @@ class LoglikelihoodScorer:
                     results[index] = Loglikelihood(value, greedy)
                 if on_batch is not None:
                     on_batch(len(batch))
+                faults.checkpoint("score.batch", len(batch))
         return results  # type: ignore[return-value]
 
     def _score_packed(self, encoded, groups: list[list[int]], results: list, on_batch, device):
@@ -218,6 +221,7 @@ class LoglikelihoodScorer:
             for rows in self.plan.batches(widths, shared, kept):
                 batch = [packed[members[r]].after(shared) for r in rows]
                 self._forward_packed(batch, shared, cache, encoded, results, device)
+                faults.checkpoint("score.batch", sum(len(s.spans) for s in batch))
                 if on_batch is not None:
                     on_batch(sum(len(sequence.spans) for sequence in batch))
 

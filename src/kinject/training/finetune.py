@@ -188,6 +188,8 @@ def run_finetune(
         folder = run_dir / "candidates" / _lr_name(lr)
         if not (folder / "done.json").exists():
             _train_candidate(config, training, validation, lr, folder, show_progress)
+        elif main:  # killed between done.json and removing its checkpoint: remove it now
+            shutil.rmtree(folder / "checkpoint", ignore_errors=True)
         candidates.append((lr, folder))
     if not main:
         return None

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kinject import faults
 from kinject.errors import KinjectError
 from kinject.fileio import atomic_open, write_jsonl
 from kinject.models.packing import IGNORE_INDEX
@@ -87,6 +88,7 @@ class _Progress:
     seconds: float = 0.0
     log: list[dict[str, Any]] = field(default_factory=list)
     validation: list[dict[str, Any]] = field(default_factory=list)
+    running: float | None = None  # the smoothed loss (a resumed run's final_loss continues it)
 
 
 def _trainable(model) -> dict[str, Any]:
@@ -260,7 +262,7 @@ def train(
     resumed_from = progress.step
     model.train()
     began, last_save = time.perf_counter() - progress.seconds, time.perf_counter()
-    running = None
+    running = progress.running
     with progress_bar(description, total=schedule.steps, enabled=show_progress and main) as bar:
         bar.advance(resumed_from)
         for step in range(resumed_from, schedule.steps):
@@ -275,7 +277,9 @@ def train(
                 lr = schedule.lr_at(step)
                 label = f"{description}, step {step}"
                 value = _update(model, optimizer, batch, lr, schedule, bf16, label, group)
+                faults.checkpoint("train.step", progress.step)
                 running = value if running is None else 0.95 * running + 0.05 * value
+                progress.running = running
                 progress.tokens += tokens
             progress.seconds = time.perf_counter() - began
             logged = progress.step % log_every == 0 or progress.step == schedule.steps
