@@ -151,8 +151,8 @@ def table2(results: Results) -> tuple[list[str], list[list[str]], list[str]]:
     tasks = results.metrics.get("tables", {}).get("table2_tasks")
     finetunes = results.finetunes()
     columns = ["base", "rag", *finetunes, *[f"{ft}+rag" for ft in finetunes]]
-    columns = [c for c in columns if c in results.columns]
-    columns += results.with_instructions(columns)
+    instructed = results.with_instructions(columns)
+    columns = [c for c in columns if c in results.columns] + instructed
     body = [
         [model, split, str(shots), *[results.text(model, c, split, shots) for c in columns]]
         for model in results.base_models
