@@ -116,8 +116,8 @@ def parse_arm(
 
 
 def _arm_problem(parts: list[str], instructions, finetunes: Collection[str] | None) -> str:
-    """The grammar, and the word of ``parts`` that is no arm, fine-tuning or instruction."""
-    listed = sorted(instructions) or "the instructions (none given)"
+    """The grammar (its instruction part only when there are instructions), and the word of
+    ``parts`` that is no arm, fine-tuning or instruction."""
     if finetunes is None:
         grammar = "expected base, oracle or rag"
     else:
@@ -126,9 +126,11 @@ def _arm_problem(parts: list[str], instructions, finetunes: Collection[str] | No
             f"expected base, oracle, rag, <finetune> or <finetune>+rag with <finetune> one of "
             f"{named}"
         )
+    if not instructions:
+        return grammar
     grammar += (
-        f", optionally followed by +<instruction>, or a bare <instruction>, with "
-        f"<instruction> one of {listed}"
+        ", optionally followed by +<instruction>, or a bare <instruction>, with <instruction> "
+        f"one of {sorted(instructions)}"
     )
     known = set(ARM_KINDS) | set(instructions) | set(finetunes or ())
     unknown = next((part for part in parts if part not in known), None)

@@ -2,10 +2,10 @@
 
 Table 1 (knowledge-intensive tasks, per model): a row per (task, shots); columns base, +RAG,
 FT, FT+RAG.  Table 2 (current events): a row per (model, task, shots); columns base, +RAG,
-then every fine-tuning closed book and with RAG.  Arms with an instruction follow, each its
-own column (``rename``, ``+RAG+rename``, ``ft-reg+rename``; Table 1: ``FT+rename``) beside
-none of the others.  A figure is accuracy [95% CI]; * marks p < 0.05 and ** p < 0.01 in the
-exact McNemar test against the same model's base column.  Beside them, what each column cost.
+then every fine-tuning closed book and with RAG.  Arms with an instruction follow these, each
+its own column (``rename``, ``+RAG+rename``, ``ft-reg+rename``; in Table 1 ``FT+rename``).
+A figure is accuracy [95% CI]; * marks p < 0.05 and ** p < 0.01 in the exact McNemar test
+against the same model's base column.  Beside them, what each column cost.
 """
 
 from __future__ import annotations
