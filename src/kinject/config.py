@@ -414,6 +414,14 @@ def _resolved_model(model: ModelSpec, base: Path) -> ModelSpec:
     return model
 
 
+INSTRUCTIONS_DOC = (
+    "Named instructions (name: text): an arm '<arm>+<name>' starts every prompt with the text, "
+    "before the task's description, as lm-eval's --system_instruction: joined to a description "
+    "by a blank line (unless either has whitespace there), to the first example or question by "
+    "nothing, so end it with a newline to set it apart there."
+)
+
+
 class EvalConfig(Section):
     """``kinject eval``: one model, its arms, tasks and shots; every combination is a cell."""
 
@@ -428,8 +436,15 @@ class EvalConfig(Section):
     tasks: list[TaskSpec] = Field(
         min_length=1, description="Tasks; {group: mmlu_paper, path: MMLU folder} adds five."
     )
-    arms: list[Literal["base", "oracle", "rag"]] = Field(
-        default_factory=lambda: ["base"], min_length=1
+    arms: list[str] = Field(
+        default_factory=lambda: ["base"],
+        min_length=1,
+        description="base, oracle or rag, each optionally followed by +<instruction>; a bare "
+        "<instruction> is base with it (e.g. [base, rename, rag, rag+rename]).",
+    )
+    instructions: dict[str, str] = Field(
+        default_factory=dict,
+        description=INSTRUCTIONS_DOC,
     )
     corpus: str | None = Field(
         None, description="Corpus JSONL the oracle arm takes gold documents from."
@@ -448,11 +463,15 @@ class EvalConfig(Section):
 
     @model_validator(mode="after")
     def _check(self) -> EvalConfig:
-        if "oracle" in self.arms and self.corpus is None:
+        from kinject.evaluation.arms import check_instruction_names, parse_arms
+
+        check_instruction_names(self.instructions)
+        kinds = {spec.kind for spec in parse_arms(self.arms, self.instructions)}
+        if "oracle" in kinds and self.corpus is None:
             raise ValueError(
                 "the oracle arm needs 'corpus' (a corpus JSONL with the gold documents)"
             )
-        if "rag" in self.arms and self.rag is None:
+        if "rag" in kinds and self.rag is None:
             raise ValueError("the rag arm needs a 'rag' section (at least rag.kb)")
         if any(shots < 0 for shots in self.shots):
             raise ValueError("shots must be >= 0")
@@ -962,7 +981,9 @@ class ExperimentConfig(Section):
     """``kinject run``: models × arms × tasks × shots × K × fine-tuning sweeps, one YAML.
 
     Arms: ``base`` (closed book), ``oracle`` (gold documents), ``rag`` (top-K chunks), and for
-    each named fine-tuning ``<name>`` (the fine-tuned model closed book) and ``<name>+rag``.
+    each named fine-tuning ``<name>`` (the fine-tuned model closed book) and ``<name>+rag``;
+    each may end in ``+<instruction>`` (a prompt prefix from ``instructions``), and a bare
+    ``<instruction>`` is the base model closed book with it.
     """
 
     name: str | None = Field(None, description="The experiment's title in tables and report.")
@@ -988,7 +1009,13 @@ class ExperimentConfig(Section):
     )
     _groups = field_validator("tasks", mode="before")(expand_task_groups)
     validation: ValidationConfig | None = None
-    arms: list[str] = Field(default_factory=lambda: ["base"], min_length=1)
+    arms: list[str] = Field(
+        default_factory=lambda: ["base"],
+        min_length=1,
+        description="base, oracle, rag, <finetune>, <finetune>+rag, each optionally followed "
+        "by +<instruction>; a bare <instruction> is base with it (e.g. rag+rename).",
+    )
+    instructions: dict[str, str] = Field(default_factory=dict, description=INSTRUCTIONS_DOC)
     corpus: str | None = Field(None, description="Corpus JSONL of the oracle arm.")
     rag: RagConfig | None = None
     finetunes: dict[str, FinetuneRecipe] = Field(
@@ -1012,21 +1039,14 @@ class ExperimentConfig(Section):
 
     @model_validator(mode="after")
     def _check(self) -> ExperimentConfig:
+        from kinject.evaluation.arms import check_instruction_names, parse_arms
+
         recipes = set(self.finetunes)
-        for arm in self.arms:
-            model, _, rag = arm.partition("+")
-            if arm in ("base", "oracle", "rag"):
-                continue
-            if model not in recipes or rag not in ("", "rag"):
-                raise ValueError(
-                    f"arm '{arm}': expected base, oracle, rag, <finetune> or <finetune>+rag "
-                    f"with <finetune> one of {sorted(recipes) or 'the finetunes (none given)'}"
-                )
-        if len(set(self.arms)) != len(self.arms):
-            raise ValueError("arms must be distinct")
-        if "oracle" in self.arms and self.corpus is None:
+        check_instruction_names(self.instructions, recipes)
+        kinds = {spec.kind for spec in parse_arms(self.arms, self.instructions, recipes)}
+        if "oracle" in kinds and self.corpus is None:
             raise ValueError("the oracle arm needs 'corpus'")
-        if any(arm == "rag" or arm.endswith("+rag") for arm in self.arms) and self.rag is None:
+        if "rag" in kinds and self.rag is None:
             raise ValueError("rag arms need a 'rag' section (at least rag.kb)")
         if self.rag is not None and self.rag.select_k_on is not None:
             raise ValueError("rag.select_k_on: an experiment chooses K on 'validation'")

@@ -5,18 +5,171 @@ what was retrieved for it.  :meth:`Arm.prepare` lets an arm do its work for a wh
 once (the rag arm retrieves for all questions in batches); :meth:`Arm.identity` says what
 decides its contexts, so a finished cell is reused only while that is unchanged.
 Fine-tuned models are not arms: they are other models, scored with these same arms.
+
+Any arm may carry an :class:`Instruction`: a user-written text put at the very start of the
+prompt, before the task's description (lm-eval's ``--system_instruction``; see
+:mod:`kinject.tasks.prompts`).  The arm's name then says so: ``rag+rename``, ``oracle+rename``,
+and the closed-book arm with an instruction is named by the instruction alone (``rename``), so
+a fine-tuned model's column reads ``ft-reg+rename``.  Arm names in configs follow
+:func:`parse_arm`.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from kinject.errors import KinjectError
 from kinject.tasks.items import MCItem
 
 CONTEXT_SEPARATOR = "\n\n"
+ARM_KINDS = ("base", "oracle", "rag")
+RESERVED_NAMES = ARM_KINDS  # no instruction may be named like an arm
+
+
+@dataclass(frozen=True)
+class Instruction:
+    """A named instruction: ``text`` starts every prompt of the arms that carry it."""
+
+    name: str
+    text: str
+
+
+def arm_name(kind: str, instruction: str | None = None) -> str:
+    """An arm's name in records and tables: ``rag``, ``rag+rename``; the closed-book arm
+    with an instruction is the instruction's name (``rename``)."""
+    if instruction is None:
+        return kind
+    return instruction if kind == "base" else f"{kind}+{instruction}"
+
+
+def arm_kind(name: str) -> str:
+    """The kind (base, oracle, rag) of an arm named as records name it: ``rag+rename`` is
+    rag, a bare instruction name is base."""
+    head = name.split("+", 1)[0]
+    return head if head in ARM_KINDS else "base"
+
+
+def arm_instruction(name: str) -> str | None:
+    """The instruction's name in an arm named as records name it (``rag+rename``: rename)."""
+    head, _, rest = name.partition("+")
+    if head in ARM_KINDS:
+        return rest or None
+    return head
+
+
+def uses_rag(column: str) -> bool:
+    """Whether a table column (``rag``, ``ft-reg+rag``, ``rag+rename``, ``ft-reg+rag+rename``)
+    retrieves from the knowledge base."""
+    return "rag" in column.split("+")
+
+
+@dataclass(frozen=True)
+class ArmSpec:
+    """An arm as a config names it: the fine-tuning whose model it scores (None: the base
+    model), its kind and its instruction's name."""
+
+    finetune: str | None
+    kind: str
+    instruction: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The arm of its model, as records name it (what ``kinject eval`` is given)."""
+        return arm_name(self.kind, self.instruction)
+
+    @property
+    def column(self) -> str:
+        """Its column in an experiment's tables: ``rag+rename``, ``ft-reg+rename``."""
+        if self.finetune is None:
+            return self.name
+        return self.finetune if self.name == "base" else f"{self.finetune}+{self.name}"
+
+
+def parse_arm(
+    arm: str, instructions: Collection[str], finetunes: Collection[str] | None = None
+) -> ArmSpec:
+    """An arm name of a config: ``base | oracle | rag`` (and with ``finetunes``, an experiment's
+    ``<ft> | <ft>+rag``), optionally followed by ``+<instruction>``; a bare ``<instruction>``
+    is the base arm with it.  Raises ValueError naming what is wrong."""
+    parts = arm.split("+")
+    instruction = parts.pop() if parts[-1] in instructions else None
+    repeated = [part for part in parts if part in instructions]
+    if repeated:
+        first = repeated[0]
+        if first == instruction or repeated.count(first) > 1:
+            problem = f"instruction '{first}' used twice"
+        elif instruction is not None:
+            problem = f"two instructions ('{first}' and '{instruction}'); an arm takes one"
+        else:
+            problem = f"the instruction '{first}' goes last (e.g. rag+{first})"
+        raise ValueError(f"arm '{arm}': {problem}")
+    finetune = parts.pop(0) if parts and finetunes and parts[0] in finetunes else None
+    if not parts and (instruction is not None or finetune is not None):
+        return ArmSpec(finetune, "base", instruction)
+    if finetune is None and len(parts) == 1 and parts[0] in ARM_KINDS:
+        return ArmSpec(None, parts[0], instruction)
+    if finetune is not None and parts == ["rag"]:
+        return ArmSpec(finetune, "rag", instruction)
+    raise ValueError(f"arm '{arm}': {_arm_problem(parts, instructions, finetunes)}")
+
+
+def _arm_problem(parts: list[str], instructions, finetunes: Collection[str] | None) -> str:
+    """The grammar (its instruction part only when there are instructions), and the word of
+    ``parts`` that is no arm, fine-tuning or instruction."""
+    if finetunes is None:
+        grammar = "expected base, oracle or rag"
+    else:
+        named = sorted(finetunes) or "the finetunes (none given)"
+        grammar = (
+            f"expected base, oracle, rag, <finetune> or <finetune>+rag with <finetune> one of "
+            f"{named}"
+        )
+    if not instructions:
+        return grammar
+    grammar += (
+        ", optionally followed by +<instruction>, or a bare <instruction>, with <instruction> "
+        f"one of {sorted(instructions)}"
+    )
+    known = set(ARM_KINDS) | set(instructions) | set(finetunes or ())
+    unknown = next((part for part in parts if part not in known), None)
+    return grammar if unknown is None else f"{grammar} ('{unknown}' is none of these)"
+
+
+def parse_arms(
+    arms: Sequence[str], instructions: Collection[str], finetunes: Collection[str] | None = None
+) -> list[ArmSpec]:
+    """:func:`parse_arm` of every arm of a config, which must name distinct arms."""
+    specs = [parse_arm(arm, instructions, finetunes) for arm in arms]
+    for position, spec in enumerate(specs):
+        if spec in specs[:position]:
+            earlier = arms[specs.index(spec)]
+            if earlier == arms[position]:
+                raise ValueError(f"arms must be distinct: '{earlier}' is listed twice")
+            raise ValueError(
+                f"arms must be distinct: '{earlier}' and '{arms[position]}' are the same arm"
+            )
+    return specs
+
+
+def check_instruction_names(instructions: Mapping[str, str], finetunes: Collection[str] = ()):
+    """Instruction names are words (letters, digits, _ and -) that name no arm or fine-tuning,
+    and their texts say something.  Raises ValueError."""
+    import re
+
+    for name, text in instructions.items():
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+            raise ValueError(
+                f"instruction name '{name}': use letters, digits, '_' and '-' only "
+                "(it is joined to arm names with '+')"
+            )
+        if name in RESERVED_NAMES:
+            raise ValueError(f"instruction name '{name}' is an arm's name; choose another")
+        if name in finetunes:
+            raise ValueError(f"instruction name '{name}' is also a fine-tuning's; choose another")
+        if not text.strip():
+            raise ValueError(f"instruction '{name}' is empty")
 
 
 @dataclass(frozen=True)
@@ -27,8 +180,18 @@ class Context:
 
 
 class Arm(ABC):
-    name: str
+    kind: str  # base, oracle, rag
     k: int = 0  # retrieved chunks per question (0: the arm retrieves nothing)
+    instruction: Instruction | None = None  # put at the very start of every prompt
+
+    @property
+    def name(self) -> str:
+        """What records and tables call the arm: ``rag``, ``rag+rename``, ``rename``."""
+        return arm_name(self.kind, self.instruction.name if self.instruction else None)
+
+    @property
+    def instruction_text(self) -> str | None:
+        return self.instruction.text if self.instruction else None
 
     def prepare(self, items: Sequence[MCItem]) -> None:
         """Work done once for all of a task's questions before :meth:`context_for` is asked."""
@@ -38,14 +201,24 @@ class Arm(ABC):
         """What to put before the question, or None."""
 
     def identity(self) -> dict:
-        """What decides this arm's contexts (JSON-able); part of every cell's key."""
-        return {"arm": self.name, "k": self.k}
+        """What decides this arm's prompts (JSON-able); part of every cell's key."""
+        return self._with_instruction({"arm": self.name, "k": self.k})
+
+    def _with_instruction(self, identity: dict) -> dict:
+        """``identity`` with the instruction's text, when the arm has one (without one, it is
+        what it was before instructions existed, so finished cells stay valid)."""
+        if self.instruction is not None:
+            identity["instruction"] = self.instruction.text
+        return identity
 
 
 class BaseArm(Arm):
     """The model as it is: closed book."""
 
-    name = "base"
+    kind = "base"
+
+    def __init__(self, instruction: Instruction | None = None):
+        self.instruction = instruction
 
     def context_for(self, item: MCItem) -> Context | None:
         return None
@@ -54,11 +227,17 @@ class BaseArm(Arm):
 class OracleArm(Arm):
     """The gold documents (``doc_ids``) before the question: the upper bound for retrieval."""
 
-    name = "oracle"
+    kind = "oracle"
 
-    def __init__(self, corpus: Mapping[str, str], corpus_path: str = "corpus"):
+    def __init__(
+        self,
+        corpus: Mapping[str, str],
+        corpus_path: str = "corpus",
+        instruction: Instruction | None = None,
+    ):
         self.corpus = corpus
         self.corpus_path = corpus_path
+        self.instruction = instruction
 
     def context_for(self, item: MCItem) -> Context | None:
         if not item.doc_ids:
@@ -76,7 +255,7 @@ class OracleArm(Arm):
     def identity(self) -> dict:
         from kinject.evaluation.identity import file_identity
 
-        return {"arm": self.name, "corpus": file_identity(self.corpus_path)}
+        return self._with_instruction({"arm": self.name, "corpus": file_identity(self.corpus_path)})
 
 
 class RetrievalCache:
@@ -105,7 +284,7 @@ class RetrievalCache:
 class RagArm(Arm):
     """Top-K chunks of a knowledge base before the question (the paper: plain concatenation)."""
 
-    name = "rag"
+    kind = "rag"
 
     def __init__(
         self,
@@ -114,27 +293,31 @@ class RagArm(Arm):
         template: str = "{context}",
         separator: str = CONTEXT_SEPARATOR,
         best_last: bool = False,
+        instruction: Instruction | None = None,
     ):
         self.cache = cache
         self.k = k
         self.template = template
         self.separator = separator
         self.best_last = best_last
+        self.instruction = instruction
 
     def prepare(self, items: Sequence[MCItem]) -> None:
         if self.k:
             self.cache.fetch(items)
 
     def identity(self) -> dict:
-        return {
-            "arm": self.name,
-            "k": self.k,
-            "kb": self.cache.kb.identity(),
-            "retriever": self.cache.retriever_name,
-            "template": self.template,
-            "separator": self.separator,
-            "best_last": self.best_last,
-        }
+        return self._with_instruction(
+            {
+                "arm": self.name,
+                "k": self.k,
+                "kb": self.cache.kb.identity(),
+                "retriever": self.cache.retriever_name,
+                "template": self.template,
+                "separator": self.separator,
+                "best_last": self.best_last,
+            }
+        )
 
     def context_for(self, item: MCItem) -> Context | None:
         aliases = self.cache.kb.duplicates  # gold ids the KB dropped as exact duplicates

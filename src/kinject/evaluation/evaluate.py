@@ -27,7 +27,16 @@ from kinject.cache import fingerprint
 from kinject.config import EmbedderConfig, EvalConfig, RagConfig, TaskSpec, to_yaml
 from kinject.corpus import load_corpus_jsonl
 from kinject.errors import KinjectError
-from kinject.evaluation.arms import Arm, BaseArm, OracleArm, RagArm, RetrievalCache
+from kinject.evaluation.arms import (
+    Arm,
+    BaseArm,
+    Instruction,
+    OracleArm,
+    RagArm,
+    RetrievalCache,
+    arm_kind,
+    parse_arms,
+)
 from kinject.evaluation.environment import environment
 from kinject.evaluation.fewshot import ExampleSelector, FirstExamples, NearestExamples
 from kinject.evaluation.report import markdown_table
@@ -72,27 +81,39 @@ def load_task(spec: TaskSpec) -> Task:
 
 
 def build_arms(config: EvalConfig) -> list[Arm]:
-    """The arms to score; the rag arm is one arm per K, sharing one retrieval cache."""
+    """The arms to score; a rag arm is one arm per K.  Every rag arm (with or without an
+    instruction) shares one retrieval cache, every oracle arm one corpus."""
     arms: list[Arm] = []
-    for name in config.arms:
-        if name == "base":
-            arms.append(BaseArm())
-        elif name == "oracle":
-            corpus = load_corpus_jsonl(config.corpus)
-            arms.append(OracleArm({d.id: d.text for d in corpus.values()}, config.corpus))
-        elif name == "rag":
-            arms.extend(_rag_arms(config.rag))
+    corpus, cache = None, None
+    for spec in parse_arms(config.arms, config.instructions):
+        instruction = None
+        if spec.instruction is not None:
+            instruction = Instruction(spec.instruction, config.instructions[spec.instruction])
+        if spec.kind == "base":
+            arms.append(BaseArm(instruction))
+        elif spec.kind == "oracle":
+            if corpus is None:
+                corpus = {d.id: d.text for d in load_corpus_jsonl(config.corpus).values()}
+            arms.append(OracleArm(corpus, config.corpus, instruction))
+        elif spec.kind == "rag":
+            cache = cache or _retrieval_cache(config.rag)
+            arms.extend(_rag_arms(config.rag, cache, instruction))
     return arms
 
 
-def _rag_arms(rag: RagConfig) -> list[Arm]:
+def _retrieval_cache(rag: RagConfig) -> RetrievalCache:
     from kinject.kb.store import KnowledgeBase
 
     kb = KnowledgeBase.open(rag.kb)
     name = f"{rag.retriever} rrf_k={rag.rrf_k}" if rag.retriever == "hybrid" else rag.retriever
-    cache = RetrievalCache(kb, kb.retriever(rag.retriever, rag.rrf_k), max(rag.k), name)
+    return RetrievalCache(kb, kb.retriever(rag.retriever, rag.rrf_k), max(rag.k), name)
+
+
+def _rag_arms(rag: RagConfig, cache: RetrievalCache, instruction: Instruction | None) -> list[Arm]:
     best_last = rag.order == "best_last"
-    return [RagArm(cache, k, rag.template, rag.chunk_separator, best_last) for k in rag.k]
+    return [
+        RagArm(cache, k, rag.template, rag.chunk_separator, best_last, instruction) for k in rag.k
+    ]
 
 
 def build_selector(config: EvalConfig) -> ExampleSelector:
@@ -138,9 +159,10 @@ def run_evaluation(
 ) -> EvalResult:
     """Score every (task × arm × shots) cell not yet in ``run_dir`` and write the run files.
 
-    With ``rag.select_k_on``, that task is the validation set of the rag arm alone: its K grid
-    is scored there first, and the other tasks are then scored at the best K for each number
-    of shots (K is never chosen on them).
+    With ``rag.select_k_on``, that task is the validation set of the rag arms alone: each rag
+    arm's K grid (``rag``, ``rag+<instruction>``: each its own) is scored there first, and the
+    other tasks are then scored at that arm's best K for each number of shots (K is never
+    chosen on them).
 
     Under ``accelerate launch`` every process calls this and gets the same result; only
     the main process writes.
@@ -158,7 +180,7 @@ def run_evaluation(
     validate_plan(config, tasks, arms)
     session = _ScoringSession(config, run_dir, model_and_tokenizer, show_progress)
     select_on = config.rag.select_k_on if config.rag else None
-    grid = [arm for arm in arms if arm.name == "rag"] if select_on else []
+    grid = [arm for arm in arms if arm.kind == "rag"] if select_on else []
     plan = [
         session.planned(task, arm, shots)
         for task in tasks
@@ -174,7 +196,7 @@ def run_evaluation(
         if task.name != select_on
         for arm in arms
         for shots in config.shots
-        if arm not in grid or arm.k == selected[shots]
+        if arm not in grid or arm.k == selected[(arm.name, shots)]
     ]
     session.score(test)
     metrics = on_main(lambda: tabulate(run_dir, plan + test, config))
@@ -348,19 +370,22 @@ def _load(config: EvalConfig):
     return load_causal_lm(config.model)
 
 
-def choose_k(store: CellStore, grid: list[PlannedCell]) -> dict[int, int]:
-    """The best K of the validation grid for each number of shots: highest acc, then the
-    smallest K."""
-    return best_k((p.shots, p.arm.k, accuracy(store.read(p.cell, p.digest))) for p in grid)
+def choose_k(store: CellStore, grid: list[PlannedCell]) -> dict[tuple[str, int], int]:
+    """The best K of the validation grid for each rag arm and number of shots: highest acc,
+    then the smallest K.  ``{(arm name, shots): k}``."""
+    return best_k(
+        ((p.arm.name, p.shots), p.arm.k, accuracy(store.read(p.cell, p.digest))) for p in grid
+    )
 
 
-def best_k(entries) -> dict[int, int]:
-    """``{shots: k}`` from ``(shots, k, acc)``: the highest acc, ties to the smallest K."""
-    best: dict[int, tuple[float, int]] = {}
-    for shots, k, acc in entries:
-        if shots not in best or (acc, -k) > best[shots]:
-            best[shots] = (acc, -k)
-    return {shots: -key[1] for shots, key in best.items()}
+def best_k(entries) -> dict:
+    """``{key: k}`` from ``(key, k, acc)`` (key: shots, or arm and shots): the highest acc,
+    ties to the smallest K."""
+    best: dict = {}
+    for key, k, acc in entries:
+        if key not in best or (acc, -k) > best[key]:
+            best[key] = (acc, -k)
+    return {key: -value[1] for key, value in best.items()}
 
 
 def tabulate(run_dir: Path, plan: list[PlannedCell], config: EvalConfig) -> list[dict]:
@@ -379,21 +404,31 @@ def tabulate(run_dir: Path, plan: list[PlannedCell], config: EvalConfig) -> list
 
 
 def _write_metrics(run_dir: Path, metrics: list[dict], config: EvalConfig) -> list[dict]:
+    """metrics.json: the cells, and with K selection the K each rag arm chose per shots:
+    ``selected_k`` for ``rag``, ``selected_k_by_arm`` for rag arms with an instruction."""
     select_on = config.rag.select_k_on if config.rag else None
-    selected = None
-    if select_on and "rag" in config.arms:
+    rag_arms = [
+        spec.name for spec in parse_arms(config.arms, config.instructions) if spec.kind == "rag"
+    ]
+    summary: dict = {"cells": metrics}
+    if select_on and rag_arms:
         selected = best_k(
-            (m["shots"], m["k"], m["acc"])
+            ((m["arm"], m["shots"]), m["k"], m["acc"])
             for m in metrics
-            if m["arm"] == "rag" and m["split"] == select_on
+            if arm_kind(m["arm"]) == "rag" and m["split"] == select_on
         )
         for metric in metrics:
-            if metric["arm"] == "rag":
-                metric["selected"] = metric["k"] == selected[metric["shots"]]
-    summary: dict = {"cells": metrics}
-    if selected is not None:
+            if arm_kind(metric["arm"]) == "rag":
+                metric["selected"] = metric["k"] == selected[(metric["arm"], metric["shots"])]
         summary["select_k_on"] = select_on
-        summary["selected_k"] = {str(shots): k for shots, k in selected.items()}
+        by_arm = {
+            arm: {str(shots): k for (name, shots), k in selected.items() if name == arm}
+            for arm in rag_arms
+        }
+        if "rag" in by_arm:
+            summary["selected_k"] = by_arm.pop("rag")
+        if by_arm:
+            summary["selected_k_by_arm"] = by_arm
     write_json(run_dir / "metrics.json", summary)
     write_text(run_dir / "table.md", markdown_table(metrics, select_on))
     return metrics

@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 
+from kinject.evaluation.arms import arm_kind
 from kinject.evaluation.runner import column_name
 
 
@@ -30,7 +31,7 @@ def _short(metric: dict) -> str:
 
 def _cell_text(metric: dict, short: bool = False) -> str:
     text = _short(metric) if short else _fmt(metric)
-    if metric["arm"] == "rag":
+    if arm_kind(metric["arm"]) == "rag":
         text += f" k={metric['k']}"
         if "recall" in metric:
             text += f" R@{metric['k']}={metric['recall']:.2f}"
@@ -39,7 +40,7 @@ def _cell_text(metric: dict, short: bool = False) -> str:
 
 def _column(metric: dict) -> str:
     name = column_name(metric.get("model", "base"), metric["arm"])
-    if metric["arm"] == "rag" and "selected" not in metric:
+    if arm_kind(metric["arm"]) == "rag" and "selected" not in metric:
         return f"{name} k={metric['k']}"
     return name
 
@@ -78,18 +79,18 @@ def _main_rows(
 def _k_grid_rows(
     metrics: Sequence[dict], task: str, short: bool = False
 ) -> tuple[list[str], list[list[str]]]:
-    grid = [m for m in metrics if m["arm"] == "rag" and m["split"] == task]
-    columns = []  # (model, shots), models in order of appearance
+    grid = [m for m in metrics if arm_kind(m["arm"]) == "rag" and m["split"] == task]
+    columns = []  # (model, arm, shots), models and rag arms in order of appearance
     for m in grid:
-        if (m.get("model", "base"), m["shots"]) not in columns:
-            columns.append((m.get("model", "base"), m["shots"]))
+        if (m.get("model", "base"), m["arm"], m["shots"]) not in columns:
+            columns.append((m.get("model", "base"), m["arm"], m["shots"]))
     ks = sorted({m["k"] for m in grid})
-    by = {(m["k"], m.get("model", "base"), m["shots"]): m for m in grid}
+    by = {(m["k"], m.get("model", "base"), m["arm"], m["shots"]): m for m in grid}
     body = []
     for k in ks:
         row = [str(k)]
-        for model, s in columns:
-            m = by.get((k, model, s))
+        for model, arm, s in columns:
+            m = by.get((k, model, arm, s))
             if m is None:
                 row.append("–")
                 continue
@@ -98,10 +99,9 @@ def _k_grid_rows(
                 text += f" R@{k}={m['recall']:.2f}"
             row.append(text)
         body.append(row)
-    models = {model for model, _ in columns}
-    if models == {"base"}:
-        return ["K", *[f"{s}-shot" for _, s in columns]], body
-    return ["K", *[f"{column_name(model, 'rag')} {s}-shot" for model, s in columns]], body
+    if {(model, arm) for model, arm, _ in columns} == {("base", "rag")}:
+        return ["K", *[f"{s}-shot" for _, _, s in columns]], body
+    return ["K", *[f"{column_name(model, arm)} {s}-shot" for model, arm, s in columns]], body
 
 
 def _markdown(header: list[str], body: list[list[str]]) -> list[str]:

@@ -101,7 +101,7 @@ def _prompts(build, task: Task, arm: Arm, shots: int, selector: ExampleSelector 
     contexts = [arm.context_for(item) for item in task.items]
     examples = (selector or FirstExamples()).examples(task, task.items, shots)
     prompts = [
-        build(task, item, shots, context.text if context else None, shown)
+        build(task, item, shots, context.text if context else None, shown, arm.instruction_text)
         for item, context, shown in zip(task.items, contexts, examples)
     ]
     return contexts, prompts

@@ -227,17 +227,20 @@ def _validation_requests(config: ExperimentConfig, sizes: dict) -> int:
 
 
 def _count_cells(evaluation, sizes: dict, result: DryRun) -> None:
-    """The cells the evaluation would plan: with validation, the rag arm's K grid on the
-    (sampled) validation task, then every test task at the chosen K."""
+    """The cells the evaluation would plan: with validation, each rag arm's K grid (rag,
+    rag+<instruction>) on the (sampled) validation task, then every test task at the chosen K."""
+    from kinject.evaluation.arms import arm_kind
+
     rag = evaluation.rag
     select_on = rag.select_k_on if rag is not None else None
-    plain = [arm for arm in evaluation.arms if arm != "rag"]
-    ks = list(rag.k) if rag is not None and "rag" in evaluation.arms else []
+    plain = [arm for arm in evaluation.arms if arm_kind(arm) != "rag"]
+    rag_arms = len(evaluation.arms) - len(plain)
+    ks = list(rag.k) if rag is not None and rag_arms else []
     for spec in evaluation.tasks:
         name = spec.task_name()
         size = sizes.get(name)
         if name == select_on:
-            arms = len(ks)
+            arms = len(ks) * rag_arms
             if size is not None and rag.select_k_sample:
                 size = (
                     min(size[0], rag.select_k_sample),
@@ -245,7 +248,7 @@ def _count_cells(evaluation, sizes: dict, result: DryRun) -> None:
                     size[2],
                 )
         else:
-            arms = len(plain) + (1 if ks and select_on else len(ks))
+            arms = len(plain) + rag_arms * (1 if ks and select_on else len(ks))
         cells = arms * len(evaluation.shots)
         result.cells += cells
         if size is not None:

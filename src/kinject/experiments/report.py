@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kinject.errors import DataError, KinjectError
+from kinject.evaluation.arms import arm_kind, uses_rag
 from kinject.experiments.tables import Results, _header, generic_column, markdown
 from kinject.fileio import read_jsonl, write_text
 
@@ -282,16 +283,18 @@ def _sweep_plot(sweep: dict, several_models: bool) -> Plot:
 @_plotting
 def plot_k(run: Run) -> Plot | None:
     validation = run.metrics.get("validation_task")
-    grid = [m for m in run.metrics["cells"] if m["arm"] == "rag" and m["split"] == validation]
+    grid = [
+        m for m in run.metrics["cells"] if arm_kind(m["arm"]) == "rag" and m["split"] == validation
+    ]
     if not grid:
         return None
     several = len(run.results.base_models) > 1
     series: dict[tuple, list[dict]] = {}
-    for m in grid:
-        series.setdefault((m["model"], m["shots"]), []).append(m)
+    for m in grid:  # rag and each rag+<instruction> arm of a model: K chosen for each
+        series.setdefault((m["model"], m["arm"], m["shots"]), []).append(m)
     fig = _figure(7.0, 4.0)
     ax = fig.add_subplot()
-    for index, ((model, shots), cells) in enumerate(series.items()):
+    for index, ((model, _, shots), cells) in enumerate(series.items()):
         cells = sorted(cells, key=lambda m: m["k"])
         dodge = (index - (len(series) - 1) / 2) * 0.04  # overlapping lines stay visible
         x = [m["k"] + dodge for m in cells]
@@ -472,7 +475,7 @@ def column_seconds(run: Run) -> dict[tuple, float]:
         ft = column.split("+")[0] if column not in ("base", "rag", "oracle") else None
         label = _training_label(results.models, model, ft) if ft else None
         seconds += training.get(label, {}).get("train_seconds", 0.0) if label else 0.0
-        seconds += build if column == "rag" or column.endswith("+rag") else 0.0
+        seconds += build if uses_rag(column) else 0.0
         total[(model, column)] = seconds
     return total
 

@@ -56,11 +56,11 @@ from kinject.config import (
     to_yaml,
 )
 from kinject.errors import KinjectError
+from kinject.evaluation.arms import ArmSpec, arm_instruction, arm_kind, parse_arms
 from kinject.fileio import write_json, write_text
 from kinject.scoring.parallel import on_main, processes
 
 FINETUNE_RECIPE = 1  # bump when fine-tuning changes meaning: every fine-tuning is trained again
-BASE_ARMS = ("base", "oracle", "rag")
 
 
 @dataclass
@@ -69,7 +69,7 @@ class ModelRun:
 
     label: str  # its name in records and tables
     base_model: str  # the experiment model it comes from
-    arms: list[str]  # base, oracle, rag
+    arms: list[str]  # base, oracle, rag, each maybe +<instruction>; a bare <instruction>
     finetune: str | None = None
     sweep: dict | None = None  # {name, key, value}
     spec: ModelSpec | None = None  # known once trained
@@ -232,15 +232,23 @@ def task_name(spec: TaskSpec) -> str:
 
 
 def model_runs(config: ExperimentConfig, model: ExperimentModel) -> list[ModelRun]:
-    """The models to evaluate for one base model, in order: itself, its fine-tunings, sweeps."""
+    """The models to evaluate for one base model, in order: itself, its fine-tunings, sweeps.
+
+    Each is scored with the arms its columns name: ``rag+rename`` is the base model's arm
+    ``rag+rename``; ``ft-reg+rename`` the ft-reg model's arm ``rename`` (base with the
+    instruction), ``ft-reg+rag+rename`` its ``rag+rename``."""
     several = len(config.models) > 1
     prefix = f"{model.label}." if several else ""
     runs = []
-    base_arms = [arm for arm in config.arms if arm in BASE_ARMS]
+    specs = parse_arms(config.arms, config.instructions, config.finetunes)
+    base_arms = [spec.name for spec in specs if spec.finetune is None]
     if base_arms:
         runs.append(ModelRun(model.label if several else "base", model.label, base_arms))
     for name in config.finetunes:
-        arms = [arm for arm in ("base", "rag") if _column(name, arm) in config.arms]
+        mine = [spec for spec in specs if spec.finetune == name]
+        # closed book, then rag (as before instructions), then the instruction arms as listed
+        plain = [kind for kind in ("base", "rag") if ArmSpec(name, kind) in mine]
+        arms = plain + [spec.name for spec in mine if spec.instruction is not None]
         if arms:
             runs.append(ModelRun(prefix + name, model.label, arms, name))
     for sweep in config.sweeps:
@@ -253,10 +261,6 @@ def model_runs(config: ExperimentConfig, model: ExperimentModel) -> list[ModelRu
 
 def stage_count(config: ExperimentConfig) -> int:
     return sum(len(model_runs(config, model)) for model in config.models)
-
-
-def _column(finetune: str, arm: str) -> str:
-    return finetune if arm == "base" else f"{finetune}+{arm}"
 
 
 def _slug(value) -> str:
@@ -413,7 +417,7 @@ def _train_sweep_point(config, model, run: ModelRun, runs, run_dir, console) -> 
 
 def eval_config(config: ExperimentConfig, run: ModelRun) -> EvalConfig:
     """The `kinject eval` config of one model: test tasks (a sweep's subset), and with rag
-    the validation questions first, where K is chosen."""
+    the validation questions first, where K is chosen; the instructions its arms use."""
     tasks = list(config.tasks)
     shots = config.shots
     if run.sweep is not None:
@@ -421,8 +425,11 @@ def eval_config(config: ExperimentConfig, run: ModelRun) -> EvalConfig:
         if sweep.tasks:
             tasks = [spec for spec in tasks if task_name(spec) in sweep.tasks]
         shots = sweep.shots
+    kinds = {arm_kind(arm) for arm in run.arms}
+    named = {arm_instruction(arm) for arm in run.arms}
+    used = [name for name in config.instructions if name in named]
     rag = None
-    if "rag" in run.arms:
+    if "rag" in kinds:
         rag = config.rag
         if config.validation is not None:
             tasks.insert(0, config.validation.task)
@@ -438,7 +445,8 @@ def eval_config(config: ExperimentConfig, run: ModelRun) -> EvalConfig:
         label=run.label,
         tasks=tasks,
         arms=run.arms,
-        corpus=config.corpus if "oracle" in run.arms else None,
+        instructions={name: config.instructions[name] for name in used},
+        corpus=config.corpus if "oracle" in kinds else None,
         rag=rag,
         shots=shots,
         fewshot=config.fewshot,

@@ -2,9 +2,10 @@
 
 Table 1 (knowledge-intensive tasks, per model): a row per (task, shots); columns base, +RAG,
 FT, FT+RAG.  Table 2 (current events): a row per (model, task, shots); columns base, +RAG,
-then every fine-tuning closed book and with RAG.  A figure is accuracy [95% CI]; * marks
-p < 0.05 and ** p < 0.01 in the exact McNemar test against the same model's base column.
-Beside them, what each column cost.
+then every fine-tuning closed book and with RAG.  Arms with an instruction follow these, each
+its own column (``rename``, ``+RAG+rename``, ``ft-reg+rename``; in Table 1 ``FT+rename``).
+A figure is accuracy [95% CI]; * marks p < 0.05 and ** p < 0.01 in the exact McNemar test
+against the same model's base column.  Beside them, what each column cost.
 """
 
 from __future__ import annotations
@@ -14,22 +15,31 @@ import io
 from collections.abc import Sequence
 from pathlib import Path
 
+from kinject.evaluation.arms import arm_instruction, arm_kind, uses_rag
 from kinject.evaluation.report import _detail_lines, _k_grid_rows, _markdown, short_ci
 from kinject.fileio import write_text
 
 
 def generic_column(metric: dict, models: dict) -> str:
-    """A cell's column whatever its model's label: base, rag, oracle, <ft>, <ft>+rag."""
+    """A cell's column whatever its model's label: base, rag, oracle, <ft>, <ft>+rag, each
+    maybe with +<instruction> (the closed-book arm with one: <instruction>, <ft>+<instruction>)."""
     finetune = models.get(metric["model"], {}).get("finetune")
     if finetune is None:
         return metric["arm"]
     return finetune if metric["arm"] == "base" else f"{finetune}+{metric['arm']}"
 
 
+def _plain_column(metric: dict, models: dict) -> str:
+    """The column of a cell's arm without its instruction (``ft-reg+rag+rename``: ft-reg+rag)."""
+    return generic_column({**metric, "arm": arm_kind(metric["arm"])}, models)
+
+
 def _header(column: str) -> str:
-    return {"base": "base", "rag": "+RAG", "oracle": "oracle"}.get(
-        column, column.replace("+rag", "+RAG")
-    )
+    """A column's heading: rag is +RAG (the paper's), ft-par+RAG, +RAG+rename."""
+    if column in ("base", "oracle"):
+        return column
+    parts = ["RAG" if part == "rag" else part for part in column.split("+")]
+    return ("+" if parts[0] == "RAG" else "") + "+".join(parts)
 
 
 class Results:
@@ -44,11 +54,15 @@ class Results:
         self.base_models: list[str] = []
         self.columns: list[str] = []
         self.rows: list[tuple[str, int]] = []
+        self.instructed: dict[str, tuple[str, str]] = {}  # column -> (plain column, instruction)
         for m in metrics["cells"]:
             if m["split"] == self.validation or m.get("selected") is False:
                 continue
             column = m["column"]
             self.cells[(m["base_model"], column, m["split"], m["shots"])] = m
+            instruction = arm_instruction(m["arm"])
+            if instruction is not None:
+                self.instructed[column] = (_plain_column(m, self.models), instruction)
             for seen, value in (
                 (self.base_models, m["base_model"]),
                 (self.columns, column),
@@ -63,14 +77,21 @@ class Results:
                     self.p_vs_base[(c["base_model"], c[mine], c["split"], c["shots"])] = c
 
     def finetunes(self) -> list[str]:
-        return [c for c in self.columns if c not in ("base", "rag", "oracle") and "+" not in c]
+        """The fine-tunings' closed-book columns."""
+        named = {row["finetune"] for row in self.models.values() if not row["sweep"]}
+        return [c for c in self.columns if c in named]
+
+    def with_instructions(self, columns: list[str]) -> list[str]:
+        """The instruction columns of ``columns`` (``rag+rename`` of rag), in order of
+        appearance."""
+        return [c for c, (plain, _) in self.instructed.items() if plain in columns]
 
     def text(self, base_model: str, column: str, split: str, shots: int) -> str:
         m = self.cells.get((base_model, column, split, shots))
         if m is None:
             return "–"
         text = short_ci(m["acc"], m["acc_ci"]) + self.mark(base_model, column, split, shots)
-        if m["arm"] == "rag" and m["k"]:
+        if arm_kind(m["arm"]) == "rag" and m["k"]:
             text += f" k{m['k']}"
         return text
 
@@ -109,9 +130,12 @@ def table1(results: Results) -> tuple[list[str], dict[str, list[list[str]]], lis
     with_rag = [f for f in finetunes if f"{f}+rag" in results.columns]
     ft = chosen if chosen in finetunes else next(iter(with_rag or finetunes), None)
     columns = ["base", "rag"] + ([ft, f"{ft}+rag"] if ft else [])
-    header = ["task", "shots", *[_header(c) if c not in (ft,) else "FT" for c in columns]]
-    if ft:
-        header[-1] = "FT+RAG"
+    names = {"rag": "+RAG", ft: "FT", f"{ft}+rag": "FT+RAG"}
+    for column in results.with_instructions(columns):
+        plain, instruction = results.instructed[column]
+        names[column] = instruction if plain == "base" else f"{names[plain]}+{instruction}"
+        columns.append(column)
+    header = ["task", "shots", *[names.get(c, c) for c in columns]]
     bodies = {
         model: [
             [split, str(shots), *[results.text(model, c, split, shots) for c in columns]]
@@ -127,7 +151,8 @@ def table2(results: Results) -> tuple[list[str], list[list[str]], list[str]]:
     tasks = results.metrics.get("tables", {}).get("table2_tasks")
     finetunes = results.finetunes()
     columns = ["base", "rag", *finetunes, *[f"{ft}+rag" for ft in finetunes]]
-    columns = [c for c in columns if c in results.columns]
+    instructed = results.with_instructions(columns)
+    columns = [c for c in columns if c in results.columns] + instructed
     body = [
         [model, split, str(shots), *[results.text(model, c, split, shots) for c in columns]]
         for model in results.base_models
@@ -168,7 +193,7 @@ def cost_rows(results: Results) -> tuple[list[str], list[list[str]]]:
                 None,
             )
             train = training.get(label, {}) if label else {}
-            uses_index = column == "rag" or column.endswith("+rag")
+            uses_index = uses_rag(column)
             seconds, questions, requests, reused = latency.get((model, column), (0.0, 0, 0, 0))
             body.append(
                 [
@@ -287,8 +312,8 @@ def markdown(metrics: dict, costs: dict) -> str:
     for sweep in metrics.get("sweeps", []):
         lines += [f"## Sweep '{sweep['name']}': {sweep['finetune']} by {sweep['key']}", ""]
         lines += [*_markdown(*sweep_rows(sweep)), ""]
-    if results.validation and metrics.get("selected_k"):
-        grid = [m for m in metrics["cells"] if m["arm"] == "rag"]
+    if results.validation and (metrics.get("selected_k") or metrics.get("selected_k_by_arm")):
+        grid = [m for m in metrics["cells"] if arm_kind(m["arm"]) == "rag"]
         lines += [f"## RAG: accuracy by K on '{results.validation}' (* = chosen)", ""]
         lines += [*_markdown(*_k_grid_rows(grid, results.validation)), ""]
     lines += ["## Every cell", "", *_detail_lines(metrics["cells"]), ""]

@@ -30,7 +30,7 @@ def tabulate_experiment(run_dir: str | Path) -> dict:
         raise KinjectError(f"{run_dir} holds no finished experiment (no plan.json); run it first")
     config = load_config(ExperimentConfig, run_dir / "experiment.yaml")
     plan = json.loads(plan_path.read_text(encoding="utf-8"))["runs"]
-    cells, records, costs, selected_k = [], [], [], {}
+    cells, records, costs, selected_k, selected_by_arm = [], [], [], {}, {}
     for row in plan:
         if row["sweep"] is not None or not row["arms"]:
             continue
@@ -40,6 +40,8 @@ def tabulate_experiment(run_dir: str | Path) -> dict:
         summary = _json(folder / "metrics.json")
         if "selected_k" in summary:
             selected_k[row["label"]] = summary["selected_k"]
+        if "selected_k_by_arm" in summary:  # rag arms with an instruction
+            selected_by_arm[row["label"]] = summary["selected_k_by_arm"]
         records += [r for _, r in read_jsonl(folder / "records.jsonl")]
         costs += [
             {**c, "base_model": row["base_model"]} for c in _json(folder / "costs.json")["cells"]
@@ -55,6 +57,7 @@ def tabulate_experiment(run_dir: str | Path) -> dict:
         "models": models,
         "cells": cells,
         "selected_k": selected_k,
+        **({"selected_k_by_arm": selected_by_arm} if selected_by_arm else {}),
         "comparisons": comparisons(cells, records, validation),
         "finetuning": {
             row["label"]: _finetuning(row, run_dir)

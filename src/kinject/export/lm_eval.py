@@ -30,7 +30,13 @@ run``) exports one task per cell (model × arm × task × shots × K) with ``num
   then, not a new search) with the run's template, separator and order; oracle: the gold
   documents from the run's corpus;
 * dynamic ("nearest") k-shot examples differ per question, so they are put into the query
-  and the task is 0-shot for lm-eval (the description still comes first, as in kinject).
+  and the task is 0-shot for lm-eval (the description still comes first, as in kinject);
+* an arm's instruction (``rag+rename``) is lm-eval's ``--system_instruction``, which a task
+  YAML cannot hold; lm-eval joins it to the description into one system prompt
+  (:func:`kinject.tasks.prompts.system_prompt`), so the YAML's ``description`` is that joined
+  text, and the plain ``lm_eval`` command reproduces the cell; the manifest also keeps the
+  instruction and the description apart (``system_instruction``, ``task_description``) for
+  ``--system_instruction`` with the task's own description.
 
 Before anything is written, every cell's digest (model files, task files, knowledge-base
 snapshot, arm, shots, scoring) is computed again from the run's config and must name a cell
@@ -50,7 +56,7 @@ from kinject.config import EvalConfig, ModelSpec, TaskSpec, load_config, parse_c
 from kinject.errors import KinjectError
 from kinject.fileio import read_jsonl, staging_dir, write_json, write_jsonl, write_text
 from kinject.tasks.items import MCItem, Task
-from kinject.tasks.prompts import build_prompt
+from kinject.tasks.prompts import build_prompt, system_prompt
 
 EXPORT_FORMAT = 1
 TASK_PREFIX = "kinject_"
@@ -71,6 +77,8 @@ class LmEvalTask:
     cell: dict | None = None  # {model, arm, split, shots, k} of a run's cell
     fewshot: str = "first_n"  # first_n (lm-eval's sampler) | in_query (dynamic examples)
     origin: dict = field(default_factory=dict)  # task files, run folder, cell file
+    instruction: str | None = None  # the arm's, opening ``description`` (--system_instruction)
+    task_description: str = ""  # the task's own description, without the instruction
 
 
 @dataclass(frozen=True)
@@ -263,7 +271,7 @@ def eval_run_tasks(folder: Path) -> tuple[list[LmEvalTask], list[dict]]:
 def _cell_task(config: EvalConfig, task: Task, arm, shots: int, records, selector, cell):
     by_id = {item.id: item for item in task.items}
     items = [by_id[record["question_id"]] for record in records]
-    chunks = {c.id: c.text for c in arm.cache.kb.chunks} if arm.name == "rag" else {}
+    chunks = {c.id: c.text for c in arm.cache.kb.chunks} if arm.kind == "rag" else {}
     contexts = [_context(arm, item, record, chunks) for item, record in zip(items, records)]
     dynamic = config.fewshot != "first" and shots > 0
     if dynamic:  # per-question examples: inside the query, lm-eval 0-shot
@@ -273,7 +281,7 @@ def _cell_task(config: EvalConfig, task: Task, arm, shots: int, records, selecto
         test = [document(task, item, context) for item, context in zip(items, contexts)]
     return LmEvalTask(
         name=lm_eval_name(_cell_key(cell)),
-        description=task.description,
+        description=system_prompt(arm.instruction_text, task.description),
         test=test,
         dev=[] if dynamic else [document(task, item, None) for item in task.dev],
         num_fewshot=0 if dynamic else shots,
@@ -281,6 +289,8 @@ def _cell_task(config: EvalConfig, task: Task, arm, shots: int, records, selecto
         model=config.model,
         cell={**cell, "bf16_autocast": config.scoring.bf16_autocast},
         fewshot="in_query" if dynamic else "first_n",
+        instruction=arm.instruction_text,
+        task_description=task.description,
     )
 
 
@@ -292,7 +302,7 @@ def _cell_key(cell: dict) -> str:
 
 def _context(arm, item: MCItem, record: dict, chunks: dict[str, str]) -> str | None:
     """What the arm put before this question when the record was scored."""
-    if arm.name == "rag":
+    if arm.kind == "rag":
         return rag_context(arm, record, chunks)
     context = arm.context_for(item)  # base: None; oracle: the gold documents from the corpus
     return context.text if context else None
@@ -423,6 +433,9 @@ def _entry(task: LmEvalTask, out: Path, files: dict[str, Path]) -> dict:
         **task.origin,
         "commands": {str(k): lm_eval_command(task, out, k) for k in task.shots},
     }
+    if task.instruction is not None:
+        entry["system_instruction"] = task.instruction
+        entry["task_description"] = task.task_description
     return entry
 
 
@@ -515,6 +528,15 @@ def readme(manifest: dict) -> str:
         lines += [f"## {task['name']}", "", f"{task['questions']} questions; {about}.", ""]
         if task["fewshot"] == "in_query":
             lines += ["The per-question k-shot examples are inside each query (0-shot).", ""]
+        if "system_instruction" in task:
+            lines += [
+                (
+                    "The arm's instruction opens the task's `description`, joined as lm-eval "
+                    "joins `--system_instruction` to a description (manifest: "
+                    "`system_instruction`, `task_description`)."
+                ),
+                "",
+            ]
         lines += ["```", *task["commands"].values(), "```", ""]
     if manifest["skipped"]:
         lines += ["## Not exported", ""]

@@ -15,6 +15,17 @@ k-shot (lm-eval's ``first_n`` sampler, ``fewshot_delimiter="\\n\\n"``, ``target_
 Context from an arm (retrieved chunks, the gold document) goes right before the question::
 
       {description}{examples}\\n\\n{context}\\n\\n{text}
+
+An arm's instruction comes first, before the description: lm-eval 0.4's
+``--system_instruction`` for a model without a chat template (``ConfigurableTask.
+fewshot_context``: ``maybe_delimit(system_instruction, description, fewshot_delimiter)`` is
+the system prompt; the k-shot examples and the question follow it with nothing between)::
+
+      ┌──────── system prompt ────────┐
+      {instruction}\\n\\n{description}{ex1 text} {ex1 target}\\n\\n … {context}\\n\\n{text}
+      {instruction}{description}…       either has whitespace at the join (e.g. "…Bob.\\n")
+      {instruction}{ex1 text} …         no description: nothing between, so an instruction
+                                        meant to stand apart ends in "\\n\\n"
 """
 
 from __future__ import annotations
@@ -63,6 +74,19 @@ def item_choices(item: MCItem, style: str) -> list[str]:
     return letters(len(item.choices)) if style == "letter" else list(item.choices)
 
 
+def system_prompt(instruction: str | None, description: str) -> str:
+    """What opens a prompt: the instruction and the task's description, joined as lm-eval
+    joins ``--system_instruction`` and a description (``maybe_delimit``): by the few-shot
+    delimiter unless one of them has whitespace at the join; either alone as it is."""
+    if not instruction:
+        return description
+    if not description:
+        return instruction
+    if instruction[-1].isspace() or description[0].isspace():
+        return instruction + description
+    return instruction + FEWSHOT_DELIMITER + description
+
+
 @dataclass(frozen=True)
 class Prompt:
     context: str
@@ -76,8 +100,10 @@ def build_prompt(
     shots: int,
     context: str | None = None,
     examples: Sequence[MCItem] | None = None,
+    instruction: str | None = None,
 ) -> Prompt:
-    """The scored prompt; ``examples`` replaces the first ``shots`` dev items (dynamic k-shot)."""
+    """The scored prompt; ``examples`` replaces the first ``shots`` dev items (dynamic k-shot);
+    ``instruction`` opens it (lm-eval's ``--system_instruction``)."""
     if examples is None:
         if shots > len(task.dev):
             raise ValueError(
@@ -90,7 +116,8 @@ def build_prompt(
         + item_choices(example, task.style)[example.answer]
         for example in examples
     ]
-    prefix = task.description + "".join(example + FEWSHOT_DELIMITER for example in shown)
+    prefix = system_prompt(instruction, task.description)
+    prefix += "".join(example + FEWSHOT_DELIMITER for example in shown)
     if context:
         prefix += context + FEWSHOT_DELIMITER
     choices = item_choices(item, task.style)
@@ -107,10 +134,13 @@ def build_open_prompt(
     shots: int,
     context: str | None = None,
     examples: Sequence | None = None,
+    instruction: str | None = None,
 ) -> str:
     """An open question in the option style, answered by generation after ``Answer:``::
 
     {description}Question: {ex1}\\nAnswer: {ex1 answers[0]}\\n\\n … {context}\\n\\nQuestion: {q}\\nAnswer:
+
+    with ``instruction`` first, as in :func:`build_prompt`.
     """
     if examples is None:
         if shots > len(task.dev):
@@ -118,7 +148,7 @@ def build_open_prompt(
                 f"task '{task.name}' has {len(task.dev)} dev examples; {shots}-shot needs {shots}"
             )
         examples = task.dev[:shots]
-    prefix = task.description + "".join(
+    prefix = system_prompt(instruction, task.description) + "".join(
         f"Question: {example.question}\nAnswer:{TARGET_DELIMITER}{example.answers[0]}"
         + FEWSHOT_DELIMITER
         for example in examples
