@@ -282,9 +282,10 @@ def plot_updated(run: Run) -> Plot | None:
         ax.set_xticks(list(xs), [_header(c) for c, _ in cells], rotation=30, ha="right")
         title = f"{split}, {shots}-shot" + (f" ({model})" if len(results.base_models) > 1 else "")
         ax.set(ylim=(0, 1), ylabel="share of questions", title=title)
-        ax.legend(fontsize="small")
     for ax in axes[len(rows) :]:
         ax.set_visible(False)
+    handles, labels = axes[0].get_legend_handles_labels()  # above the plots: bars reach 1
+    fig.legend(handles, labels, loc="outside upper center", ncols=2, fontsize="small")
     caption = (
         "The facts version of the renamed-entity probe: on questions whose answer changed "
         "(the base model learned the previous value, the knowledge base states the new one), "
