@@ -4,7 +4,8 @@ The demo is an experiment (``kinject run``) on the synthetic world: the world an
 base model are built and cached, then the base model is scored closed book, with the gold
 biography (``oracle``) and with retrieval, the fine-tuned models (FT-reg, FT-par, SFT; cached
 too) closed book and with retrieval, and FT-par by number of paraphrases.  It prints the
-tables and the three checks the base model must pass.
+tables (with the ``updated`` split's new value beside its previous value, per arm) and the
+three checks the base model must pass.
 """
 
 from __future__ import annotations
@@ -183,7 +184,7 @@ def run_demo(
     from rich.console import Console
 
     from kinject.experiments.runner import run_experiment
-    from kinject.experiments.tables import rich_tables
+    from kinject.experiments.tables import UPDATED_NOTE, rich_tables, updated_rich
     from kinject.training.loop import is_main_process
 
     console = Console()
@@ -203,6 +204,10 @@ def run_demo(
     costs = json.loads((run_dir / "costs.json").read_text(encoding="utf-8"))
     for table in rich_tables(result.metrics, costs):
         console.print(table)
+    updated = updated_rich(result.metrics, costs)
+    if updated is not None:  # the updated split: new value beside previous value, per arm
+        console.print(updated)
+        console.print(UPDATED_NOTE)
     for check in results:
         mark = "[green]PASS[/green]" if check.passed else "[red]FAIL[/red]"
         console.print(f"{mark} {check.label}: {check.value:.3f}")

@@ -64,7 +64,10 @@ def task_identity(task: Task) -> dict:
     digest = hashlib.sha256()
     for part in (task.items, task.dev):
         for item in part:
-            digest.update(repr(asdict(item)).encode())
+            fields = asdict(item)
+            if fields.get("previous", 0) is None:  # unset: the digest an item had before it
+                del fields["previous"]
+            digest.update(repr(fields).encode())
         digest.update(b"\x00")
     return {
         "name": task.name,

@@ -17,7 +17,7 @@ from pathlib import Path
 from kinject import faults
 from kinject.evaluation.arms import Arm
 from kinject.evaluation.fewshot import ExampleSelector, FirstExamples
-from kinject.evaluation.stats import bootstrap_ci
+from kinject.evaluation.stats import bootstrap_ci, previous_answer_rate
 from kinject.fileio import read_jsonl, write_json, write_jsonl
 from kinject.scoring.loglikelihood import LoglikelihoodScorer, MemoizedScorer
 from kinject.tasks.items import Task
@@ -91,6 +91,8 @@ def score_cell(
             "correct": pred == item.answer,
             "correct_norm": pred_norm == item.answer,
         }
+        if item.previous is not None:  # the choice that was right before the knowledge changed
+            record["previous"] = item.previous
         records.append(_with_retrieval(record, context, item))
     return records
 
@@ -163,6 +165,7 @@ def cell_metrics(records: Sequence[dict], seed: int, resamples: int) -> dict:
         "acc_norm": accuracy(records, "correct_norm"),
         "acc_norm_ci": list(bootstrap_ci(correct_norm, seed, resamples)),
     }
+    metrics.update(previous_answer_rate(records, seed, resamples))  # updated facts only
     return _with_recall(metrics, records)
 
 

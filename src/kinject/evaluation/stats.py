@@ -28,6 +28,25 @@ def bootstrap_ci(
     return round(float(low), 4), round(float(high), 4)
 
 
+def previous_answer_rate(records: Sequence[Mapping], seed: int, resamples: int) -> dict:
+    """How often a cell still gives the answer that was right before the knowledge changed.
+
+    Over the records that carry ``previous`` (the index of that choice; the synthetic world's
+    ``updated`` questions): ``previous_n`` such questions, ``previous_rate`` the share whose
+    prediction ``pred`` is ``previous``, and ``previous_rate_ci`` its percentile bootstrap
+    interval, seeded as ``acc_ci``.  Empty when no record carries ``previous``.
+    """
+    changed = [r for r in records if r.get("previous") is not None]
+    if not changed:
+        return {}
+    kept = [float(r["pred"] == r["previous"]) for r in changed]
+    return {
+        "previous_n": len(changed),
+        "previous_rate": round(sum(kept) / len(kept), 4),
+        "previous_rate_ci": list(bootstrap_ci(kept, seed, resamples)),
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # Comparing two arms on the same questions
 

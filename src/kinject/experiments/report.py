@@ -13,6 +13,8 @@ escaped: a question holding ``<script>`` shows as text.
 Plots (each a ``<figure class="plot">``; a plot whose data the run lacks is left out)::
 
     fig-accuracy          accuracy by column with 95% CIs, per (task, shots), rag at chosen K
+    fig-updated           on tasks with previous answers (updated facts): the new value's
+                          accuracy beside the previous value's rate, by column, with 95% CIs
     fig-sweep-<name>      accuracy vs the swept value (e.g. number of paraphrases)
     fig-k                 rag accuracy vs K on the validation task
     fig-training-<label>  training loss; validation loss and accuracy by epoch per LR
@@ -34,7 +36,14 @@ from pathlib import Path
 
 from kinject.errors import DataError, KinjectError
 from kinject.evaluation.arms import arm_kind, uses_rag
-from kinject.experiments.tables import Results, _header, generic_column, markdown
+from kinject.experiments.tables import (
+    UPDATED_TITLE,
+    Results,
+    _header,
+    generic_column,
+    markdown,
+    updated_columns,
+)
 from kinject.fileio import read_jsonl, write_text
 
 FILES_DIR = "report_files"
@@ -123,6 +132,7 @@ def make_plots(run: Run) -> list[Plot]:
     """Every plot the run has data for, in report order, with unique ids."""
     plots = [
         plot_accuracy(run),
+        plot_updated(run),
         *plot_sweeps(run),
         plot_k(run),
         *plot_training(run),
@@ -234,6 +244,57 @@ def _accuracy_bars(ax, results: Results, model: str) -> None:
     ax.set_xticks(range(len(results.rows)), [f"{s}\n{n}-shot" for s, n in results.rows])
     ax.set(ylim=(0, 1), ylabel="accuracy", title=model)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
+
+
+@_plotting
+def plot_updated(run: Run) -> Plot | None:
+    """Updated facts: per (model, task, shots) with previous answers, a pair of bars per
+    column, the new value's accuracy and the previous value's rate."""
+    results = run.results
+    columns, rows = updated_columns(results)
+    if not rows:
+        return None
+    ncols = min(len(rows), 2)
+    nrows = -(-len(rows) // ncols)
+    fig = _figure(max(6.0, min(16.0, 0.9 * len(columns) + 2)) * ncols / 1.4, 3.6 * nrows)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax, (model, split, shots) in zip(axes, rows):
+        cells = [(c, results.cells.get((model, c, split, shots))) for c in columns]
+        cells = [(c, m) for c, m in cells if m is not None and "previous_rate" in m]
+        xs = range(len(cells))
+        new = [m for _, m in cells]
+        old = [{"acc": m["previous_rate"], "acc_ci": m["previous_rate_ci"]} for _, m in cells]
+        ax.bar(
+            [x - 0.2 for x in xs],
+            [m["acc"] for m in new],
+            0.4,
+            yerr=_errors(new),
+            capsize=2,
+            label="new value (accuracy)",
+        )
+        ax.bar(
+            [x + 0.2 for x in xs],
+            [m["acc"] for m in old],
+            0.4,
+            yerr=_errors(old),
+            capsize=2,
+            label="previous value",
+        )
+        ax.set_xticks(list(xs), [_header(c) for c, _ in cells], rotation=30, ha="right")
+        title = f"{split}, {shots}-shot" + (f" ({model})" if len(results.base_models) > 1 else "")
+        ax.set(ylim=(0, 1), ylabel="share of questions", title=title)
+    for ax in axes[len(rows) :]:
+        ax.set_visible(False)
+    handles, labels = axes[0].get_legend_handles_labels()  # above the plots: bars reach 1
+    fig.legend(handles, labels, loc="outside upper center", ncols=2, fontsize="small")
+    caption = (
+        "The facts version of the renamed-entity probe: on questions whose answer changed "
+        "(the base model learned the previous value, the knowledge base states the new one), "
+        "the share answered with the new value (accuracy) beside the share still answered "
+        "with the previous value, by column (fine-tuning on the new text, retrieval, "
+        "instruction), with 95% bootstrap CIs; rag at its chosen K."
+    )
+    return Plot("fig-updated", UPDATED_TITLE, caption, _svg(fig))
 
 
 def plot_sweeps(run: Run) -> list[Plot]:

@@ -162,6 +162,89 @@ def table2(results: Results) -> tuple[list[str], list[list[str]], list[str]]:
     return ["model", "task", "shots", *[_header(c) for c in columns]], body, columns
 
 
+UPDATED_TITLE = "Updated facts: new value vs previous value"
+UPDATED_NOTE = (
+    "The facts version of the renamed-entity probe (a model fine-tuned on a text where Romeo "
+    "is renamed Bob: did it learn Bob, did it drop Romeo?): on questions whose answer changed "
+    "(the base model learned the previous value, the knowledge base states the new one), "
+    "'new value' is the accuracy and 'previous value' the share of questions still answered "
+    "with the previous value, each with its 95% bootstrap CI, so each column shows whether "
+    "fine-tuning on the new text, retrieving it or being instructed with it replaces the old "
+    "fact or only competes with it (* and ** on the accuracy as in Table 2)."
+)
+
+
+def updated_columns(results: Results) -> tuple[list[str], list[tuple[str, str, int]]]:
+    """Table 2's columns and the (model, task, shots) rows whose cells carry ``previous_rate``
+    (tasks with a ``previous`` answer); no rows when no task has one."""
+    _, _, columns = table2(results)
+    rows = [
+        (model, split, shots)
+        for model in results.base_models
+        for split, shots in results.rows
+        if any(
+            "previous_rate" in results.cells.get((model, column, split, shots), {})
+            for column in columns
+        )
+    ]
+    return columns, rows
+
+
+def updated_rows(results: Results) -> tuple[list[str], list[list[str]]]:
+    """Two rows per (model, task, shots) with previous answers: the new value's accuracy and
+    the previous value's rate, a column per arm as in Table 2."""
+    columns, rows = updated_columns(results)
+    body = []
+    for model, split, shots in rows:
+        new = [model, split, str(shots), "new value"]
+        old = [model, split, str(shots), "previous value"]
+        for column in columns:
+            m = results.cells.get((model, column, split, shots))
+            new.append(results.text(model, column, split, shots))
+            has = m is not None and "previous_rate" in m
+            old.append(short_ci(m["previous_rate"], m["previous_rate_ci"]) if has else "–")
+        body += [new, old]
+    header = ["model", "task", "shots", "answer", *[_header(c) for c in columns]]
+    return header, body
+
+
+def updated_csv_rows(results: Results) -> list[dict]:
+    """tables/updated.csv: one row per (model, task, shots, column) with previous answers."""
+    columns, rows = updated_columns(results)
+    out = []
+    for model, split, shots in rows:
+        for column in columns:
+            m = results.cells.get((model, column, split, shots))
+            if m is None or "previous_rate" not in m:
+                continue
+            out.append(
+                {
+                    "model": model,
+                    "task": split,
+                    "shots": shots,
+                    "column": column,
+                    "k": m["k"],
+                    "n": m["n"],
+                    "acc": m["acc"],
+                    "ci_low": m["acc_ci"][0],
+                    "ci_high": m["acc_ci"][1],
+                    "previous_n": m["previous_n"],
+                    "previous_rate": m["previous_rate"],
+                    "previous_ci_low": m["previous_rate_ci"][0],
+                    "previous_ci_high": m["previous_rate_ci"][1],
+                }
+            )
+    return out
+
+
+def updated_rich(metrics: dict, costs: dict):
+    """The terminal's updated-facts table, or None when no task has previous answers."""
+    from kinject.evaluation.report import _rich
+
+    header, body = updated_rows(Results(metrics, costs))
+    return _rich(UPDATED_TITLE + " [95% CI]", header, body) if body else None
+
+
 def cost_rows(results: Results) -> tuple[list[str], list[list[str]]]:
     """What each column cost: training (every LR candidate), the index, scoring per question."""
     training = results.costs.get("training", {})
@@ -305,6 +388,9 @@ def markdown(metrics: dict, costs: dict) -> str:
         lines += [f"## Table 1 layout: {model}", "", note, "", *_markdown(header, body), ""]
     header, body, _ = table2(results)
     lines += ["## Table 2 layout", "", *_markdown(header, body), ""]
+    updated = updated_rows(results)
+    if updated[1]:
+        lines += [f"## {UPDATED_TITLE}", "", UPDATED_NOTE, "", *_markdown(*updated), ""]
     lines += ["## Costs", "", cost_note(results), "", *_markdown(*cost_rows(results)), ""]
     forgetting = forgetting_rows(results)
     if forgetting[1]:
@@ -331,7 +417,8 @@ def _csv(rows: Sequence[dict]) -> str:
 
 
 def write_tables(run_dir: Path, metrics: dict, costs: dict) -> None:
-    """table.md, and tables/table1.csv, table2.csv, costs.csv (one row per figure)."""
+    """table.md, and tables/table1.csv, table2.csv, costs.csv (one row per figure), and
+    updated.csv when a task has previous answers."""
     results = Results(metrics, costs)
     write_text(run_dir / "table.md", markdown(metrics, costs))
     _, _, columns1 = table1(results)
@@ -346,6 +433,9 @@ def write_tables(run_dir: Path, metrics: dict, costs: dict) -> None:
         write_text(run_dir / "tables" / f"{name}.csv", _csv([r for r in rows if r]))
     header, body = cost_rows(results)
     write_text(run_dir / "tables" / "costs.csv", _csv([dict(zip(header, row)) for row in body]))
+    updated = updated_csv_rows(results)
+    if updated:
+        write_text(run_dir / "tables" / "updated.csv", _csv(updated))
 
 
 def rich_tables(metrics: dict, costs: dict) -> list:

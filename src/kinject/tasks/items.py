@@ -7,12 +7,20 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class MCItem:
+    """A multiple-choice question; ``answer`` indexes the right choice.
+
+    ``previous`` (optional) indexes the choice that was right before the knowledge changed
+    (the synthetic world's ``updated`` facts: the old employer, the old city), so a run can
+    measure how often a model still answers the old fact beside how often it answers the new.
+    """
+
     id: str
     question: str
     choices: tuple[str, ...]
     answer: int
     subject: str | None = None
     doc_ids: tuple[str, ...] = ()
+    previous: int | None = None
 
 
 @dataclass(frozen=True)

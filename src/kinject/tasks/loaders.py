@@ -44,11 +44,29 @@ def _check_unique(items: list[MCItem], path: Path, lines: list[int]) -> None:
         seen[item.id] = line
 
 
+def _previous(obj: dict, answer: int, n_choices: int, path: Path, line: int) -> int | None:
+    """The optional index of the choice that was right before the knowledge changed."""
+    if obj.get("previous") is None:
+        return None
+    previous = _require(obj, "previous", int, path, line)
+    if not 0 <= previous < n_choices:
+        raise DataError(
+            path, line, "previous", f"{previous} is out of range for {n_choices} choices"
+        )
+    if previous == answer:
+        raise DataError(
+            path, line, "previous", f"{previous} is the answer itself; it must name another choice"
+        )
+    return previous
+
+
 def load_mc_jsonl(path: str | Path) -> list[MCItem]:
-    """``{"id", "question", "choices": [...], "answer": int, "subject"?, "doc_ids"?}`` per line."""
+    """``{"id", "question", "choices": [...], "answer": int, "subject"?, "doc_ids"?,
+    "previous"?: int}`` per line (``previous``: the choice that was right before the knowledge
+    changed, another choice than ``answer``)."""
     path = Path(path)
     items, lines = [], []
-    allowed = {"id", "question", "choices", "answer", "subject", "doc_ids"}
+    allowed = {"id", "question", "choices", "answer", "subject", "doc_ids", "previous"}
     for line, obj in read_jsonl(path):
         for key in obj:
             if key not in allowed:
@@ -74,7 +92,8 @@ def load_mc_jsonl(path: str | Path) -> list[MCItem]:
         if subject is not None and not isinstance(subject, str):
             raise DataError(path, line, "subject", "expected a string")
         doc_ids = _doc_ids(obj, path, line)
-        items.append(MCItem(item_id, question, tuple(choices), answer, subject, doc_ids))
+        previous = _previous(obj, answer, len(choices), path, line)
+        items.append(MCItem(item_id, question, tuple(choices), answer, subject, doc_ids, previous))
         lines.append(line)
     _check_unique(items, path, lines)
     return items

@@ -8,10 +8,12 @@ Layout of a world folder (every file is in a format a user could have written by
     paraphrases.jsonl     {"id": doc id, "paraphrases": [...]}, reserved templates only
     tasks/known.jsonl     multiple-choice test questions, one per person and attribute
     tasks/new.jsonl
-    tasks/updated.jsonl   the changed attributes; the old value is always a distractor
+    tasks/updated.jsonl   the changed attributes; the old value is always a distractor, and
+                          "previous" is its index
     tasks/reading.jsonl   people seen in pretraining only with their bio in context
     tasks/dev.jsonl       k-shot examples (known people, never in a test split)
     tasks/validation.jsonl  new and updated facts asked with the first reserved question template
+                          (updated ones with "previous" too)
     tasks/<split>_open.jsonl  known, new, updated, dev as open questions (answers: the value)
     sft.jsonl             QA pairs (alpaca layout) on every KB fact, asked with the second
                           reserved template: training data for the SFT arm, never a test
@@ -39,9 +41,9 @@ from kinject.world.people import (
 )
 from kinject.world.vocabulary import ATTRIBUTES, Attribute
 
-WORLD_FORMAT = (
-    3  # bump when a world's files change (3: sft.jsonl, open questions, fixed validation wording)
-)
+# bump when a world's files change (3: sft.jsonl, open questions, fixed validation wording;
+# 4: updated questions name the old value's option in "previous")
+WORLD_FORMAT = 4
 SPLITS = ("known", "new", "updated", "reading")
 TASK_FILES = SPLITS + ("dev", "validation")
 OPEN_SPLITS = ("known", "new", "updated", "dev")
@@ -131,14 +133,15 @@ def _question(
     correct = person.values[attribute.name]
     old = person.old_values.get(attribute.name)
     choices, answer = choices_for(attribute.name, correct, rng, must_include=old)
-    return {
+    row = {
         "id": f"{split}-{person.id}-{attribute.name}",
         "question": question_text(template, person.name),
         "choices": choices,
         "answer": answer,
-        "subject": attribute.name,
-        "doc_ids": [person.id],
     }
+    if old is not None:  # an updated fact: the option that was right before the change
+        row["previous"] = choices.index(old)
+    return {**row, "subject": attribute.name, "doc_ids": [person.id]}
 
 
 def _asked_attributes(person: Person) -> Iterator[Attribute]:
