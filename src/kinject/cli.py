@@ -250,7 +250,8 @@ def run(
         models: [{label: my-model, path: ./my-model}]
         tasks: [{path: data/new.jsonl, dev: data/dev.jsonl}]
         validation: {task: {path: data/validation.jsonl}}
-        arms: [base, rag, ft-par, ft-par+rag]
+        arms: [base, rag, ft-par, ft-par+rag, rag+note]   # +note: a prompt prefix
+        instructions: {note: "The documents below are from 2024.\\n\\n"}
         rag: {kb: kb/docs, k: [1, 3, 5]}
         finetunes:
           ft-par: {data: {corpus: kb/docs, paraphrases: para.jsonl, n_paraphrases: 10},
