@@ -272,3 +272,20 @@ def test_rename_section_feeds_the_knowledge_base_and_the_tasks(tmp_path):
     assert not any("Mira" in chunk.text for chunk in kb.chunks)
     again, built, missing = cached_setup(config)  # now both are found, nothing is built
     assert missing == [] and again == resolved
+
+
+def test_the_rename_example_parses_and_skips_its_text_model_for_another_model():
+    from kinject.experiments.files import with_model
+    from kinject.experiments.setup import used_sections
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "rename" / "experiment.yaml"
+    config = load_experiment(example)
+    assert used_sections(config) == ["rename", "text_model", "knowledge_base"]
+    assert config.instructions == {"rename": "In this text, Romeo is called Bob.\n\n"}
+    assert {"rename", "rag+rename", "ft-full+rename"} <= set(config.arms)
+    assert Path(config.rename.templates).parent == example.parent
+    other = with_model(config, "mistralai/Mistral-7B-v0.1", "bfloat16")
+    assert [(m.label, m.path, m.dtype) for m in other.models] == [
+        ("Mistral-7B-v0-1", "mistralai/Mistral-7B-v0.1", "bfloat16")
+    ]
+    assert used_sections(other) == ["rename", "knowledge_base"]
