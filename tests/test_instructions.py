@@ -27,6 +27,7 @@ from kinject.evaluation.arms import BaseArm, Instruction, OracleArm, RagArm, par
 from kinject.tasks.loaders import jsonl_task, mmlu_task
 from kinject.tasks.prompts import build_open_prompt, build_prompt, system_prompt
 from kinject.world.build import build_world, write_world
+from lm_eval_tasks import OPTION_TASK_YAML
 
 REPO = Path(__file__).resolve().parent.parent
 WORLD_YAML = REPO / "examples" / "quick" / "world.yaml"
@@ -257,22 +258,6 @@ def test_arms_without_instruction_keep_their_identity_and_with_one_add_its_text(
 
 # ---------------------------------------------------------------------------------------------
 # lm-evaluation-harness parity: kinject's instruction is lm-eval's --system_instruction
-
-OPTION_TASK_YAML = """task: {name}
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {test}
-    dev: {dev}
-test_split: test
-fewshot_split: dev
-fewshot_config:
-  sampler: first_n
-output_type: multiple_choice
-doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: answer
-"""
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import MMLU_DIR, MMLU_SUBJECTS
+from lm_eval_tasks import OPTION_TASK_YAML
 
 lm_eval = pytest.importorskip("lm_eval")
 
@@ -23,22 +24,6 @@ from kinject.tasks.items import Task
 from kinject.tasks.loaders import jsonl_task, mmlu_task
 from kinject.tasks.prompts import build_prompt
 from kinject.world.build import build_world, write_world
-
-OPTION_TASK_YAML = """task: {name}
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {test}
-    dev: {dev}
-test_split: test
-fewshot_split: dev
-fewshot_config:
-  sampler: first_n
-output_type: multiple_choice
-doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: answer
-"""
 
 
 def _lm_eval_task(task_dir: Path, name: str, shots: int):

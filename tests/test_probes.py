@@ -38,6 +38,7 @@ from kinject.probes.rename import (
 from kinject.tasks.items import MCItem, Task
 from kinject.tasks.loaders import load_mc_jsonl
 from kinject.tasks.prompts import build_prompt
+from lm_eval_tasks import CLOZE_TASK_YAML
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "rename" / "probes.yaml"
 SHAKESPEARE = SHARED_DATA / "tiny_shakespeare" / "input.txt"
@@ -685,25 +686,6 @@ def test_cloze_prompt_is_the_text_then_each_choice():
     assert two.continuations == (" Montague", " Capulet", " York")
 
 
-LM_EVAL_CLOZE_YAML = """task: {name}
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {test}
-    dev: {dev}
-test_split: test
-fewshot_split: dev
-fewshot_config:
-  sampler: first_n
-output_type: multiple_choice
-doc_to_text: "{{{{question}}}}"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: answer
-target_delimiter: " "
-fewshot_delimiter: "\\n\\n"
-"""
-
-
 @pytest.fixture(scope="module")
 def probe_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("probes")
@@ -741,7 +723,7 @@ def test_cloze_prompts_are_lm_evals_plain_continuation_layout(tmp_path, probe_di
 
     test, dev = probe_dir / "cloze_new.jsonl", probe_dir / "two_dev.jsonl"
     (tmp_path / "cloze.yaml").write_text(
-        LM_EVAL_CLOZE_YAML.format(name="cloze_bob", test=test, dev=dev)
+        CLOZE_TASK_YAML.format(name="cloze_bob", test=test, dev=dev)
     )
     lm_task = TaskManager(include_path=str(tmp_path), include_defaults=False).load(["cloze_bob"])[
         "tasks"
