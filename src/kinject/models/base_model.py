@@ -107,6 +107,36 @@ def pretrain_base_model(
     A killed run resumes from ``<out_dir>.partial/checkpoint.pt`` (the folder name is the
     config's hash, so a checkpoint always belongs to the same config).
     """
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    tokenizer = train_world_tokenizer(world, model_config, config)
+    model, result = pretrain_tiny_llama(
+        model_config,
+        tokenizer,
+        config,
+        pretraining_batches(world, tokenizer, config),
+        partial,
+        "pretraining base model",
+        show_progress,
+    )
+    _save(model, tokenizer, result, world, model_config, config, out_dir)
+    shutil.rmtree(partial)
+    return out_dir
+
+
+def pretrain_tiny_llama(
+    model_config: TinyModelConfig,
+    tokenizer,
+    config,
+    batch_for,
+    partial: Path,
+    description: str,
+    show_progress: bool = True,
+):
+    """``(model, result)``: a tiny Llama built from ``model_config`` and trained from scratch
+    by ``config`` (a :class:`PretrainConfig` or :class:`TextPretrainConfig`: seed, steps,
+    schedule, bf16, threads) on ``batch_for(step)``, checkpointing in ``partial``, from which
+    a killed run resumes.  A checkpoint of an older version is started over (the cache is
+    ours)."""
     import torch
 
     from kinject.models.tiny import build_tiny_llama
@@ -114,9 +144,7 @@ def pretrain_base_model(
 
     if config.threads:
         torch.set_num_threads(config.threads)
-    partial = out_dir.with_name(out_dir.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
-    tokenizer = train_world_tokenizer(world, model_config, config)
     schedule = Schedule(
         steps=config.steps,
         learning_rate=config.learning_rate,
@@ -129,22 +157,19 @@ def pretrain_base_model(
         model = build_tiny_llama(model_config, tokenizer, seed=config.seed)
         return model, train(
             model,
-            pretraining_batches(world, tokenizer, config),
+            batch_for,
             schedule,
             bf16=config.bf16,
             checkpoint_dir=partial,
-            description="pretraining base model",
+            description=description,
             show_progress=show_progress,
         )
 
     try:
-        model, result = run()
-    except StaleCheckpoint:  # the cache is ours: an old version's checkpoint is started over
+        return run()
+    except StaleCheckpoint:
         (partial / "checkpoint.pt").unlink()
-        model, result = run()
-    _save(model, tokenizer, result, world, model_config, config, out_dir)
-    shutil.rmtree(partial)
-    return out_dir
+        return run()
 
 
 def _save(model, tokenizer, result, world, model_config, config, out_dir: Path) -> None:

@@ -85,17 +85,11 @@ def pretraining_documents(texts: list[str], config: TextPretrainConfig) -> list[
 
 def pretrain_text_model(setup: TextModelSetup, out_dir: Path, show_progress: bool = True) -> Path:
     """Train a BPE tokenizer and a tiny Llama on ``setup.corpus``; write the model folder."""
-    import torch
-
-    from kinject.models.base_model import save_model_folder
+    from kinject.models.base_model import pretrain_tiny_llama, save_model_folder
     from kinject.models.packing import PackedBlocks
-    from kinject.models.tiny import build_tiny_llama
     from kinject.models.tokenizer import train_bpe_tokenizer
-    from kinject.training.loop import Schedule, StaleCheckpoint, train
 
     config = setup.pretrain
-    if config.threads:
-        torch.set_num_threads(config.threads)
     documents = pretraining_documents(corpus_texts(setup.corpus), config)
     tokenizer = train_bpe_tokenizer(documents, setup.model.vocab_size)
 
@@ -105,33 +99,16 @@ def pretrain_text_model(setup: TextModelSetup, out_dir: Path, show_progress: boo
         return order
 
     blocks = PackedBlocks(tokenizer, epoch_documents, config.block_size, config.batch_size)
-    schedule = Schedule(
-        steps=config.steps,
-        learning_rate=config.learning_rate,
-        warmup_steps=config.warmup_steps,
-        weight_decay=config.weight_decay,
-        kind=config.schedule,
-    )
     partial = out_dir.with_name(out_dir.name + ".partial")
-    partial.mkdir(parents=True, exist_ok=True)
-
-    def run():
-        model = build_tiny_llama(setup.model, tokenizer, seed=config.seed)
-        return model, train(
-            model,
-            blocks.batch_for,
-            schedule,
-            bf16=config.bf16,
-            checkpoint_dir=partial,
-            description="pretraining base model on text",
-            show_progress=show_progress,
-        )
-
-    try:
-        model, result = run()
-    except StaleCheckpoint:  # the cache is ours: an old version's checkpoint is started over
-        (partial / "checkpoint.pt").unlink()
-        model, result = run()
+    model, result = pretrain_tiny_llama(
+        setup.model,
+        tokenizer,
+        config,
+        blocks.batch_for,
+        partial,
+        "pretraining base model on text",
+        show_progress,
+    )
     recipe = {
         "corpus": str(Path(setup.corpus).resolve()),
         "model": setup.model.model_dump(mode="json"),
