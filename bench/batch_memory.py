@@ -36,7 +36,7 @@ with torch.inference_mode():
     prefix = None
     if cached:
         out = model(torch.randint(0, vocab, (1, cached), device=device), use_cache=True)
-        prefix = [(l.keys, l.values) for l in out.past_key_values.layers]
+        prefix = [(l.keys, l.values) for l in out.cache.layers]
     ids = torch.randint(0, vocab, (rows, width), device=device)
     def peak():
         if device == "cuda":
@@ -49,7 +49,7 @@ with torch.inference_mode():
     kwargs = {"use_cache": False}
     if prefix:
         data = [(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in prefix]
-        kwargs = {"use_cache": True, "past_key_values": DynamicCache(data)}
+        kwargs = {"use_cache": True, "cache": DynamicCache(data)}
     logits = model(input_ids=ids, **kwargs).logits
     torch.log_softmax(logits.float(), dim=-1)
     if device == "cuda":

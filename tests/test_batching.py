@@ -54,7 +54,7 @@ def test_a_memory_budget_gives_the_fixed_batches_scores(tiny_llama_dir):
 
     def record(module, args, kwargs, output):
         ids = kwargs.get("input_ids", args[0] if args else None)
-        cache = kwargs.get("past_key_values")
+        cache = kwargs.get("cache")
         keep = kwargs.get("logits_to_keep")
         kept = None if keep is None else keep.shape[-1] if hasattr(keep, "shape") else keep
         cached = cache.get_seq_length() - ids.shape[1] if cache else 0  # after the update

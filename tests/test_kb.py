@@ -270,10 +270,18 @@ def test_a_vector_does_not_depend_on_its_batch(embedder):
     alone = np.stack([embedder.embed([text])[0] for text in texts])
     shuffled = embedder.embed(texts[::-1])[::-1]
     assert together.dtype == np.float32 and together.shape == (len(texts), 384)
+    # by construction (each text in a pass of its own), on any CPU: bit for bit
     assert np.array_equal(together, alone)
     assert np.array_equal(together, shuffled)
     assert np.allclose(np.linalg.norm(together, axis=1), 1.0, atol=1e-5)
     assert embedder.embed([]).shape == (0, 384)
+    # queries are batched by token length ("cat sat on the mat/rug" share a pass): the same
+    # vectors up to float summation order (on AVX-512 CPUs ~2e-7 apart), in the caller's order
+    queries = embedder.embed_queries(texts)
+    assert queries.dtype == np.float32 and queries.shape == together.shape
+    assert np.allclose(queries, together, rtol=0, atol=1e-5)
+    assert np.allclose(embedder.embed_queries(texts[::-1])[::-1], queries, rtol=0, atol=1e-5)
+    assert embedder.embed_queries([]).shape == (0, 384)
 
 
 # --------------------------------------------------------------------------- build and update

@@ -331,7 +331,12 @@ class EmbedderConfig(Section):
         None, description="Text before each query; default: the preset's (bge: its instruction)."
     )
     revision: str | None = None
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(
+        64,
+        ge=1,
+        description="Search queries of one token length embedded together; documents are "
+        "embedded one at a time (a vector depends on its text alone).",
+    )
     device: str = Field("auto", description="auto, cpu, cuda …")
 
 

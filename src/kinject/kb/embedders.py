@@ -24,7 +24,14 @@ class Embedder(ABC):
 
     @abstractmethod
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """``[len(texts), dim]`` float32, L2-normalised (inner product = cosine)."""
+        """``[len(texts), dim]`` float32, L2-normalised (inner product = cosine); a text's
+        vector is a function of the text alone, never of the texts embedded with it (what a
+        knowledge base stores: an update writes the vectors a fresh build would)."""
+
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        """Vectors of search queries, as :meth:`embed`'s but free to batch texts together
+        for speed (so they may differ from :meth:`embed`'s in the last bits)."""
+        return self.embed(texts)
 
 
 @dataclass(frozen=True)
@@ -56,12 +63,18 @@ def resolve_preset(config: EmbedderConfig) -> Preset:
 
 
 class SentenceTransformerEmbedder(Embedder):
-    """A sentence-transformers model, batched by token length.
+    """A sentence-transformers model.
 
-    Texts are grouped by their (truncated) token count and each group is encoded without
-    padding, on CPU with one thread (see :func:`_one_cpu_thread`), so a text's vector does not
-    depend on which texts share its batch: embeddings reused from an earlier build are
-    bit-identical to fresh ones.
+    :meth:`embed` encodes every text on its own (a batch of one, no padding; on CPU with one
+    thread, see :func:`_one_cpu_thread`), so its vector depends on the text alone by
+    construction: embeddings reused from an earlier build are bit-identical to fresh ones on
+    any CPU.  Batching would not give that: the math libraries choose other kernels for
+    other matrix shapes (rows = texts x tokens), and on some CPUs (AVX-512, AMX) a text's
+    vector then differs in its 7th digit between a batch of one and a batch of eight.
+    Alone costs about 1.1x the time of batches for passages of 100+ tokens, and about 3x for
+    short texts, whose passes are bound by reading the weights; so :meth:`embed_queries`
+    (search queries, which are never stored) groups texts of the same token length into
+    batches of ``batch_size``.
     """
 
     def __init__(self, config: EmbedderConfig, show_progress: bool = False):
@@ -82,32 +95,40 @@ class SentenceTransformerEmbedder(Embedder):
         return self.model.tokenizer
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
+        return self._encode(texts, [[position] for position in range(len(texts))])
+
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        groups: dict[int, list[int]] = {}
+        for position, length in enumerate(self._lengths(texts) if texts else []):
+            groups.setdefault(length, []).append(position)
+        size = self.config.batch_size
+        batches = [
+            g[first : first + size] for g in groups.values() for first in range(0, len(g), size)
+        ]
+        return self._encode(texts, batches)
+
+    def _encode(self, texts: Sequence[str], batches: list[list[int]]) -> np.ndarray:
+        """Each batch (positions in ``texts`` of one token length) encoded in one pass."""
         from kinject.progress import progress_bar
 
         model = self.model
-        dim = model.get_embedding_dimension()
-        out = np.zeros((len(texts), dim), dtype=np.float32)
+        out = np.zeros((len(texts), model.get_embedding_dimension()), dtype=np.float32)
         if not texts:
             return out
-        groups: dict[int, list[int]] = {}
-        for position, length in enumerate(self._lengths(texts)):
-            groups.setdefault(length, []).append(position)
         with (
             progress_bar("embedding", len(texts), enabled=self.show_progress) as bar,
             _one_cpu_thread(model.device),
         ):
-            for positions in groups.values():
-                for first in range(0, len(positions), self.config.batch_size):
-                    batch = positions[first : first + self.config.batch_size]
-                    out[batch] = model.encode(
-                        [texts[i] for i in batch],
-                        batch_size=len(batch),
-                        normalize_embeddings=True,
-                        convert_to_numpy=True,
-                        show_progress_bar=False,
-                    )
-                    bar.advance(len(batch))
-                    faults.checkpoint("embed.batch", len(batch))
+            for batch in batches:
+                out[batch] = model.encode(
+                    [texts[i] for i in batch],
+                    batch_size=len(batch),
+                    normalize_embeddings=True,
+                    convert_to_numpy=True,
+                    show_progress_bar=False,
+                )
+                bar.advance(len(batch))
+                faults.checkpoint("embed.batch", len(batch))
         return out
 
     def _lengths(self, texts: Sequence[str]) -> list[int]:
@@ -122,9 +143,9 @@ class SentenceTransformerEmbedder(Embedder):
 def _one_cpu_thread(device) -> Iterator[None]:
     """On CPU, encode with one thread.
 
-    With several threads the BLAS splits a matrix product by its shape (rows = texts x
-    tokens), so a short text's vector differs in its last bits between a batch of one and a
-    batch of many (and between machines with different core counts); with one thread it is a
+    With several threads the BLAS splits a matrix product by the number of threads, so a
+    vector would differ in its last bits between machines with different core counts; with
+    one thread (and one text per pass, see :meth:`SentenceTransformerEmbedder.embed`) it is a
     function of the text alone.  One thread also avoids the slowdown of threads waiting on
     each other on a busy machine.
     """

@@ -44,7 +44,7 @@ class DenseRetriever(Retriever):
         k = min(k, self.index.ntotal)
         if not queries or k <= 0:
             return [[] for _ in queries]
-        vectors = self.embedder.embed([self.query_prefix + query for query in queries])
+        vectors = self.embedder.embed_queries([self.query_prefix + query for query in queries])
         scores, rows = self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
         return [
             _ranked(

@@ -236,7 +236,7 @@ class LoglikelihoodScorer:
         with torch.inference_mode(), autocast_context(device.type, self.bf16):
             ids = torch.tensor([prefix], device=device)
             keep = {"logits_to_keep": 1} if self._keeps_logits else {}
-            cache = self.model(input_ids=ids, use_cache=True, **keep).past_key_values
+            cache = self.model(input_ids=ids, use_cache=True, **keep).cache
         if not isinstance(cache, DynamicCache) or any(
             type(layer) is not DynamicLayer for layer in cache.layers
         ):
@@ -258,7 +258,7 @@ class LoglikelihoodScorer:
         if cache is not None:
             from transformers.cache_utils import DynamicCache
 
-            inputs["past_key_values"] = DynamicCache(
+            inputs["cache"] = DynamicCache(
                 [(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in cache]
             )
         if any(max(sequence.segments, default=0) > 0 for sequence in batch):
