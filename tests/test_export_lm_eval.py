@@ -22,6 +22,7 @@ from kinject.export.lm_eval import export_lm_eval
 from kinject.fileio import read_jsonl
 from kinject.tasks.prompts import build_prompt
 from kinject.world.build import build_world, write_world
+from near_ties import assert_mostly_clear, assert_same_choice, first_max
 
 lm_eval = pytest.importorskip("lm_eval")
 
@@ -71,10 +72,6 @@ def run_lm_eval(hflm, export_dir: Path, name: str, shots: int | None) -> list[di
     return sorted(results["samples"][name], key=lambda sample: sample["doc_id"])
 
 
-def first_max(values: list[float]) -> int:
-    return max(range(len(values)), key=lambda i: (values[i], -i))
-
-
 def lm_eval_predictions(sample: dict) -> tuple[int, int, list[float]]:
     """(pred, pred_norm, log-likelihoods) of one logged sample, as lm-eval's acc/acc_norm."""
     lls = [float(resp[0]) for resp in sample["filtered_resps"]]
@@ -83,13 +80,25 @@ def lm_eval_predictions(sample: dict) -> tuple[int, int, list[float]]:
 
 
 def assert_same_predictions(samples: list[dict], records: list[dict]) -> None:
+    """lm-eval's log-likelihoods within LL_TOLERANCE, and its predictions (so acc and
+    acc_norm) question by question, but where its two best options are a near tie."""
     assert [s["doc"]["id"] for s in samples] == [r["question_id"] for r in records]
+    clear = []
     for sample, record in zip(samples, records):
         pred, pred_norm, lls = lm_eval_predictions(sample)
-        assert (pred, pred_norm) == (record["pred"], record["pred_norm"]), record["question_id"]
-        assert max(abs(a - b) for a, b in zip(lls, record["loglikelihoods"])) <= LL_TOLERANCE
-        assert sample["acc"] == float(record["correct"])
-        assert sample["acc_norm"] == float(record["correct_norm"])
+        ours = record["loglikelihoods"]
+        assert max(abs(a - b) for a, b in zip(lls, ours)) <= LL_TOLERANCE
+        lengths = [len(c) for c in sample["doc"]["choices"]]
+        for key, scale in (("pred", [1] * len(lengths)), ("pred_norm", lengths)):
+            theirs = [ll / n for ll, n in zip(lls, scale)]
+            clear.append(assert_same_choice([ll / n for ll, n in zip(ours, scale)], theirs))
+            if clear[-1]:
+                assert record[key] == (pred if key == "pred" else pred_norm), record["question_id"]
+        if clear[-2]:
+            assert sample["acc"] == float(record["correct"])
+        if clear[-1]:
+            assert sample["acc_norm"] == float(record["correct_norm"])
+    assert_mostly_clear(clear)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -58,17 +58,22 @@ def test_two_processes_train_the_model_one_process_trains(job, tmp_path):
     assert first.keys() == second.keys()
     for name in first:
         assert torch.allclose(first[name], second[name], atol=1e-4), name
+    # Weights equal within float tolerance score the validation questions alike, but where
+    # two options are a near tie: each accuracy within one question's worth, and the same
+    # candidate chosen wherever the choice is clear by more than that.
     chosen = [json.loads((run / "selection.json").read_text()) for run in (one, two)]
-    assert [(c["learning_rate"], c["epoch"]) for c in chosen] == [
-        (chosen[0]["learning_rate"], chosen[0]["epoch"])
-    ] * 2
     for a, b in zip(chosen[0]["scored"], chosen[1]["scored"]):
-        assert (a["learning_rate"], a["epoch"], a["acc"]) == (
-            b["learning_rate"],
-            b["epoch"],
-            b["acc"],
-        )
+        assert (a["learning_rate"], a["epoch"], a["n"]) == (b["learning_rate"], b["epoch"], b["n"])
+        assert abs(a["acc"] - b["acc"]) <= 1 / a["n"] + 1e-9
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-3)  # validation NLL, in nats
+    ranked = sorted(chosen[0]["scored"], key=lambda c: (c["acc"], -c["loss"]), reverse=True)
+    best, runner_up = ranked[:2]
+    if best["acc"] - runner_up["acc"] > 2 / best["n"] or (
+        best["acc"] == runner_up["acc"] and runner_up["loss"] - best["loss"] > 3e-3 * best["loss"]
+    ):
+        assert [(c["learning_rate"], c["epoch"]) for c in chosen] == [
+            (best["learning_rate"], best["epoch"])
+        ] * 2
     for lr in ("lr-0.01", "lr-0.03"):
         logs = [
             [json.loads(line) for line in (run / "candidates" / lr / "training_log.jsonl").open()]

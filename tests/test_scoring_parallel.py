@@ -129,9 +129,11 @@ def _experiment(root: Path) -> Path:
             }
         },
         "shots": [0, 1],
-        # one sequence per forward pass: no batch is shaped by the shards, so the scores are
-        # the same to the bit (in batches they agree up to float summation order)
-        "scoring": {"batch_size": 1, "max_new_tokens": 4},
+        # one (context, option) sequence per forward pass: no pass is shaped by the shards,
+        # so the scores are the same to the bit on any CPU.  In batches, or with prefix
+        # sharing (the prefixes a shard's questions share depend on the shard), they agree
+        # up to float summation order, which differs between CPUs.
+        "scoring": {"batch_size": 1, "share_prefix": False, "max_new_tokens": 4},
         "bootstrap_resamples": 100,
     }
     path = root / "experiment.yaml"

@@ -16,8 +16,10 @@ to the least-loaded process (by tokens), which is deterministic.  The processes 
 Python objects over a gloo group of their own (on CPU and GPU alike).
 
 Scores equal one process's up to float summation order: a process batches other sequences
-together than one process does, and a matrix product over another batch can round the last
-bit differently (with ``scoring.batch_size: 1`` they are identical to the bit).
+together than one process does, finds other shared prefixes among its shard's questions, and
+a matrix product of another shape can round the last bit differently (with
+``scoring.batch_size: 1`` and ``share_prefix: false`` every pass is one (context, option)
+sequence, and the scores are identical to the bit).
 
 Work that only the main process may do (building caches, writing the run folder, choosing
 K from written cells) goes through :func:`on_main`: the main process runs it as if it ran
