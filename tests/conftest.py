@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 from pathlib import Path
@@ -41,6 +42,32 @@ def _shared_data() -> Path:
 SHARED_DATA = _shared_data()
 MMLU_DIR = SHARED_DATA / "mmlu"
 MMLU_SUBJECTS = ("anatomy", "astronomy", "college_biology", "college_chemistry", "prehistory")
+
+
+class _DeprecationLog(logging.Handler):
+    """What transformers says is deprecated through its logger (``warning_once``, which no
+    warnings filter sees): ``past_key_values``/``cache_params`` are deprecated, say."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "deprecat" in message.lower():
+            self.messages.append(message)
+
+
+@pytest.fixture(autouse=True)
+def _no_deprecation_logged():
+    """A test whose code makes transformers log a deprecation fails, as a FutureWarning or
+    DeprecationWarning does (pyproject.toml's filterwarnings)."""
+    handler = _DeprecationLog()
+    logger = logging.getLogger("transformers")
+    logger.addHandler(handler)
+    yield
+    logger.removeHandler(handler)
+    assert not handler.messages, f"transformers logged a deprecation: {handler.messages}"
 
 
 @pytest.fixture(autouse=True)

@@ -106,8 +106,12 @@ def test_eval_command_on_a_local_model_and_table_rebuild(tmp_path, tiny_gpt2_dir
 
 def test_quick_demo_end_to_end_and_second_run_uses_the_cache(tmp_path):
     env = {"KINJECT_CACHE_DIR": str(tmp_path / "cache"), "COLUMNS": "400"}
-    first = kinject("demo", "--quick", "--out", "run1", cwd=tmp_path, env_extra=env)
+    # the demo's path raises no deprecation, and prints no warning, of kinject's or a library's
+    strict = {**env, "PYTHONWARNINGS": "error::DeprecationWarning,error::FutureWarning"}
+    first = kinject("demo", "--quick", "--out", "run1", cwd=tmp_path, env_extra=strict)
     assert first.returncode == 0, first.stderr
+    said = (first.stdout + first.stderr).lower()
+    assert "warn" not in said and "deprecat" not in said, first.stderr
     assert "pretrained now" in first.stdout
     for line in ("closed-book accuracy on known >= 0.80", "oracle-context accuracy on new >= 0.80"):
         assert line in first.stdout

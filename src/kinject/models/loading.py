@@ -9,6 +9,9 @@ model or adapter that has only those is refused with a message naming its folder
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from kinject.config import ModelSpec
@@ -116,6 +119,18 @@ def refuse_pickle_only(folder: Path, what: str, expected: str) -> None:
         )
 
 
+@contextmanager
+def peft_wrapping() -> Iterator[None]:
+    """Around wrapping a model in a peft adapter: peft 0.21 reads transformers 5.24's
+    deprecated ``is_gradient_checkpointing``, which is not kinject's to mend and would print
+    a FutureWarning on every LoRA run (the only warning silenced here)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning
+        )
+        yield
+
+
 def _merged_adapter(model, adapter: str, allow_pickle: bool):
     """The model with a LoRA adapter folder applied and merged into its weights."""
     from peft import PeftModel
@@ -125,4 +140,5 @@ def _merged_adapter(model, adapter: str, allow_pickle: bool):
         raise KinjectError(f"adapter folder '{adapter}' has no adapter_config.json")
     if not allow_pickle:
         refuse_pickle_only(folder, "adapter folder", "adapter_model.safetensors")
-    return PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    with peft_wrapping():
+        return PeftModel.from_pretrained(model, adapter).merge_and_unload()

@@ -237,7 +237,7 @@ def prepare_model(config: FinetuneConfig):
     """``(model, tokenizer)``: the base model, wrapped in a fresh LoRA adapter if asked."""
     import torch
 
-    from kinject.models.loading import load_causal_lm
+    from kinject.models.loading import load_causal_lm, peft_wrapping
 
     model, tokenizer = load_causal_lm(config.model)
     if config.method == "lora":
@@ -247,16 +247,17 @@ def prepare_model(config: FinetuneConfig):
         lora = config.lora
         target = "all-linear" if lora.target_modules == ["all-linear"] else lora.target_modules
         try:
-            model = get_peft_model(
-                model,
-                LoraConfig(
-                    r=lora.rank,
-                    lora_alpha=lora.alpha,
-                    lora_dropout=lora.dropout,
-                    target_modules=target,
-                    task_type="CAUSAL_LM",
-                ),
-            )
+            with peft_wrapping():
+                model = get_peft_model(
+                    model,
+                    LoraConfig(
+                        r=lora.rank,
+                        lora_alpha=lora.alpha,
+                        lora_dropout=lora.dropout,
+                        target_modules=target,
+                        task_type="CAUSAL_LM",
+                    ),
+                )
         except ValueError as error:  # e.g. target modules not found in the model
             raise KinjectError(f"lora: {error}") from None
     return model, tokenizer
