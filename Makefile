@@ -1,20 +1,23 @@
-# kinject: `make demo` and `make test` each set up .venv first (torch CPU build before the rest).
+# kinject: `make demo` and `make test` each set up .venv first (torch CPU build before the
+# rest), installing the exact versions of requirements.lock.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-TORCH := torch==2.13.0
+LOCK := requirements.lock
+# torch first, from the lock: a looser torch pulls several GB of CUDA wheels
+TORCH := $(shell grep -m1 '^torch==' $(LOCK))
 
-.PHONY: install demo test bench clean chromium
+.PHONY: install demo test bench lock clean chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Reinstall when the package's dependencies change.
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet --upgrade pip
+# Reinstall when the package's dependencies or the lock change.
+$(STAMP): pyproject.toml $(LOCK) | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --constraint $(LOCK) --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --constraint $(LOCK) -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -35,5 +38,20 @@ test: $(STAMP) chromium
 bench: $(STAMP)
 	$(BIN)/python bench/budgets.py
 
+# Move to new releases deliberately: raise a bound in pyproject.toml, then `make lock`.
+# A fresh .venv-lock takes the newest releases pyproject.toml allows (torch: the lock's),
+# the suite runs on them, and only when it passes is requirements.lock rewritten.
+LOCK_VENV := .venv-lock
+lock: chromium
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LOCK_VENV)/bin/python -m pip install --quiet $(TORCH)
+	$(LOCK_VENV)/bin/python -m pip install --quiet -e ".[dev]"
+	KINJECT_LOCKING=1 $(LOCK_VENV)/bin/python -m pytest -q
+	$(LOCK_VENV)/bin/python tools/write_lock.py $(LOCK)
+	rm -rf $(LOCK_VENV)
+	@echo "$(LOCK) rewritten: review 'git diff $(LOCK)', then run 'make test' and commit"
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(LOCK_VENV) runs .pytest_cache

@@ -3,6 +3,7 @@ under a memory budget (`scoring.batch_size: auto`, `scoring.memory_budget_gb`).
 
     python bench/batch_memory.py                 # a ~30M-parameter Llama, a few widths
     python bench/batch_memory.py --rows 1 8 32   # other batch sizes
+    python bench/batch_memory.py --smoke         # seconds: a 2-layer Llama, two passes
 
 Each measurement runs in a fresh process: the model is loaded and run once on one short row
 (warm-up), then one forward pass of ROWS × WIDTH tokens (after CACHED tokens in a key/value
@@ -60,7 +61,7 @@ print(json.dumps({"measured": measured,
 """
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -68,15 +69,21 @@ def main() -> None:
     parser.add_argument("--widths", type=int, nargs="+", default=[128, 512, 1024])
     parser.add_argument("--cached", type=int, nargs="+", default=[0, 1024])
     parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--smoke", action="store_true", help="the quick demo's tokenizer, a 2-layer Llama, 2 passes"
+    )
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.rows, args.widths, args.cached = [2], [32], [0, 32]
     sys.path.insert(0, str(ROOT))
-    from scoring import demo_world, thirty_million_llama
+    from scoring import config_llama, demo_world
 
-    world = demo_world()
+    world = demo_world(quick=args.smoke)
     print("| rows | width | cached | measured MB | estimated MB | estimate / measured |")
     print("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(prefix="kinject-bench-") as scratch:
-        folder = thirty_million_llama(world["world_model"], Path(scratch) / "llama-30m")
+        name = "llama-smoke" if args.smoke else "llama-30m"
+        folder = config_llama(world["world_model"], Path(scratch) / name, name)
         for cached in args.cached:
             for width in args.widths:
                 for rows in args.rows:

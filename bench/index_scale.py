@@ -20,7 +20,7 @@ vectors have no clusters, which is the worst case for HNSW and IVF recall: real 
 score higher at the same settings.  FAISS uses 2 threads unless ``--threads`` says otherwise.
 
     python bench/index_scale.py --pq             # N = 1,000,000: 24 minutes on 2 busy cores
-    python bench/index_scale.py --smoke          # N = 20,000: about a minute
+    python bench/index_scale.py --smoke          # N = 2,000, 100 queries: seconds
     python bench/index_scale.py --n 200000 --pq --out bench/results/index_scale.json
 """
 
@@ -208,13 +208,13 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog="example: python bench/index_scale.py --smoke",
     )
     parser.add_argument("--n", type=int, default=1_000_000, help="Vectors (1,000,000).")
-    parser.add_argument("--smoke", action="store_true", help="N = 20,000: about a minute.")
+    parser.add_argument("--smoke", action="store_true", help="N = 2,000, 100 queries: seconds.")
     parser.add_argument("--queries-n", type=int, default=1_000, help="Queries (1,000).")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2, help="FAISS threads (2).")
@@ -227,11 +227,13 @@ def main() -> None:
     parser.add_argument("--queries", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--truth", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--nlist", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.worker:
         worker(args)
         return
-    n = 20_000 if args.smoke else args.n
+    if args.smoke:
+        args.queries_n = 100
+    n = 2_000 if args.smoke else args.n
     nlist = round(4 * math.sqrt(n))
     kinds = ["flat", "hnsw", "ivf"] + (["ivf-pq"] if args.pq else [])
     with tempfile.TemporaryDirectory(prefix="index-scale-", dir=args.workdir) as tmp:

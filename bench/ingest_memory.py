@@ -18,7 +18,7 @@ before streaming ingestion) in the same run, so the table compares the two:
 
     mkdir -p /tmp/kinject-before && git archive 13ffd31 src | tar -x -C /tmp/kinject-before
     python bench/ingest_memory.py --before-src /tmp/kinject-before/src
-    python bench/ingest_memory.py --smoke       # 300 and 900 documents: a check of the script
+    python bench/ingest_memory.py --smoke       # 40 and 80 documents: a check of the script
 """
 
 from __future__ import annotations
@@ -201,7 +201,7 @@ def ratios(rows: list[dict], small: str, large: str) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog="example: python bench/ingest_memory.py --before-src /tmp/kinject-before/src",
@@ -215,9 +215,9 @@ def main() -> None:
         help="dev-v1.1.json (default: $KINJECT_SHARED_DATA or ../shared/data/…)",
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--smoke", action="store_true", help="300 documents, 3x: a minute or two.")
-    args = parser.parse_args()
-    docs, scale = (300, 3) if args.smoke else (args.docs, args.scale)
+    parser.add_argument("--smoke", action="store_true", help="40 documents, 2x: seconds.")
+    args = parser.parse_args(argv)
+    docs, scale = (40, 2) if args.smoke else (args.docs, args.scale)
     small, large = "1x", f"{scale}x"
 
     sentences = squad_sentences(args.squad or find_squad())

@@ -6,6 +6,7 @@ bio before the question) every 100 steps:
 
     python bench/reading_curriculum.py                      # curriculum, seed 0
     python bench/reading_curriculum.py --flat --seeds 0 1   # bios of all six facts from the start
+    python bench/reading_curriculum.py --smoke              # a small world, 4 steps: seconds
 
 Each run is about 2-3 minutes on 2 cores.  Prints one row per (variant, seed, step).
 """
@@ -17,7 +18,10 @@ import random
 import time
 
 
-def run(config, steps: int) -> list[tuple[int, float, float]]:
+def run(
+    config, steps: int, world_config=None, questions: int = 240, every: int = 100
+) -> list[tuple[int, float, float]]:
+    """``(step, oracle accuracy on new, seconds)`` every ``every`` steps of the warm-up."""
     from kinject.config import TinyModelConfig, WorldConfig
     from kinject.models.base_model import pretraining_batches, train_world_tokenizer
     from kinject.models.tiny import build_tiny_llama
@@ -27,7 +31,7 @@ def run(config, steps: int) -> list[tuple[int, float, float]]:
     from kinject.training.loop import Schedule, train
     from kinject.world.build import build_world, kb_documents, task_questions
 
-    world = build_world(WorldConfig())
+    world = build_world(world_config or WorldConfig())
     tokenizer = train_world_tokenizer(world, TinyModelConfig(), config)
     model = build_tiny_llama(TinyModelConfig(), tokenizer, seed=config.seed)
     batch_for = pretraining_batches(
@@ -46,7 +50,7 @@ def run(config, steps: int) -> list[tuple[int, float, float]]:
             r["subject"],
             tuple(r["doc_ids"]),
         )
-        for r in rows[:240]
+        for r in rows[:questions]
     ]
     task = Task("new", tuple(items))
     prompts = [build_prompt(task, item, 0, kb[item.doc_ids[0]]) for item in items]
@@ -54,7 +58,7 @@ def run(config, steps: int) -> list[tuple[int, float, float]]:
     curve, began = [], time.perf_counter()
 
     def score(step: int) -> None:
-        if step % 100:
+        if step % every:
             return
         scorer = LoglikelihoodScorer(model, tokenizer, batch_size=64, bf16=True)
         scores = scorer.loglikelihood(requests)
@@ -72,7 +76,7 @@ def run(config, steps: int) -> list[tuple[int, float, float]]:
     return curve
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -81,8 +85,16 @@ def main() -> None:
     parser.add_argument(
         "--flat", action="store_true", help="no curriculum: six-fact bios throughout"
     )
-    args = parser.parse_args()
-    from kinject.config import PretrainConfig
+    parser.add_argument(
+        "--smoke", action="store_true", help="a small world, 4 steps, 24 questions: seconds"
+    )
+    args = parser.parse_args(argv)
+    from kinject.config import PretrainConfig, WorldConfig
+
+    world, questions, every = None, 240, 100
+    if args.smoke:
+        small = WorldConfig(n_known=20, n_new=24, n_updated=5, n_reading=20, n_dev=5)
+        world, questions, every, args.steps = small, 24, 2, 4
 
     print(f"{'variant':28s} {'seed':>4s} {'step':>5s} {'oracle acc on new':>18s} {'seconds':>8s}")
     for seed in args.seeds:
@@ -90,7 +102,7 @@ def main() -> None:
         if args.flat:
             config = config.model_copy(update={"reading_curriculum": [6]})
         variant = f"curriculum {config.reading_curriculum}"
-        for step, accuracy, seconds in run(config, args.steps):
+        for step, accuracy, seconds in run(config, args.steps, world, questions, every):
             print(f"{variant:28s} {seed:4d} {step:5d} {accuracy:18.3f} {seconds:8.0f}", flush=True)
 
 

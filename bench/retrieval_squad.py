@@ -6,11 +6,13 @@ copies it) and the time each step took.
 
     python bench/retrieval_squad.py                       # default embedder (MiniLM), flat index
     python bench/retrieval_squad.py --index hnsw --out bench/results/squad.json
+    python bench/retrieval_squad.py --smoke      # 12 paragraphs of 3 articles: seconds
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -27,13 +29,23 @@ def find_squad() -> Path:
     raise SystemExit("SQuAD dev set not found: pass --squad PATH/dev-v1.1.json")
 
 
-def main() -> None:
+def smoke_subset(squad: Path, folder: Path) -> Path:
+    """The first 4 paragraphs of the first 3 articles, in the dev set's layout."""
+    data = json.loads(squad.read_text(encoding="utf-8"))
+    articles = [{**a, "paragraphs": a["paragraphs"][:4]} for a in data["data"][:3]]
+    path = folder / "squad-smoke.json"
+    path.write_text(json.dumps({**data, "data": articles}), encoding="utf-8")
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--squad", type=Path, help="dev-v1.1.json (default: ../shared/data/…)")
     parser.add_argument("--index", default="flat", choices=["flat", "hnsw", "ivf"])
     parser.add_argument("--embedder", default="minilm", help="Preset, folder or hub id.")
     parser.add_argument("--out", type=Path, help="Also write the figures to this JSON file.")
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true", help="12 paragraphs: seconds.")
+    args = parser.parse_args(argv)
 
     from rich.console import Console
 
@@ -46,6 +58,8 @@ def main() -> None:
     config = KBConfig(index={"kind": args.index}, embedder={"model": args.embedder})
     console = Console()
     with tempfile.TemporaryDirectory() as tmp:
+        if args.smoke:
+            squad = smoke_subset(squad, Path(tmp))
         kb_dir = Path(tmp) / "squad-kb"
         started = time.perf_counter()
         change = build_kb([squad], kb_dir, config, SourceOptions(strict=True))

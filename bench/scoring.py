@@ -3,6 +3,7 @@
     python bench/scoring.py                    # 200 questions per cell (about 17 min on 2 cores)
     python bench/scoring.py --questions 0      # every question
     python bench/scoring.py --models demo      # only the demo's tiny base model
+    python bench/scoring.py --smoke            # seconds: the quick demo's world, 8 questions
 
 Cells (the same requests for every scorer):
   rag-k5   option-text multiple choice on the demo world's `new` questions, the 5 chunks
@@ -11,7 +12,9 @@ Cells (the same requests for every scorer):
            ($KINJECT_SHARED_DATA/mmlu where that is set).
 Models: the demo's tiny base model (pretrained and cached by `kinject demo`; built here if
 missing) and a ~30M-parameter Llama built from a config (random weights: speed and
-exactness do not need trained ones).
+exactness do not need trained ones).  ``--smoke`` runs the same code on the quick demo's
+world and model, 8 questions per cell and a 2-layer Llama: a check of the script, not a
+measurement.
 
 Columns: seconds of kinject's scorer (a question's options in one packed sequence, a prefix
 shared by several questions run once into a key/value cache), and of lm_eval's HFLM (model
@@ -53,14 +56,15 @@ def matmul_peak(dtype: str = "float32") -> float:
     return 10 * 2 * 1024**3 / best
 
 
-def demo_world() -> dict[str, str]:
+def demo_world(quick: bool = False) -> dict[str, str]:
+    """The demo's world, knowledge base and base model (``quick``: the quick demo's)."""
     from rich.console import Console
 
-    from kinject.config import DemoConfig
-    from kinject.demo import demo_experiment
+    from kinject.demo import demo_experiment, load_demo_config
     from kinject.experiments.runner import prepare_world
 
-    return prepare_world(demo_experiment(DemoConfig()).world, True, Console(stderr=True))
+    config = load_demo_config(None, quick)
+    return prepare_world(demo_experiment(config).world, True, Console(stderr=True))
 
 
 def cell_requests(name: str, world: dict[str, str], limit: int) -> list[list[tuple[str, str]]]:
@@ -69,15 +73,14 @@ def cell_requests(name: str, world: dict[str, str], limit: int) -> list[list[tup
 
     from kinject.config import RagConfig, TaskSpec
     from kinject.evaluation.arms import BaseArm
-    from kinject.evaluation.evaluate import _rag_arms, load_task
-    from kinject.evaluation.runner import _prompts
-    from kinject.tasks.prompts import build_prompt
+    from kinject.evaluation.evaluate import load_task, rag_arms
+    from kinject.evaluation.runner import cell_prompts
 
     if name == "rag-k5":
         tasks_dir = Path(world["world"]) / "tasks"
         spec = TaskSpec(name="new", path=str(tasks_dir / "new.jsonl"))
         tasks = [load_task(spec)]
-        (arm,) = _rag_arms(RagConfig(kb=world["world_kb"], k=[5]))
+        (arm,) = rag_arms(RagConfig(kb=world["world_kb"], k=[5]))
         shots = 0
     else:
         tasks = [
@@ -90,24 +93,30 @@ def cell_requests(name: str, world: dict[str, str], limit: int) -> list[list[tup
     for task in tasks:
         if per_task:
             task = replace(task, items=task.items[:per_task])
-        _, prompts = _prompts(build_prompt, task, arm, shots, None)
+        _, prompts = cell_prompts(task, arm, shots)
         questions += [[(p.context, c) for c in p.continuations] for p in prompts]
     return questions
 
 
-def thirty_million_llama(tokenizer_dir: str, folder: Path) -> Path:
+# hidden size, MLP width, layers (= attention heads) of the Llamas built from a config
+LLAMAS = {"llama-30m": (512, 1376, 8), "llama-smoke": (64, 128, 2)}
+
+
+def config_llama(tokenizer_dir: str, folder: Path, name: str = "llama-30m") -> Path:
+    """A Llama of ``LLAMAS[name]``'s shape with random weights and the demo's tokenizer."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+    hidden, mlp, layers = LLAMAS[name]
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=512,
-        intermediate_size=1376,
-        num_hidden_layers=8,
-        num_attention_heads=8,
-        num_key_value_heads=8,
+        hidden_size=hidden,
+        intermediate_size=mlp,
+        num_hidden_layers=layers,
+        num_attention_heads=layers,
+        num_key_value_heads=layers,
         max_position_embeddings=2048,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -172,49 +181,34 @@ def _different_predictions(questions, ours, theirs: list[float]) -> int:
 
 def _flops(model, scorer, encoded) -> float:
     """FLOPs of the passes kinject's scorer runs (padding not counted): 2 × parameters per
-    token, plus 4 × hidden size per layer for each (query, key) pair attention computes.
-    Each shared prefix is run once, then the rest of every packed sequence after it; the
-    pairs lm-eval cuts from the left are scored alone."""
-    from kinject.scoring.loglikelihood import _pack, _prefix_clusters
-
+    token, plus 4 × hidden size per layer for each (query, key) pair attention computes
+    (the tokens and pairs: :meth:`LoglikelihoodScorer.work`)."""
     config = model.config
     params = sum(p.numel() for p in model.parameters())
-    per_pair = 4 * config.hidden_size * config.num_hidden_layers
-    groups: dict[tuple[int, ...], list[int]] = {}
-    tokens = pairs = 0
-    for index, (context, continuation) in enumerate(encoded):
-        if len(context) + len(continuation) <= scorer.max_length + 1:
-            groups.setdefault(tuple(context), []).append(index)
-        else:
-            tokens += scorer.max_length
-            pairs += scorer.max_length * (scorer.max_length + 1) // 2
-    packed = [_pack(encoded, group) for group in groups.values()]
-    shared = dict.fromkeys(range(len(packed)), 0)
-    for length, members in _prefix_clusters(packed):
-        shared.update(dict.fromkeys(members, length))
-        tokens += length
-        pairs += length * (length + 1) // 2
-    for index, sequence in enumerate(packed):
-        cached, width = shared[index], len(sequence.tokens) - shared[index]
-        tokens += width
-        pairs += width * cached + width * (width + 1) // 2
-    return 2 * params * tokens + per_pair * pairs
+    tokens, pairs = scorer.work(encoded)
+    return 2 * params * tokens + 4 * config.hidden_size * config.num_hidden_layers * pairs
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--questions", type=int, default=200, help="per cell; 0: all")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--models", nargs="+", default=["demo", "llama-30m"])
+    parser.add_argument("--models", nargs="+", choices=["demo", *LLAMAS])
     parser.add_argument(
         "--cells", nargs="+", default=["rag-k5", "mmlu-5"], choices=["rag-k5", "mmlu-5"]
     )
     parser.add_argument(
         "--unpacked", action="store_true", help="also time kinject one sequence per option"
     )
-    args = parser.parse_args()
+    parser.add_argument(
+        "--smoke", action="store_true", help="the quick demo's world, 8 questions: seconds"
+    )
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.questions = 8
+    args.models = args.models or (["demo", "llama-smoke"] if args.smoke else ["demo", "llama-30m"])
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     peak = {dtype: matmul_peak(dtype) for dtype in ("float32", "bfloat16")}
@@ -222,15 +216,13 @@ def main() -> None:
         f"matmul peak: fp32 {peak['float32'] / 1e9:.1f} GFLOP/s, "
         f"bf16 {peak['bfloat16'] / 1e9:.1f} GFLOP/s"
     )
-    world = demo_world()
+    world = demo_world(args.smoke)
     cells = {name: cell_requests(name, world, args.questions) for name in args.cells}
     rows = []
     with tempfile.TemporaryDirectory(prefix="kinject-bench-") as scratch:
         models = {"demo": world["world_model"]}
-        if "llama-30m" in args.models:
-            models["llama-30m"] = str(
-                thirty_million_llama(world["world_model"], Path(scratch) / "llama-30m")
-            )
+        for name in set(args.models) & set(LLAMAS):
+            models[name] = str(config_llama(world["world_model"], Path(scratch) / name, name))
         for model_name in args.models:
             for cell, questions in cells.items():
                 row = measure(models[model_name], questions, args.batch_size, peak, args.unpacked)

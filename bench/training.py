@@ -1,7 +1,7 @@
 """Training throughput: kinject's packed blocks against padded per-document batches.
 
     python bench/training.py                          # demo + llama-30m, demo-kb + shakespeare
-    python bench/training.py --smoke                  # demo model, demo-kb, 4 steps (< 1 min)
+    python bench/training.py --smoke                  # the quick demo's model and kb, 4 steps
     python bench/training.py --models demo --data squad --steps 20 --fp32
     python bench/training.py --models tiny=path/to/model --data notes=notes.jsonl
 
@@ -332,7 +332,7 @@ def measure(spec: dict, scratch: Path) -> dict:
 
 
 def _scoring_helpers():
-    """bench/scoring.py (demo_world, thirty_million_llama), loaded from its file."""
+    """bench/scoring.py (demo_world, config_llama), loaded from its file."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
@@ -397,7 +397,7 @@ def model_path(name: str, path: str | None, world, scratch: Path) -> str:
         return path
     if name == "demo":
         return world()["world_model"]
-    return str(_scoring_helpers().thirty_million_llama(world()["world_model"], scratch / name))
+    return str(_scoring_helpers().config_llama(world()["world_model"], scratch / name, name))
 
 
 def _size(params: int) -> str:
@@ -516,7 +516,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     def world() -> dict:
         if "world" not in cache:
-            cache["world"] = _scoring_helpers().demo_world()
+            cache["world"] = _scoring_helpers().demo_world(quick=args.smoke)
         return cache["world"]
 
     from kinject.models.loading import resolve_device

@@ -96,12 +96,13 @@ def build_arms(config: EvalConfig) -> list[Arm]:
                 corpus = {d.id: d.text for d in load_corpus_jsonl(config.corpus).values()}
             arms.append(OracleArm(corpus, config.corpus, instruction))
         elif spec.kind == "rag":
-            cache = cache or _retrieval_cache(config.rag)
-            arms.extend(_rag_arms(config.rag, cache, instruction))
+            cache = cache or retrieval_cache(config.rag)
+            arms.extend(rag_arms(config.rag, cache, instruction))
     return arms
 
 
-def _retrieval_cache(rag: RagConfig) -> RetrievalCache:
+def retrieval_cache(rag: RagConfig) -> RetrievalCache:
+    """The retrieval a rag config names, shared by its arms: each question searched once."""
     from kinject.kb.store import KnowledgeBase
 
     kb = KnowledgeBase.open(rag.kb)
@@ -109,7 +110,11 @@ def _retrieval_cache(rag: RagConfig) -> RetrievalCache:
     return RetrievalCache(kb, kb.retriever(rag.retriever, rag.rrf_k), max(rag.k), name)
 
 
-def _rag_arms(rag: RagConfig, cache: RetrievalCache, instruction: Instruction | None) -> list[Arm]:
+def rag_arms(
+    rag: RagConfig, cache: RetrievalCache | None = None, instruction: Instruction | None = None
+) -> list[Arm]:
+    """One rag arm per K of ``rag.k``, reading ``cache`` (default: a new one for ``rag``)."""
+    cache = cache or retrieval_cache(rag)
     best_last = rag.order == "best_last"
     return [
         RagArm(cache, k, rag.template, rag.chunk_separator, best_last, instruction) for k in rag.k

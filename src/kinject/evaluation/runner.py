@@ -71,7 +71,7 @@ def score_cell(
 ) -> list[dict]:
     """Per-question records of one cell: log-likelihood of every choice, predictions, truth."""
     cell = Cell(arm.name, task.name, shots, arm.k, model)
-    contexts, prompts = _prompts(build_prompt, task, arm, shots, selector)
+    contexts, prompts = cell_prompts(task, arm, shots, selector)
     requests = [(p.context, c) for p in prompts for c in p.continuations]
     scores = scorer.loglikelihood(requests, on_batch=on_batch)
     records, position = [], 0
@@ -97,8 +97,12 @@ def score_cell(
     return records
 
 
-def _prompts(build, task: Task, arm: Arm, shots: int, selector: ExampleSelector | None):
-    """Each question's context from the arm, and its prompt with the k-shot examples."""
+def cell_prompts(
+    task: Task, arm: Arm, shots: int, selector: ExampleSelector | None = None, build=build_prompt
+):
+    """``(contexts, prompts)``: each question's context from the arm, and its prompt with the
+    k-shot examples (``build``: :func:`~kinject.tasks.prompts.build_prompt` for multiple
+    choice, ``build_open_prompt`` for open questions), as a cell scores them."""
     arm.prepare(task.items)
     contexts = [arm.context_for(item) for item in task.items]
     examples = (selector or FirstExamples()).examples(task, task.items, shots)
@@ -131,7 +135,7 @@ def score_open_cell(
     from kinject.tasks.prompts import build_open_prompt
 
     cell = Cell(arm.name, task.name, shots, arm.k, model)
-    contexts, prompts = _prompts(build_open_prompt, task, arm, shots, selector)
+    contexts, prompts = cell_prompts(task, arm, shots, selector, build_open_prompt)
     predictions = generator.generate(prompts, on_batch=on_batch)
     records = []
     for item, prediction, context in zip(task.items, predictions, contexts):

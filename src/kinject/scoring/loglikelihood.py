@@ -200,6 +200,35 @@ class LoglikelihoodScorer:
                 faults.checkpoint("score.batch", len(batch))
         return results  # type: ignore[return-value]
 
+    def work(self, encoded: Sequence[tuple[list[int], list[int]]]) -> tuple[int, int]:
+        """``(tokens, pairs)`` that :meth:`loglikelihood_tokens` runs for these requests,
+        padding not counted: the tokens the model reads (a shared prefix once), and the
+        (query, key) pairs attention computes (each token with the cached prefix and the
+        tokens before it).  For FLOP counts: about 2 x parameters per token plus
+        4 x hidden size x layers per pair."""
+        tokens = pairs = 0
+
+        def run(width: int, cached: int = 0) -> None:
+            nonlocal tokens, pairs
+            tokens += width
+            pairs += width * cached + width * (width + 1) // 2
+
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for index, (context, continuation) in enumerate(encoded):
+            if self.share_prefix and len(context) + len(continuation) <= self.max_length + 1:
+                groups.setdefault(tuple(context), []).append(index)
+            else:  # its own sequence, cut from the left as lm-eval does
+                run(min(len(context) + len(continuation) - 1, self.max_length))
+        packed = [_pack(encoded, group) for group in groups.values()]
+        shared = [0] * len(packed)
+        for length, members in _prefix_clusters(packed) if self._prefix_cache else []:
+            run(length)
+            for member in members:
+                shared[member] = length
+        for sequence, cached in zip(packed, shared):
+            run(len(sequence.tokens) - cached, cached)
+        return tokens, pairs
+
     def _score_packed(self, encoded, groups: list[list[int]], results: list, on_batch, device):
         """Score each group of requests sharing a context as one packed sequence; sequences
         that begin with the same long run of tokens (the k-shot examples every question of a
