@@ -10,7 +10,7 @@ from kinject.config import ScoringConfig
 from kinject.scoring.batching import BatchPlan, activation_bytes, batch_options
 from kinject.scoring.generation import GreedyGenerator
 from kinject.scoring.loglikelihood import LoglikelihoodScorer
-from near_ties import assert_same_greedy
+from near_ties import assert_same_generations, assert_same_greedy
 
 
 def _requests() -> list[tuple[str, str]]:
@@ -75,9 +75,9 @@ def test_a_memory_budget_gives_the_fixed_batches_scores(tiny_llama_dir):
 
     generator = GreedyGenerator(model, tokenizer, None, max_new_tokens=4, memory_budget=budget)
     answers = generator.generate([context for context, _ in requests[::3]])
-    assert answers == GreedyGenerator(model, tokenizer, 3, max_new_tokens=4).generate(
-        [context for context, _ in requests[::3]]
-    )
+    prompts = [context for context, _ in requests[::3]]
+    fixed_answers = GreedyGenerator(model, tokenizer, 3, max_new_tokens=4).generate(prompts)
+    assert_same_generations(model, tokenizer, prompts, answers, fixed_answers, 4)
 
 
 def test_batch_size_auto_takes_the_default_budget_and_bad_sizes_are_refused(tiny_llama_dir):

@@ -622,9 +622,12 @@ def test_evaluate_runs_every_n_steps_and_after_the_last_never_twice_after_a_resu
 def test_checkpoints_hold_only_the_trainable_parameters(bpe_tokenizer, tmp_path):
     from peft import LoraConfig, get_peft_model
 
+    from kinject.models.loading import peft_wrapping
+
     def lora_model():
         model = tiny_llama(bpe_tokenizer, hidden_size=32)
-        return get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+        with peft_wrapping():
+            return get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
 
     blocks = PackedBlocks(bpe_tokenizer, lambda e: DOCS, 32, 2)
     schedule = Schedule(steps=3, learning_rate=1e-2, kind="constant")

@@ -18,6 +18,7 @@ from kinject.scoring.generation import GreedyGenerator
 from kinject.tasks.items import OpenItem, Task
 from kinject.tasks.loaders import load_open_jsonl, open_task
 from kinject.tasks.prompts import build_open_prompt
+from near_ties import assert_same_generations
 
 FACTS = {"Ada": "Oslo", "Bo": "Lima", "Cy": "Kyoto", "Di": "Quito"}
 PROMPTS = [
@@ -169,7 +170,8 @@ def test_batched_generation_equals_one_prompt_at_a_time(random_model, bpe_tokeni
     assert len(set(expected)) >= 5  # the answers tell the prompts apart (order matters)
     generator = GreedyGenerator(random_model, bpe_tokenizer, batch_size=3, max_new_tokens=10)
     seen = []
-    assert generator.generate(PROMPTS, on_batch=seen.append) == expected
+    answers = generator.generate(PROMPTS, on_batch=seen.append)
+    assert_same_generations(random_model, bpe_tokenizer, PROMPTS, answers, expected, 10)
     assert seen == [3, 3, 1]
 
 
@@ -288,7 +290,8 @@ def test_context_and_shots_reach_the_generated_prompt(tmp_path, random_model, bp
             )
             for item in task.items
         ]
-        assert predictions == generator.generate(prompts)
+        again = generator.generate(prompts)  # in batches of 32 here, of 2 in the run
+        assert_same_generations(random_model, bpe_tokenizer, prompts, predictions, again, 12)
     assert len({tuple(p) for p in cells.values()}) == 4  # context and shots change the answers
     assert len(set(cells[("oracle", 0)])) == 3  # each question's own document
 

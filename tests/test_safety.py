@@ -118,11 +118,15 @@ def test_a_pickle_only_adapter_is_refused_unless_allow_pickle(tiny_llama_dir, tm
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
+    from kinject.models.loading import peft_wrapping
+
     base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
     torch.manual_seed(0)
-    lora = get_peft_model(
-        base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
-    )
+    with peft_wrapping():
+        lora = get_peft_model(
+            base,
+            LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0),
+        )
     with torch.no_grad():
         for name, param in lora.named_parameters():
             if "lora_B" in name:
