@@ -217,6 +217,32 @@ def _rag_length_requests() -> list[tuple[str, str]]:
     return requests
 
 
+@pytest.mark.parametrize("share_prefix", [True, False])
+def test_work_counts_the_tokens_the_forward_passes_run(tiny_llama_dir, share_prefix):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    requests = _rag_length_requests()
+    widths = []
+
+    def record(module, args, kwargs, output):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        assert ids.shape[0] == 1  # one row per pass: no padding to count
+        widths.append(ids.shape[1])
+
+    model.register_forward_hook(record, with_kwargs=True)
+    scorer = LoglikelihoodScorer(
+        model, tokenizer, batch_size=1, max_length=1000, share_prefix=share_prefix
+    )
+    encoded = [scorer.encode_pair(context, option) for context, option in requests]
+    tokens, pairs = scorer.work(encoded)
+    scorer.loglikelihood(requests)
+    assert tokens == sum(widths)
+    separate = sum(min(len(c) + len(o) - 1, 1000) for c, o in encoded)
+    assert (tokens < separate) == share_prefix and pairs >= tokens
+
+
 @pytest.mark.parametrize(
     ("model_fixture", "attention"),
     [("tiny_llama_dir", "sdpa"), ("tiny_llama_dir", "eager"), ("tiny_gpt2_dir", "sdpa")],

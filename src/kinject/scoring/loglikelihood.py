@@ -161,18 +161,10 @@ class LoglikelihoodScorer:
                 )
             inputs.append((context_enc + continuation_enc)[-(self.max_length + 1) :][:-1])
         results: list[Loglikelihood | None] = [None] * len(inputs)
-        alone = range(len(inputs))
-        if self.share_prefix:
-            groups: dict[tuple[int, ...], list[int]] = {}
-            alone = []
-            for index, (context_enc, continuation_enc) in enumerate(encoded):
-                if len(context_enc) + len(continuation_enc) <= self.max_length + 1:
-                    groups.setdefault(tuple(context_enc), []).append(index)
-                else:  # lm-eval cuts this one's context from the left: score it as it does
-                    alone.append(index)
-            self._score_packed(encoded, list(groups.values()), results, on_batch, device)
+        groups, alone = self._packing(encoded)
+        if groups:
+            self._score_packed(encoded, groups, results, on_batch, device)
         # Longest first, as lm-eval does: a batch's padding is bounded by its first item.
-        alone = list(alone)
         batches = self.plan.batches([len(inputs[i]) for i in alone])
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.model.eval()
@@ -200,6 +192,21 @@ class LoglikelihoodScorer:
                 faults.checkpoint("score.batch", len(batch))
         return results  # type: ignore[return-value]
 
+    def _packing(self, encoded) -> tuple[list[list[int]], list[int]]:
+        """``(groups, alone)``: the requests packed into one sequence per shared context
+        (with prefix sharing on), and those scored as sequences of their own (every request
+        with it off; a pair whose context lm-eval cuts from the left, as it does)."""
+        if not self.share_prefix:
+            return [], list(range(len(encoded)))
+        groups: dict[tuple[int, ...], list[int]] = {}
+        alone = []
+        for index, (context_enc, continuation_enc) in enumerate(encoded):
+            if len(context_enc) + len(continuation_enc) <= self.max_length + 1:
+                groups.setdefault(tuple(context_enc), []).append(index)
+            else:
+                alone.append(index)
+        return list(groups.values()), alone
+
     def work(self, encoded: Sequence[tuple[list[int], list[int]]]) -> tuple[int, int]:
         """``(tokens, pairs)`` that :meth:`loglikelihood_tokens` runs for these requests,
         padding not counted: the tokens the model reads (a shared prefix once), and the
@@ -213,13 +220,10 @@ class LoglikelihoodScorer:
             tokens += width
             pairs += width * cached + width * (width + 1) // 2
 
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for index, (context, continuation) in enumerate(encoded):
-            if self.share_prefix and len(context) + len(continuation) <= self.max_length + 1:
-                groups.setdefault(tuple(context), []).append(index)
-            else:  # its own sequence, cut from the left as lm-eval does
-                run(min(len(context) + len(continuation) - 1, self.max_length))
-        packed = [_pack(encoded, group) for group in groups.values()]
+        groups, alone = self._packing(encoded)
+        for index in alone:  # its own sequence, cut from the left as lm-eval does
+            run(min(len(encoded[index][0]) + len(encoded[index][1]) - 1, self.max_length))
+        packed = [_pack(encoded, group) for group in groups]
         shared = [0] * len(packed)
         for length, members in _prefix_clusters(packed) if self._prefix_cache else []:
             run(length)
