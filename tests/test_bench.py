@@ -62,6 +62,14 @@ def check_batch_memory(output: str) -> None:
     assert all(number(r["estimate / measured"]) > 0 for r in table)
 
 
+def check_embedding(output: str) -> None:
+    table = rows(output)
+    assert [(r["texts"], r["n"]) for r in table] == [("paragraphs", "12"), ("questions", "40")]
+    for row in table:
+        assert number(row["alone / batched"]) > 0
+        assert number(row["max abs Δ"]) <= 1e-5  # the same vectors up to float rounding
+
+
 def check_index_scale(output: str) -> None:
     table = rows(output)
     assert [r["index"] for r in table if r["index"]] == ["flat", "hnsw", "ivf"]
@@ -101,6 +109,7 @@ CHECKS = {
     "scoring.py": check_scoring,
     "training.py": check_training,
     "batch_memory.py": check_batch_memory,
+    "embedding.py": check_embedding,
     "index_scale.py": check_index_scale,
     "ingest_memory.py": check_ingest_memory,
     "retrieval_squad.py": check_retrieval_squad,
