@@ -71,10 +71,10 @@ class SentenceTransformerEmbedder(Embedder):
     any CPU.  Batching would not give that: the math libraries choose other kernels for
     other matrix shapes (rows = texts x tokens), and on some CPUs (AVX-512, AMX) a text's
     vector then differs in its 7th digit between a batch of one and a batch of eight.
-    Alone costs about 1.1x the time of batches for passages of 100+ tokens, and about 3x for
-    short texts, whose passes are bound by reading the weights; so :meth:`embed_queries`
-    (search queries, which are never stored) groups texts of the same token length into
-    batches of ``batch_size``.
+    Alone costs nothing for passages (SQuAD's, 140 tokens on average: 0.87x the time of
+    batches, ``bench/embedding.py``) and 3.8x for 15-token questions, whose passes are bound
+    by reading the weights; so :meth:`embed_queries` (search queries, which are never
+    stored) groups texts of the same token length into batches of ``batch_size``.
     """
 
     def __init__(self, config: EmbedderConfig, show_progress: bool = False):
