@@ -1,8 +1,8 @@
 """Retrieval quality on the real SQuAD v1.1 dev set: BM25, dense and hybrid from one run.
 
 The 2,067 paragraphs of ``dev-v1.1.json`` are the knowledge base; each of the 10,570
-questions names its paragraph, so recall@k and MRR are exact.  Prints the table (the README
-copies it) and the time each step took.
+questions names its paragraph, so recall@k and MRR are exact.  Prints the table
+(docs/knowledge-bases.md copies it) and the time each step took.
 
     python bench/retrieval_squad.py                       # default embedder (MiniLM), flat index
     python bench/retrieval_squad.py --index hnsw --out bench/results/squad.json
