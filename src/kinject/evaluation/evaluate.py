@@ -294,9 +294,16 @@ class _ScoringSession:
                 max_new_tokens=scoring.max_new_tokens,
                 stop=scoring.stop,
                 bf16=scoring.bf16_autocast,
+                end_of_turn=scoring.chat_template,
             )
             self._generator = ParallelGenerator(generator, self.group)
         return self._generator
+
+    def chat(self):
+        """The chat rendering of prompts when ``scoring.chat_template`` is on, else ``None``."""
+        from kinject.tasks.prompts import chat_format
+
+        return chat_format(self.config.scoring, self._model()[1])
 
     def planned(self, task: Task, arm: Arm, shots: int) -> PlannedCell:
         from kinject.evaluation.identity import (
@@ -354,6 +361,7 @@ class _ScoringSession:
                     on_batch=bar.advance,
                     selector=self.selector,
                     model=self.config.label,
+                    chat=self.chat(),
                 )
                 seconds = time.perf_counter() - started
                 requests = memo.requested - before[0] if memo else len(records)

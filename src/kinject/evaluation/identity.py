@@ -14,6 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from kinject.config import ModelSpec, ScoringConfig
+from kinject.fileio import sha256_of
 from kinject.tasks.items import Task
 
 CELL_FORMAT = 1  # bump when a record's meaning changes: every cell is then scored again
@@ -37,22 +38,17 @@ def file_identity(path: str | Path | None) -> dict | None:
         if any(child.match(pattern) for pattern in _WEIGHT_FILES):
             stat = child.stat()
             files[child.name] = [stat.st_size, stat.st_mtime_ns]
-        elif child.suffix in (".json", ".txt", ".model", ".yaml"):
+        elif child.suffix in (".json", ".txt", ".model", ".yaml", ".jinja"):
             files[child.name] = sha256_of(child)
     return {"name": str(path.resolve()), "files": files}
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def model_identity(spec: ModelSpec) -> dict:
+    """The model by what it computes: a GGUF file (or preset) by its content hash."""
+    from kinject.models.gguf import gguf_identity
+
     return {
-        "model": file_identity(spec.path),
+        "model": gguf_identity(spec) or file_identity(spec.path),
         "dtype": spec.dtype,
         "revision": spec.revision,
         "adapter": file_identity(spec.adapter),
@@ -81,4 +77,6 @@ def scoring_identity(scoring: ScoringConfig, is_open: bool) -> dict:
     identity: dict = {"bf16_autocast": scoring.bf16_autocast}
     if is_open:
         identity.update(max_new_tokens=scoring.max_new_tokens, stop=list(scoring.stop))
+    if scoring.chat_template:  # absent when off: cells scored before it existed stay valid
+        identity["chat_template"] = {"multiturn": scoring.fewshot_as_multiturn}
     return identity

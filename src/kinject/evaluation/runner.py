@@ -12,6 +12,7 @@ import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 from kinject import faults
@@ -21,7 +22,7 @@ from kinject.evaluation.stats import bootstrap_ci, previous_answer_rate
 from kinject.fileio import read_jsonl, write_json, write_jsonl
 from kinject.scoring.loglikelihood import LoglikelihoodScorer, MemoizedScorer
 from kinject.tasks.items import Task
-from kinject.tasks.prompts import build_prompt
+from kinject.tasks.prompts import ChatFormat, build_prompt
 
 
 @dataclass(frozen=True)
@@ -68,10 +69,12 @@ def score_cell(
     on_batch: Callable[[int], None] | None = None,
     selector: ExampleSelector | None = None,
     model: str = "base",
+    chat: ChatFormat | None = None,
 ) -> list[dict]:
-    """Per-question records of one cell: log-likelihood of every choice, predictions, truth."""
+    """Per-question records of one cell: log-likelihood of every choice, predictions, truth
+    (``chat``: prompts rendered with the model's chat template)."""
     cell = Cell(arm.name, task.name, shots, arm.k, model)
-    contexts, prompts = cell_prompts(task, arm, shots, selector)
+    contexts, prompts = cell_prompts(task, arm, shots, selector, partial(build_prompt, chat=chat))
     requests = [(p.context, c) for p in prompts for c in p.continuations]
     scores = scorer.loglikelihood(requests, on_batch=on_batch)
     records, position = [], 0
@@ -129,13 +132,15 @@ def score_open_cell(
     on_batch: Callable[[int], None] | None = None,
     selector: ExampleSelector | None = None,
     model: str = "base",
+    chat: ChatFormat | None = None,
 ) -> list[dict]:
     """Per-question records of a cell of open questions: the generated answer and its scores."""
     from kinject.evaluation.open_metrics import exact_match, token_f1
     from kinject.tasks.prompts import build_open_prompt
 
     cell = Cell(arm.name, task.name, shots, arm.k, model)
-    contexts, prompts = cell_prompts(task, arm, shots, selector, build_open_prompt)
+    build = partial(build_open_prompt, chat=chat)
+    contexts, prompts = cell_prompts(task, arm, shots, selector, build)
     predictions = generator.generate(prompts, on_batch=on_batch)
     records = []
     for item, prediction, context in zip(task.items, predictions, contexts):

@@ -150,8 +150,19 @@ def _check_model(model: ExperimentModel, result: DryRun) -> None:
     if _placeholder(model.path):
         result.unknown.append(f"model '{model.label}': made by a setup section on the first run")
         return
+    from kinject.models.gguf import MARKER, cache_folder, gguf_path
+
+    try:
+        gguf = gguf_path(model)
+    except KinjectError as error:
+        result.checks.append(Check("model", model.label, False, str(error)))
+        return
     local = Path(model.path).expanduser()
-    if local.is_dir():
+    if gguf is not None:
+        ok, detail = True, f"{gguf} (GGUF: dequantized once on the first run, then cached)"
+        if (cache_folder(gguf) / MARKER).exists():
+            detail = f"{gguf} (GGUF, converted in {cache_folder(gguf)})"
+    elif local.is_dir():
         ok = (local / "config.json").is_file()
         detail = str(local) if ok else f"{local}: a folder without config.json"
     elif _looks_local(model.path):
@@ -169,11 +180,22 @@ def _looks_local(path: str) -> bool:
 
 
 def _token_counter(model: ExperimentModel):
-    """Counts tokens with the model's own tokenizer when it is on disk; else ``None``."""
-    if _placeholder(model.path) or not (Path(model.path).expanduser() / "config.json").is_file():
-        return None
+    """Counts tokens with the model's own tokenizer when it is on disk (a GGUF model's once
+    converted); else ``None``."""
+    from kinject.models.gguf import MARKER, cache_folder, gguf_path
     from kinject.models.loading import load_tokenizer
 
+    if _placeholder(model.path):
+        return None
+    try:
+        gguf = gguf_path(model)
+    except KinjectError:
+        return None  # reported by the model check
+    if gguf is not None:
+        if not (cache_folder(gguf) / MARKER).exists():
+            return None
+    elif not (Path(model.path).expanduser() / "config.json").is_file():
+        return None
     tokenizer = load_tokenizer(model.spec())
     return lambda texts: sum(len(ids) for ids in tokenizer(texts)["input_ids"])
 

@@ -105,7 +105,7 @@ def _unresolved_inputs(config: ExperimentConfig, section: str) -> None:
 
 def _content_key(paths: list[str]) -> list:
     """The content of files (and of every file under folders), as hashes, in a stable order."""
-    from kinject.evaluation.identity import sha256_of
+    from kinject.fileio import sha256_of
 
     key = []
     for name in paths:

@@ -390,7 +390,13 @@ def _yaml_dumper():
 def model_args(model: ModelSpec | None) -> str:
     if model is None:
         return "pretrained=MODEL,dtype=float32"
-    parts = [f"pretrained={model.path}", f"dtype={model.dtype}"]
+    from kinject.models.gguf import gguf_path
+
+    gguf = gguf_path(model)
+    if gguf is None:
+        parts = [f"pretrained={model.path}", f"dtype={model.dtype}"]
+    else:  # lm-eval reads GGUF files itself (HFLM's gguf_file)
+        parts = [f"pretrained={gguf.parent}", f"gguf_file={gguf.name}", f"dtype={model.dtype}"]
     if model.revision:
         parts.append(f"revision={model.revision}")
     if model.adapter:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from kinject.config import ModelSpec
 from kinject.errors import KinjectError
+from kinject.models.gguf import materialized
 
 PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle")
 ALLOW_PICKLE_HINT = (
@@ -40,9 +41,12 @@ def quiet_transformers() -> None:
 
 
 def load_tokenizer(spec: ModelSpec):
-    """The model's tokenizer alone (cheap: no weights are read)."""
+    """The model's tokenizer alone (cheap: no weights are read, except to convert a GGUF file
+    on its first use)."""
     from transformers import AutoTokenizer
 
+    quiet_transformers()
+    spec = materialized(spec)
     try:
         return AutoTokenizer.from_pretrained(
             spec.path, revision=spec.revision, trust_remote_code=spec.trust_remote_code
@@ -57,11 +61,13 @@ def load_tokenizer(spec: ModelSpec):
 
 
 def load_causal_lm(spec: ModelSpec):
-    """``(model, tokenizer)`` in eval mode on the requested device and dtype."""
+    """``(model, tokenizer)`` in eval mode on the requested device and dtype (a GGUF file or
+    preset: from its converted folder, see :mod:`kinject.models.gguf`)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     quiet_transformers()
+    spec = materialized(spec)
     source = spec.path
     looks_local = source.startswith((".", "/", "~")) or Path(source).exists()
     if looks_local and not Path(source).expanduser().exists():

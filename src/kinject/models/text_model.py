@@ -22,7 +22,7 @@ TEXT_RECIPE_VERSION = 1  # bump when the documents or the loop change meaning
 
 
 def text_model_dir(setup: TextModelSetup) -> Path:
-    from kinject.evaluation.identity import sha256_of
+    from kinject.fileio import sha256_of
 
     key = fingerprint(
         TEXT_RECIPE_VERSION,

@@ -22,15 +22,20 @@ class GreedyGenerator:
         stop: Sequence[str] = ("\n",),
         bf16: bool = False,
         memory_budget: int | None = None,
+        end_of_turn: bool = False,
     ):
+        """``end_of_turn``: prompts are chat-rendered, so an answer is the assistant's whole
+        turn: generation ends at any of the model's end tokens (the tokenizer's and those of
+        its generation config, e.g. ``<|im_end|>``, ``<|eot_id|>``), not at ``stop``."""
         from kinject.scoring.batching import BatchPlan
 
         self.model = model
         self.tokenizer = tokenizer
         self.plan = BatchPlan(model.config, batch_size, memory_budget)
         self.max_new_tokens = max_new_tokens
-        self.stop = tuple(stop)
+        self.stop = () if end_of_turn else tuple(stop)
         self.bf16 = bf16
+        self.eos = end_tokens(model, tokenizer) if end_of_turn else tokenizer.eos_token_id
 
     def generate(
         self, prompts: Sequence[str], on_batch: Callable[[int], None] | None = None
@@ -72,14 +77,18 @@ class GreedyGenerator:
                 max_new_tokens=self.max_new_tokens,
                 do_sample=False,
                 pad_token_id=pad,
-                eos_token_id=tokenizer.eos_token_id,
+                eos_token_id=self.eos,
                 **stopping,  # a batch ends early once every answer has reached a stop string
             )
         texts = tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
         return [self._cut(text) for text in texts]
 
     def _encode(self, prompt: str) -> list[int]:
-        ids = self.tokenizer.encode(prompt)  # special tokens as the log-likelihood scorer's
+        if prompt.startswith(self.tokenizer.bos_token or "\0"):  # a chat template's own BOS
+            return self._limited(self.tokenizer.encode(prompt, add_special_tokens=False))
+        return self._limited(self.tokenizer.encode(prompt))
+
+    def _limited(self, ids: list[int]) -> list[int]:
         limit = getattr(self.model.config, "max_position_embeddings", None)
         if limit:
             if self.max_new_tokens >= limit:
@@ -97,3 +106,11 @@ class GreedyGenerator:
             if position != -1:
                 end = min(end, position)
         return text[:end].strip()
+
+
+def end_tokens(model, tokenizer) -> list[int]:
+    """Every token that ends a reply: the tokenizer's EOS and the generation config's."""
+    ids = [tokenizer.eos_token_id]
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids += configured if isinstance(configured, list) else [configured]
+    return sorted({i for i in ids if i is not None})

@@ -34,6 +34,7 @@ import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from kinject.errors import KinjectError
 from kinject.tasks.items import MCItem, Task
 
 STYLES = ("letter", "option", "cloze")
@@ -94,6 +95,90 @@ class Prompt:
     choice_texts: tuple[str, ...]  # what acc_norm divides by (lm-eval: len of choice string)
 
 
+class ChatFormat:
+    """Prompts rendered with a model's chat template, as lm-eval's ``--apply_chat_template``
+    (``ConfigurableTask.fewshot_context``, no ``gen_prefix``)::
+
+        system     {instruction}\n\n{description}        (only when there is one)
+        user       {ex1 text}                             ┐ k-shot, multiturn: a turn pair
+        assistant  {ex1 target}                           ┘ per example (lm-eval's default)
+        …
+        user       {context}\n\n{text}
+        assistant  ← the template's generation prompt; the choices are scored right after it,
+                     with no target delimiter (" A" becomes "A")
+
+    With ``multiturn`` off (lm-eval's ``--fewshot_as_multiturn false``) the examples and the
+    question are one user turn, laid out as the plain prompt.  A template that refuses a
+    system turn gets the conversation without it, as lm-eval retries.
+    """
+
+    def __init__(self, tokenizer, multiturn: bool = True):
+        if not getattr(tokenizer, "chat_template", None):
+            name = getattr(tokenizer, "name_or_path", "") or "the model"
+            raise KinjectError(
+                f"scoring.chat_template is on, but the tokenizer of {name} has no chat "
+                "template (a base model: turn chat_template off)"
+            )
+        self.tokenizer = tokenizer
+        self.multiturn = multiturn
+
+    def render(self, system: str, turns: Sequence[tuple[str, str]], question: str) -> str:
+        """``system`` (may be empty), the k-shot ``(text, target)`` pairs, the last user turn."""
+        if self.multiturn:
+            messages = []
+            for text, target in turns:
+                messages += [
+                    {"role": "user", "content": text},
+                    {"role": "assistant", "content": target},
+                ]
+            messages.append({"role": "user", "content": question})
+        else:
+            shown = "".join(
+                text + TARGET_DELIMITER + target + FEWSHOT_DELIMITER for text, target in turns
+            )
+            messages = [{"role": "user", "content": shown + question}]
+        if system:
+            messages.insert(0, {"role": "system", "content": system})
+        import jinja2
+
+        try:
+            return self._apply(messages)
+        except jinja2.TemplateError:
+            return self._apply([m for m in messages if m["role"] != "system"])
+
+    def _apply(self, messages: list[dict]) -> str:
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
+
+
+def chat_format(scoring, tokenizer) -> ChatFormat | None:
+    """The chat rendering a scoring section asks for (``chat_template``), else ``None``."""
+    if not scoring.chat_template:
+        return None
+    return ChatFormat(tokenizer, scoring.fewshot_as_multiturn)
+
+
+def _examples(task: Task, shots: int, examples: Sequence | None) -> Sequence:
+    if examples is not None:
+        return examples
+    if shots > len(task.dev):
+        raise ValueError(
+            f"task '{task.name}' has {len(task.dev)} dev examples; {shots}-shot needs {shots}"
+        )
+    return task.dev[:shots]
+
+
+def _layout(
+    system: str, turns: Sequence[tuple[str, str]], question: str, chat: ChatFormat | None
+) -> str:
+    """The plain prompt (lm-eval's text layout), or the chat-rendered one."""
+    if chat is not None:
+        return chat.render(system, turns, question)
+    shown = "".join(text + TARGET_DELIMITER + target + FEWSHOT_DELIMITER for text, target in turns)
+    return system + shown + question
+
+
 def build_prompt(
     task: Task,
     item: MCItem,
@@ -101,29 +186,21 @@ def build_prompt(
     context: str | None = None,
     examples: Sequence[MCItem] | None = None,
     instruction: str | None = None,
+    chat: ChatFormat | None = None,
 ) -> Prompt:
     """The scored prompt; ``examples`` replaces the first ``shots`` dev items (dynamic k-shot);
-    ``instruction`` opens it (lm-eval's ``--system_instruction``)."""
-    if examples is None:
-        if shots > len(task.dev):
-            raise ValueError(
-                f"task '{task.name}' has {len(task.dev)} dev examples; {shots}-shot needs {shots}"
-            )
-        examples = task.dev[:shots]
-    shown = [
-        item_text(example, task.style)
-        + TARGET_DELIMITER
-        + item_choices(example, task.style)[example.answer]
-        for example in examples
+    ``instruction`` opens it (lm-eval's ``--system_instruction``); ``chat`` renders it with
+    the model's chat template."""
+    turns = [
+        (item_text(example, task.style), item_choices(example, task.style)[example.answer])
+        for example in _examples(task, shots, examples)
     ]
-    prefix = system_prompt(instruction, task.description)
-    prefix += "".join(example + FEWSHOT_DELIMITER for example in shown)
-    if context:
-        prefix += context + FEWSHOT_DELIMITER
+    question = (context + FEWSHOT_DELIMITER if context else "") + item_text(item, task.style)
     choices = item_choices(item, task.style)
+    delimiter = "" if chat is not None else TARGET_DELIMITER
     return Prompt(
-        context=prefix + item_text(item, task.style),
-        continuations=tuple(TARGET_DELIMITER + choice for choice in choices),
+        context=_layout(system_prompt(instruction, task.description), turns, question, chat),
+        continuations=tuple(delimiter + choice for choice in choices),
         choice_texts=tuple(choices),
     )
 
@@ -135,24 +212,20 @@ def build_open_prompt(
     context: str | None = None,
     examples: Sequence | None = None,
     instruction: str | None = None,
+    chat: ChatFormat | None = None,
 ) -> str:
     """An open question in the option style, answered by generation after ``Answer:``::
 
-    {description}Question: {ex1}\\nAnswer: {ex1 answers[0]}\\n\\n … {context}\\n\\nQuestion: {q}\\nAnswer:
+    {description}Question: {ex1}\nAnswer: {ex1 answers[0]}\n\n … {context}\n\nQuestion: {q}\nAnswer:
 
-    with ``instruction`` first, as in :func:`build_prompt`.
+    with ``instruction`` first, as in :func:`build_prompt`; ``chat`` renders the same turns
+    with the model's chat template, the answer generated in the assistant's turn.
     """
-    if examples is None:
-        if shots > len(task.dev):
-            raise ValueError(
-                f"task '{task.name}' has {len(task.dev)} dev examples; {shots}-shot needs {shots}"
-            )
-        examples = task.dev[:shots]
-    prefix = system_prompt(instruction, task.description) + "".join(
-        f"Question: {example.question}\nAnswer:{TARGET_DELIMITER}{example.answers[0]}"
-        + FEWSHOT_DELIMITER
-        for example in examples
-    )
-    if context:
-        prefix += context + FEWSHOT_DELIMITER
-    return prefix + f"Question: {item.question}\nAnswer:"
+    turns = [
+        (f"Question: {example.question}\nAnswer:", example.answers[0])
+        for example in _examples(task, shots, examples)
+    ]
+    question = (
+        context + FEWSHOT_DELIMITER if context else ""
+    ) + f"Question: {item.question}\nAnswer:"
+    return _layout(system_prompt(instruction, task.description), turns, question, chat)

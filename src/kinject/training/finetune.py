@@ -388,6 +388,7 @@ class _BestKeeper:
         from kinject.evaluation.runner import accuracy, score_cell
         from kinject.scoring.batching import batch_options
         from kinject.scoring.loglikelihood import LoglikelihoodScorer
+        from kinject.tasks.prompts import chat_format
 
         scoring = self.config.scoring
         scorer = LoglikelihoodScorer(
@@ -397,7 +398,9 @@ class _BestKeeper:
             bf16=scoring.bf16_autocast,
             share_prefix=scoring.share_prefix,
         )
-        records = score_cell(scorer, self.validation, BaseArm(), self.config.selection.shots)
+        chat = chat_format(scoring, self.tokenizer)
+        shots = self.config.selection.shots
+        records = score_cell(scorer, self.validation, BaseArm(), shots, chat=chat)
         loss = sum(-r["loglikelihoods"][r["answer"]] for r in records) / len(records)
         return {"acc": accuracy(records), "loss": round(loss, 5), "n": len(records)}
 
