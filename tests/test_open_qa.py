@@ -13,7 +13,14 @@ from conftest import tiny_llama
 from kinject.config import EvalConfig, ModelSpec, ScoringConfig, TaskSpec
 from kinject.errors import DataError
 from kinject.evaluation.evaluate import retabulate, run_evaluation
-from kinject.evaluation.open_metrics import bleu4, exact_match, normalize, rouge, token_f1
+from kinject.evaluation.open_metrics import (
+    bleu4,
+    contains,
+    exact_match,
+    normalize,
+    rouge,
+    token_f1,
+)
 from kinject.scoring.generation import GreedyGenerator
 from kinject.tasks.items import OpenItem, Task
 from kinject.tasks.loaders import load_open_jsonl, open_task
@@ -61,6 +68,16 @@ def test_normalize_and_exact_match_follow_squad():
     assert normalize("An apple, a day.") == "apple day"
     assert exact_match("The Oslo.", ["Bergen", "oslo"]) == 1.0
     assert exact_match("Oslo city", ["Oslo", "Bergen"]) == 0.0
+
+
+def test_answer_contained_finds_a_gold_answer_among_the_replys_words():
+    assert contains("The capital of France is Paris.", ["Paris"]) == 1.0
+    assert contains("It was founded in 1999 by the Linden family", ["1999", "in 1999"]) == 1.0
+    assert contains("It was founded in 1999.", ["1"]) == 0.0  # whole words only
+    assert contains("Parisian food", ["Paris"]) == 0.0
+    assert contains("the University of  LINDEN!", ["University of Linden"]) == 1.0
+    assert contains("Oslo", ["Lima", "Bergen"]) == 0.0
+    assert contains("An answer", ["the"]) == 0.0  # an answer empty after normalisation
 
 
 def test_token_f1_by_hand():
@@ -301,7 +318,7 @@ def test_open_run_folder_metrics_table_and_retabulation(open_run):
     metrics = json.loads((run / "metrics.json").read_text())["cells"]
     assert metrics == result.metrics
     records = _records(run)
-    keys = {"acc", "acc_ci", "f1", "f1_ci", "bleu4", "rouge1", "rouge2", "rougeL"}
+    keys = {"acc", "acc_ci", "f1", "f1_ci", "contains", "contains_ci", "bleu4", "rouge1"}
     for cell in metrics:
         if cell["split"] == "closed":
             assert "open" not in cell and "acc_norm" in cell and "f1" not in cell
@@ -312,6 +329,7 @@ def test_open_run_folder_metrics_table_and_retabulation(open_run):
         predictions, answers = [r["prediction"] for r in rows], [r["answers"] for r in rows]
         assert cell["acc"] == sum(exact_match(p, a) for p, a in zip(predictions, answers)) / 4
         assert cell["f1"] == round(sum(token_f1(p, a) for p, a in zip(predictions, answers)) / 4, 4)
+        assert cell["contains"] == sum(contains(p, a) for p, a in zip(predictions, answers)) / 4
         assert cell["bleu4"] == round(bleu4(predictions, answers), 4)
         assert {k: cell[k] for k in ("rouge1", "rouge2", "rougeL")} == {
             k: round(v, 4) for k, v in rouge(predictions, answers).items()
@@ -326,8 +344,8 @@ def test_open_run_folder_metrics_table_and_retabulation(open_run):
     assert "| base | closed | 0 | 0 | 2 |" in table
     open_part = table[table.index("Open questions") :]
     assert (
-        "| base | right | 0 | 0 | 4 | 1.000 [1.000, 1.000] | 1.000 [1.000, 1.000] | 0.000 | "
-        "0.917 | 0.000 | 0.917 |" in open_part
+        "| base | right | 0 | 0 | 4 | 1.000 [1.000, 1.000] | 1.000 [1.000, 1.000] | "
+        "1.000 [1.000, 1.000] | 0.000 | 0.917 | 0.000 | 0.917 |" in open_part
     )
     assert "| oracle | wrong | 0 | 0 | 4 | 0.000 [0.000, 0.000] |" in open_part
     assert "closed" not in open_part

@@ -1,5 +1,13 @@
-"""Metrics for generated answers: exact match and token F1 (SQuAD's normalisation), BLEU-4
-(sacrebleu) and ROUGE-1/2/L (rouge-score), each against the best of a question's answers.
+"""Metrics for generated answers: exact match and token F1 (SQuAD's normalisation), answer
+contained, BLEU-4 (sacrebleu) and ROUGE-1/2/L (rouge-score), each against the best of a
+question's answers.
+
+*Answer contained* is for chat models, whose replies are sentences ("The capital of France
+is Paris.") that exact match scores 0: a reply counts when one of the gold answers, normalised
+as SQuAD normalises, appears in the normalised reply as whole words (the "accuracy" of
+Kandpal et al. 2023 and Mallen et al. 2023, the best-subspan match of Liu et al. 2023; whole
+words here, so that "1" is not found in "1999").  It rewards a reply that names several
+candidates, so read it beside exact match and F1, never alone.
 
 ``evaluate.load`` would fetch metric scripts from a hub at run time; these are the packages
 those scripts wrap, called directly.
@@ -24,6 +32,12 @@ def normalize(text: str) -> str:
 
 def exact_match(prediction: str, answers: Sequence[str]) -> float:
     return float(any(normalize(prediction) == normalize(answer) for answer in answers))
+
+
+def contains(prediction: str, answers: Sequence[str]) -> float:
+    """1.0 when a normalised answer occurs in the normalised prediction as whole words."""
+    said = f" {normalize(prediction)} "
+    return float(any(normalize(a) and f" {normalize(a)} " in said for a in answers))
 
 
 def token_f1(prediction: str, answers: Sequence[str]) -> float:

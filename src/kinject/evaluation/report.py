@@ -153,22 +153,23 @@ def _detail_lines(metrics: Sequence[dict]) -> list[str]:
         lines += [
             *([""] if closed else []),
             (
-                "Open questions, answered by greedy generation: exact match (the table's acc) "
-                "and token F1 with 95% bootstrap CIs, corpus BLEU-4, mean ROUGE F-measures."
+                "Open questions, answered by greedy generation: exact match (the table's acc), "
+                "token F1 and answer contained (a gold answer among the reply's words) with 95% "
+                "bootstrap CIs, corpus BLEU-4, mean ROUGE F-measures."
             ),
             "",
             (
-                "| arm | task | shots | k | n | exact match | token F1 | BLEU-4 | ROUGE-1 "
-                "| ROUGE-2 | ROUGE-L |"
+                "| arm | task | shots | k | n | exact match | token F1 | contained | BLEU-4 "
+                "| ROUGE-1 | ROUGE-2 | ROUGE-L |"
             ),
-            "|---|---|---:|---:|---:|---|---|---:|---:|---:|---:|",
+            "|---|---|---:|---:|---:|---|---|---|---:|---:|---:|---:|",
         ]
     for m in generated:
         arm, split = _md_cell(column_name(m.get("model", "base"), m["arm"])), _md_cell(m["split"])
         lines.append(
             f"| {arm} | {split} | {m['shots']} | {m['k']} | {m['n']} | {_fmt(m)} | "
-            f"{_fmt(m, 'f1')} | {m['bleu4']:.3f} | {m['rouge1']:.3f} | {m['rouge2']:.3f} | "
-            f"{m['rougeL']:.3f} |"
+            f"{_fmt(m, 'f1')} | {_fmt(m, 'contains') if 'contains' in m else '–'} | "
+            f"{m['bleu4']:.3f} | {m['rouge1']:.3f} | {m['rouge2']:.3f} | {m['rougeL']:.3f} |"
         )
     return lines
 

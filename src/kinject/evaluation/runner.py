@@ -201,11 +201,12 @@ def _with_recall(metrics: dict, records: Sequence[dict]) -> dict:
 
 def _open_metrics(records: Sequence[dict], seed: int, resamples: int) -> dict:
     """Open questions: ``acc`` is exact match; token F1, BLEU-4 and ROUGE beside it."""
-    from kinject.evaluation.open_metrics import bleu4, rouge
+    from kinject.evaluation.open_metrics import bleu4, contains, rouge
 
     predictions = [r["prediction"] for r in records]
     answers = [r["answers"] for r in records]
     f1 = [r["f1"] for r in records]
+    found = [contains(p, a) for p, a in zip(predictions, answers)]
     metrics = {
         **_cell_header(records),
         "open": True,
@@ -213,6 +214,8 @@ def _open_metrics(records: Sequence[dict], seed: int, resamples: int) -> dict:
         "acc_ci": list(bootstrap_ci([float(r["correct"]) for r in records], seed, resamples)),
         "f1": round(sum(f1) / len(f1), 4),
         "f1_ci": list(bootstrap_ci(f1, seed, resamples)),
+        "contains": round(sum(found) / len(found), 4),
+        "contains_ci": list(bootstrap_ci(found, seed, resamples)),
         "bleu4": round(bleu4(predictions, answers), 4),
         **{kind: round(value, 4) for kind, value in rouge(predictions, answers).items()},
     }
