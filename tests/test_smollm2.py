@@ -127,3 +127,49 @@ def test_mmlu_prompts_and_scores_match_lm_eval(smollm2, mmlu_tasks, chat, multit
         for i in range(0, len(requests), 4)
     ]
     assert_mostly_clear(clear)
+
+
+def test_chat_answers_end_at_the_end_of_the_assistant_turn(smollm2):
+    """Open answers from the chat template: the reply up to ``<|im_end|>`` (not cut at a
+    leading newline), read against the context it was given."""
+    from kinject.evaluation.open_metrics import contains
+    from kinject.scoring.generation import GreedyGenerator, end_tokens
+    from kinject.tasks.items import OpenItem, Task
+    from kinject.tasks.prompts import ChatFormat, build_open_prompt
+
+    model, tokenizer = smollm2
+    facts = [
+        (
+            "The Zorblat Company was founded in 1987 in Tallinn by Mara Kuusk.",
+            "In which city was the Zorblat Company founded?",
+            "Tallinn",
+        ),
+        (
+            "Quenfield Bridge, opened in 1911, is painted green and spans the river Alder.",
+            "What colour is Quenfield Bridge painted?",
+            "green",
+        ),
+        (
+            "The chemist Ilse Varga discovered the mineral varganite in 1962 in Hungary.",
+            "Who discovered varganite?",
+            "Ilse Varga",
+        ),
+    ]
+    items = [
+        OpenItem(f"q{i}", question, (answer,)) for i, (_, question, answer) in enumerate(facts)
+    ]
+    task = Task(name="facts", items=tuple(items), dev=())
+    chat = ChatFormat(tokenizer)
+    prompts = [
+        build_open_prompt(task, item, 0, text, chat=chat)
+        for item, (text, _, _) in zip(items, facts)
+    ]
+    assert prompts[0].endswith(
+        "Question: In which city was the Zorblat Company founded?\nAnswer:<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert tokenizer.convert_tokens_to_ids("<|im_end|>") in end_tokens(model, tokenizer)
+    generator = GreedyGenerator(model, tokenizer, batch_size=3, max_new_tokens=40, end_of_turn=True)
+    replies = generator.generate(prompts)
+    assert all(reply and "<|im_end|>" not in reply for reply in replies), replies
+    found = [contains(reply, item.answers) for reply, item in zip(replies, items)]
+    assert sum(found) >= 2, replies

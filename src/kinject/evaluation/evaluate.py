@@ -243,6 +243,7 @@ class _ScoringSession:
         self.selector = build_selector(config)
         self._scorer = None
         self._generator = None
+        self._chat = None
         self._begun = False
 
     def _model(self):
@@ -250,6 +251,10 @@ class _ScoringSession:
         if self.model_and_tokenizer is None:
             self.model_and_tokenizer = _load(self.config)
         if not self._begun:
+            from kinject.tasks.prompts import chat_format
+
+            # a chat template asked of a model without one fails before any file is written
+            self._chat = chat_format(self.config.scoring, self.model_and_tokenizer[1])
             if self.main:
                 env = environment(self.config.seed)
                 if self.group is not None:
@@ -301,9 +306,8 @@ class _ScoringSession:
 
     def chat(self):
         """The chat rendering of prompts when ``scoring.chat_template`` is on, else ``None``."""
-        from kinject.tasks.prompts import chat_format
-
-        return chat_format(self.config.scoring, self._model()[1])
+        self._model()
+        return self._chat
 
     def planned(self, task: Task, arm: Arm, shots: int) -> PlannedCell:
         from kinject.evaluation.identity import (

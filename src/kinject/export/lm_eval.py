@@ -79,6 +79,7 @@ class LmEvalTask:
     origin: dict = field(default_factory=dict)  # task files, run folder, cell file
     instruction: str | None = None  # the arm's, opening ``description`` (--system_instruction)
     task_description: str = ""  # the task's own description, without the instruction
+    chat_template: dict | None = None  # {"multiturn": bool}: scored with the chat template
 
 
 @dataclass(frozen=True)
@@ -291,6 +292,9 @@ def _cell_task(config: EvalConfig, task: Task, arm, shots: int, records, selecto
         fewshot="in_query" if dynamic else "first_n",
         instruction=arm.instruction_text,
         task_description=task.description,
+        chat_template={"multiturn": config.scoring.fewshot_as_multiturn}
+        if config.scoring.chat_template
+        else None,
     )
 
 
@@ -405,6 +409,11 @@ def model_args(model: ModelSpec | None) -> str:
 
 
 def lm_eval_command(task: LmEvalTask, out: Path, shots: int) -> str:
+    chat = []
+    if task.chat_template is not None:
+        chat = ["--apply_chat_template"]
+        if not task.chat_template["multiturn"]:
+            chat.append("--fewshot_as_multiturn=false")
     return shlex.join(
         [
             "lm_eval",
@@ -418,6 +427,7 @@ def lm_eval_command(task: LmEvalTask, out: Path, shots: int) -> str:
             str(out),
             "--num_fewshot",
             str(shots),
+            *chat,
             "--log_samples",
             "--output_path",
             str(out / "results"),
@@ -439,6 +449,8 @@ def _entry(task: LmEvalTask, out: Path, files: dict[str, Path]) -> dict:
         **task.origin,
         "commands": {str(k): lm_eval_command(task, out, k) for k in task.shots},
     }
+    if task.chat_template is not None:
+        entry["chat_template"] = task.chat_template
     if task.instruction is not None:
         entry["system_instruction"] = task.instruction
         entry["task_description"] = task.task_description
