@@ -3,6 +3,7 @@
     python bench/scoring.py                    # 200 questions per cell (about 17 min on 2 cores)
     python bench/scoring.py --questions 0      # every question
     python bench/scoring.py --models demo      # only the demo's tiny base model
+    python bench/scoring.py --models smollm2 --questions 50   # the real model (~15 min)
     python bench/scoring.py --smoke            # seconds: the quick demo's world, 8 questions
 
 Cells (the same requests for every scorer):
@@ -11,8 +12,10 @@ Cells (the same requests for every scorer):
   mmlu-5   letter-style MMLU 5-shot on the five subjects in ../shared/data/mmlu
            ($KINJECT_SHARED_DATA/mmlu where that is set).
 Models: the demo's tiny base model (pretrained and cached by `kinject demo`; built here if
-missing) and a ~30M-parameter Llama built from a config (random weights: speed and
-exactness do not need trained ones).  ``--smoke`` runs the same code on the quick demo's
+missing), a ~30M-parameter Llama built from a config (random weights: speed and
+exactness do not need trained ones), and smollm2: SmolLM2-135M-Instruct, the real model of
+the smollm2-135m-instruct preset (its converted safetensors folder, so lm-eval loads the
+very same float32 weights).  ``--smoke`` runs the same code on the quick demo's
 world and model, 8 questions per cell and a 2-layer Llama: a check of the script, not a
 measurement.
 
@@ -195,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--questions", type=int, default=200, help="per cell; 0: all")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--models", nargs="+", choices=["demo", *LLAMAS])
+    parser.add_argument("--models", nargs="+", choices=["demo", "smollm2", *LLAMAS])
     parser.add_argument(
         "--cells", nargs="+", default=["rag-k5", "mmlu-5"], choices=["rag-k5", "mmlu-5"]
     )
@@ -221,6 +224,11 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="kinject-bench-") as scratch:
         models = {"demo": world["world_model"]}
+        if "smollm2" in args.models:
+            from kinject.config import ModelSpec
+            from kinject.models.gguf import materialized
+
+            models["smollm2"] = materialized(ModelSpec(path="smollm2-135m-instruct")).path
         for name in set(args.models) & set(LLAMAS):
             models[name] = str(config_llama(world["world_model"], Path(scratch) / name, name))
         for model_name in args.models:

@@ -70,6 +70,14 @@ def check_embedding(output: str) -> None:
         assert number(row["max abs Δ"]) <= 1e-5  # the same vectors up to float rounding
 
 
+def check_generation(output: str) -> None:
+    table = rows(output)
+    assert [r["generator"] for r in table] == ["kinject", "transformers", "lm_eval"]
+    assert all(number(r["seconds / kinject's"]) > 0 for r in table)
+    assert table[0]["answers identical to kinject's"] == "4 of 4"
+    assert "4 prompts (plain, stop at newline)" in output
+
+
 def check_index_scale(output: str) -> None:
     table = rows(output)
     assert [r["index"] for r in table if r["index"]] == ["flat", "hnsw", "ivf"]
@@ -110,6 +118,7 @@ CHECKS = {
     "training.py": check_training,
     "batch_memory.py": check_batch_memory,
     "embedding.py": check_embedding,
+    "generation.py": check_generation,
     "index_scale.py": check_index_scale,
     "ingest_memory.py": check_ingest_memory,
     "retrieval_squad.py": check_retrieval_squad,
@@ -124,7 +133,7 @@ def test_every_benchmark_has_a_smoke_check():
 
 @pytest.mark.parametrize("script", sorted(CHECKS))
 def test_smoke_run_prints_its_comparison(script, tmp_path):
-    if script == "scoring.py":
+    if script in ("scoring.py", "generation.py"):
         pytest.importorskip("lm_eval")
     env = {
         **os.environ,
