@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -136,7 +137,7 @@ def _convert(path: Path, folder: Path, show_progress: bool) -> None:
                         dtype=torch.float32,
                         trust_remote_code=False,
                     )
-            except (OSError, ValueError, KeyError, RuntimeError) as error:
+            except (OSError, ValueError, KeyError, RuntimeError, struct.error) as error:
                 reason = " ".join(str(error).split())
                 raise KinjectError(f"cannot read GGUF file '{path}': {reason}") from None
             bar.advance()
