@@ -44,17 +44,20 @@ SHARED = Path(os.environ.get("KINJECT_SHARED_DATA") or ROOT.parent / "shared" / 
 SUBJECTS = ("anatomy", "astronomy", "college_biology", "college_chemistry", "prehistory")
 
 
-def matmul_peak(dtype: str = "float32") -> float:
-    """FLOP/s of a 1024² matmul in ``dtype`` on this machine (best of 5)."""
+def matmul_peak(dtype: str = "float32", device: str = "cpu") -> float:
+    """FLOP/s of a 1024² matmul in ``dtype`` on ``device`` (best of 5)."""
     import torch
 
-    a = torch.randn(1024, 1024, dtype=getattr(torch, dtype))
-    b = torch.randn(1024, 1024, dtype=getattr(torch, dtype))
+    a = torch.randn(1024, 1024, dtype=getattr(torch, dtype), device=device)
+    b = torch.randn(1024, 1024, dtype=getattr(torch, dtype), device=device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     best = float("inf")
     for _ in range(5):
+        sync()
         started = time.perf_counter()
         for _ in range(10):
             a @ b
+        sync()
         best = min(best, time.perf_counter() - started)
     return 10 * 2 * 1024**3 / best
 

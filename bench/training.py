@@ -4,6 +4,7 @@
     python bench/training.py --smoke                  # the quick demo's model and kb, 4 steps
     python bench/training.py --models demo --data squad --steps 20 --fp32
     python bench/training.py --models tiny=path/to/model --data notes=notes.jsonl
+    python bench/training.py --models smollm2 --data squad --steps 4 --batch-size 8 --method lora
 
 Both variants train the same model, from the same weights, through kinject's one training
 loop (`kinject.training.loop.train`, bf16 autocast unless --fp32, constant learning rate),
@@ -26,7 +27,15 @@ squad, the 2,067 SQuAD v1.1 dev paragraphs; or NAME=PATH, a corpus JSONL, a know
 folder or a .txt file of blank-line-separated paragraphs.  Models (--models): demo, the
 demo's tiny base model (pretrained and cached by `kinject demo`; built here if missing);
 llama-30m, a ~30M-parameter Llama built from a config with the demo's tokenizer (random
-weights: throughput does not need trained ones); or NAME=DIR, any local causal LM folder.
+weights: throughput does not need trained ones); smollm2, SmolLM2-135M-Instruct (the
+smollm2-135m-instruct preset's converted folder); or NAME=DIR, any local causal LM folder.
+--method full trains every weight; --method lora a fresh rank-16 adapter on q/k/v/o_proj
+(kinject's prepare_model, as `kinject finetune` builds it).
+
+FLOP/s / bf16 peak: the real tokens per second times the FLOPs a token takes (forward
+2 x parameters, the activations' gradients 2 x parameters, the trained weights' gradients 2 x
+trained parameters: 6N for full training, about 4N for LoRA; attention's own FLOPs left out),
+over the bf16 matmul peak measured first with the same thread count.
 
 Each variant runs in a fresh subprocess, so peak memories do not mix: on CPU the growth of
 the process's resident set during training over its size just before (optimizer state,
@@ -56,7 +65,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BUILTIN_MODELS = ("demo", "llama-30m")
+BUILTIN_MODELS = ("demo", "llama-30m", "smollm2")
 BUILTIN_DATA = ("demo-kb", "shakespeare", "squad")
 DEFAULTS = {
     "batch_size": 16,
@@ -68,6 +77,7 @@ SMOKE = {"steps": 4, "batch_size": 4, "models": ["demo"], "data": ["demo-kb"]}
 DEFAULT_STEPS = {"demo": 16, "llama-30m": 5}
 OTHER_MODEL_STEPS = 8
 LEARNING_RATE = 1e-4
+LORA_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]  # --method lora: rank 16 on these
 
 
 # ---------------------------------------------------------------------------------------
@@ -238,15 +248,22 @@ def run_variant(spec: dict) -> dict:
     import psutil
     import torch
 
-    from kinject.config import ModelSpec, TrainingData
-    from kinject.models.loading import load_causal_lm
+    from kinject.config import FinetuneConfig, LoraConfig, ModelSpec, TrainingData
     from kinject.models.packing import PackedBlocks
     from kinject.training.data import TrainingSet
+    from kinject.training.finetune import prepare_model
     from kinject.training.loop import Schedule, train
 
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
-    model, tokenizer = load_causal_lm(ModelSpec(path=spec["model"], device=spec["device"]))
+    model, tokenizer = prepare_model(
+        FinetuneConfig(
+            model=ModelSpec(path=spec["model"], device=spec["device"]),
+            data=TrainingData(corpus=spec["corpus"]),
+            method=spec["method"],
+            lora=LoraConfig(rank=16, alpha=32.0, target_modules=LORA_MODULES),
+        )
+    )
     block, batch_size = spec["block_size"], spec["batch_size"]
     training = TrainingSet(TrainingData(corpus=spec["corpus"], block_size=block), spec["seed"])
     packed = PackedBlocks(tokenizer, training.for_epoch, block, batch_size, spec["isolate"])
@@ -286,9 +303,14 @@ def run_variant(spec: dict) -> dict:
         max_rss = _max_rss_bytes()
         peak = max_rss if max_rss > max_rss_before else sampled.peak
         peak, kind = peak - rss_before, "growth of the process's resident set"
+    params = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {
         "variant": spec["variant"],
-        "params": sum(p.numel() for p in model.parameters()),
+        "method": spec["method"],
+        "params": params,
+        # forward 2N, gradients of the activations 2N, of the trained weights 2 × trained
+        "flops_per_token": 4 * params + 2 * trainable,
         "documents": len(training.documents),
         "steps": steps,
         "real_tokens": stream["real"],
@@ -397,6 +419,11 @@ def model_path(name: str, path: str | None, world, scratch: Path) -> str:
         return path
     if name == "demo":
         return world()["world_model"]
+    if name == "smollm2":
+        from kinject.config import ModelSpec
+        from kinject.models.gguf import materialized
+
+        return materialized(ModelSpec(path="smollm2-135m-instruct")).path
     return str(_scoring_helpers().config_llama(world()["world_model"], scratch / name, name))
 
 
@@ -404,29 +431,48 @@ def _size(params: int) -> str:
     return f"{params / 1e6:.1f}M" if params >= 1e5 else f"{params / 1e3:.0f}K"
 
 
-def table(rows: list[tuple[str, str, dict, dict]], clock: str) -> str:
+def table(rows: list[tuple[str, str, dict, dict]], clock: str, peak: float) -> str:
     """One row per variant; real tokens per second of ``clock`` (``wall`` or ``cpu``); the
-    packed / padded ratio of that rate on each packed row."""
+    FLOP/s those tokens take as a share of ``peak`` (the bf16 matmul peak); the packed /
+    padded ratio of that rate on each packed row."""
 
     def rate(row: dict) -> float:
         return row["real_tokens"] / row[f"{clock}_seconds"]
 
     header = (
-        "| model | params | data | documents | variant | steps | real tokens | padding "
-        f"| wall s | CPU s | real tokens/s ({clock}) | peak MiB | packed / padded tokens/s |"
+        "| model | params | method | data | documents | variant | steps | real tokens "
+        f"| padding | wall s | CPU s | real tokens/s ({clock}) | FLOP/s / bf16 peak | peak MiB "
+        "| packed / padded tokens/s |"
     )
-    lines = [header, "|---" * 13 + "|"]
+    lines = [header, "|---" * 15 + "|"]
     for model, data, packed, padded in rows:
         ratio = rate(packed) / rate(padded)
         for row in (packed, padded):
             padding = 1 - row["real_tokens"] / row["total_tokens"]
+            share = rate(row) * row["flops_per_token"] / peak
             lines.append(
-                f"| {model} | {_size(row['params'])} | {data} | {row['documents']:,} "
-                f"| {row['variant']} | {row['steps']} | {row['real_tokens']:,} | {padding:.1%} "
-                f"| {row['wall_seconds']:.1f} | {row['cpu_seconds']:.1f} | {rate(row):,.0f} "
+                f"| {model} | {_size(row['params'])} | {row['method']} | {data} "
+                f"| {row['documents']:,} | {row['variant']} | {row['steps']} "
+                f"| {row['real_tokens']:,} | {padding:.1%} | {row['wall_seconds']:.1f} "
+                f"| {row['cpu_seconds']:.1f} | {rate(row):,.0f} | {share:.1%} "
                 f"| {row['peak_mib']:.0f} | {f'{ratio:.2f}x' if row is packed else ''} |"
             )
     return "\n".join(lines)
+
+
+def bf16_peak(threads: int, device: str) -> float:
+    """The bf16 matmul peak (bench/scoring.py's) with the variants' thread count."""
+    import torch
+
+    if device != "cpu":
+        return _scoring_helpers().matmul_peak("bfloat16", device)
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _scoring_helpers().matmul_peak("bfloat16")
+    finally:
+        torch.set_num_threads(before)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -464,6 +510,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         dest="isolate",
         action="store_false",
         help="packed documents attend to each other (kinject's default isolates them)",
+    )
+    parser.add_argument(
+        "--method",
+        choices=["full", "lora"],
+        default="full",
+        help="full: every weight; lora: rank-16 adapters on q/k/v/o_proj (default full)",
     )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, auto (default cpu)")
     parser.add_argument(
@@ -522,6 +574,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from kinject.models.loading import resolve_device
 
     device = resolve_device(args.device)
+    peak = bf16_peak(args.threads, device)
     rows = []
     with tempfile.TemporaryDirectory(prefix="kinject-bench-training-") as folder:
         scratch = Path(folder)
@@ -540,6 +593,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     "device": device,
                     "threads": args.threads,
                     "seed": args.seed,
+                    "method": args.method,
                 }
                 packed = measure({**spec, "variant": "packed"}, scratch)
                 padded = measure({**spec, "variant": "padded"}, scratch)
@@ -565,7 +619,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"{rows[0][2]['peak_kind']} during training; the same real tokens in both variants "
         "(same sha256)"
     )
-    print(table(rows, clock))
+    print(f"bf16 matmul peak ({args.threads or 'default'} threads): {peak / 1e9:.1f} GFLOP/s")
+    print(table(rows, clock, peak))
 
 
 if __name__ == "__main__":
