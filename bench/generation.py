@@ -110,29 +110,20 @@ def lm_eval_answers(model, tokenizer, prompts, max_new_tokens: int, batch_size: 
 
 
 def smoke_model(folder: Path) -> str:
-    """A 2-layer Llama with random weights and a byte-level BPE trained on SQuAD text."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """bench/scoring.py's 2-layer ``llama-smoke`` (random weights) with a byte-level BPE
+    trained here on SQuAD paragraphs."""
+    import importlib.util
 
     from kinject.models.tokenizer import train_bpe_tokenizer
 
-    texts = [paragraph for paragraph, _ in squad_items(200, 1)]
-    tokenizer = train_bpe_tokenizer(texts, vocab_size=800)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+    spec = importlib.util.spec_from_file_location(
+        "kinject_bench_scoring", Path(__file__).with_name("scoring.py")
     )
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
+    scoring = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scoring)
+    texts = [paragraph for paragraph, _ in squad_items(200, 1)]
+    train_bpe_tokenizer(texts, vocab_size=800).save_pretrained(folder / "tokenizer")
+    return str(scoring.config_llama(str(folder / "tokenizer"), folder / "llama", "llama-smoke"))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -156,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="kinject-bench-") as scratch:
         if args.smoke:
             args.questions, args.max_new_tokens, args.batch_size = 4, 8, 2
-            args.model = smoke_model(Path(scratch) / "llama")
+            args.model = smoke_model(Path(scratch))
         model, tokenizer = load_causal_lm(ModelSpec(path=args.model, device="cpu"))
         prompts, chat = prompts_for(tokenizer, squad_items(args.questions, args.seed))
         generator = GreedyGenerator(
