@@ -369,6 +369,11 @@ class _BestKeeper:
         self.config = config
         self.validation = validation
         self.steps_per_epoch = steps_per_epoch
+        from kinject.tasks.prompts import chat_format
+
+        # validation prompts as the evaluation renders them; a missing template fails now,
+        # before the first epoch, not after it
+        self.chat = chat_format(config.scoring, tokenizer)
 
     def evaluate(self, step: int) -> dict:
         epoch = step // self.steps_per_epoch
@@ -388,7 +393,6 @@ class _BestKeeper:
         from kinject.evaluation.runner import accuracy, score_cell
         from kinject.scoring.batching import batch_options
         from kinject.scoring.loglikelihood import LoglikelihoodScorer
-        from kinject.tasks.prompts import chat_format
 
         scoring = self.config.scoring
         scorer = LoglikelihoodScorer(
@@ -398,9 +402,8 @@ class _BestKeeper:
             bf16=scoring.bf16_autocast,
             share_prefix=scoring.share_prefix,
         )
-        chat = chat_format(scoring, self.tokenizer)
         shots = self.config.selection.shots
-        records = score_cell(scorer, self.validation, BaseArm(), shots, chat=chat)
+        records = score_cell(scorer, self.validation, BaseArm(), shots, chat=self.chat)
         loss = sum(-r["loglikelihoods"][r["answer"]] for r in records) / len(records)
         return {"acc": accuracy(records), "loss": round(loss, 5), "n": len(records)}
 
