@@ -616,7 +616,19 @@ class SelectionConfig(Section):
     sample: int | None = Field(
         None, ge=1, description="Score this many validation questions (seeded sample)."
     )
+    sample_seed: int | None = Field(
+        None,
+        description="Seed of that sample (default: the training seed); an experiment with "
+        "several training seeds validates every one on the same questions.",
+    )
     shots: int = Field(0, ge=0)
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_seed(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("sample_seed", 0) is None:  # unset: dumps and hashes as before it existed
+            del data["sample_seed"]
+        return data
 
 
 class ContaminationConfig(Section):
@@ -666,11 +678,23 @@ class FinetuneRecipe(Section):
 class FinetuneConfig(FinetuneRecipe):
     """``kinject finetune``: one model, one training set, a learning-rate grid, best epoch."""
 
-    seed: int = 0
+    seed: int = Field(0, description="Data order, adapter initialisation, dropout.")
     model: ModelSpec
     selection: SelectionConfig = SelectionConfig()
     contamination: ContaminationConfig = ContaminationConfig()
     scoring: ScoringConfig = ScoringConfig()
+    keep_epochs: bool = Field(
+        False,
+        description="Keep the weights after every epoch (candidates/lr-*/epochs/<e>/), not only "
+        "the best: an experiment with several seeds chooses the epoch on their mean.",
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_keep_epochs(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("keep_epochs") is False:  # unset: dumps and hashes as before it existed
+            del data["keep_epochs"]
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> FinetuneConfig:
@@ -824,7 +848,8 @@ DEMO_ARMS = ("base", "oracle", "rag", "ft-reg", "ft-par", "ft-reg+rag", "ft-par+
 
 
 class DemoConfig(Section):
-    """``kinject demo``: world → tiny base model → fine-tuned models → evaluation, one seed."""
+    """``kinject demo``: world → tiny base model → fine-tuned models (each trained with every
+    training seed) → evaluation."""
 
     world: WorldConfig = WorldConfig()
     model: TinyModelConfig = TinyModelConfig()
@@ -852,8 +877,20 @@ class DemoConfig(Section):
         100, ge=1, description="Validation questions the K grid is scored on (null: all 700)."
     )
     shots: list[int] = Field(default_factory=lambda: [0, 5])
+    seeds: list[int] = Field(
+        default_factory=lambda: [0, 1, 2],
+        min_length=1,
+        description="Training seeds of every fine-tuning: intervals over seeds and questions.",
+    )
     scoring: ScoringConfig = ScoringConfig(batch_size=64)
     bootstrap_resamples: int = Field(1000, ge=100)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise ValueError("seeds must be distinct")
+        return value
 
 
 QUICK_DEMO = {
@@ -1025,7 +1062,14 @@ class ExperimentConfig(Section):
     """
 
     name: str | None = Field(None, description="The experiment's title in tables and report.")
-    seed: int = 0
+    seed: int = Field(0, description="Bootstrap, samples, and the training seed by default.")
+    seeds: list[int] | None = Field(
+        None,
+        min_length=1,
+        description="Training seeds: every fine-tuning (and sweep point) is trained once per "
+        "seed, LR and epoch are chosen on the seeds' mean validation accuracy, and fine-tuned "
+        "cells get intervals over seeds and questions (default: [seed]).",
+    )
     world: WorldSetup | None = Field(
         None, description="Build the synthetic world first (see ${world} placeholders)."
     )
@@ -1105,6 +1149,8 @@ class ExperimentConfig(Section):
             raise ValueError("fine-tuning needs 'validation' (its LR and epochs are chosen there)")
         if any(shots < 0 for shots in self.shots):
             raise ValueError("shots must be >= 0")
+        if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("seeds must be distinct")
         return self
 
 

@@ -110,6 +110,7 @@ def demo_experiment(config: DemoConfig) -> ExperimentConfig:
     return ExperimentConfig(
         name="kinject demo",
         seed=config.world.seed,
+        seeds=config.seeds,
         world=WorldSetup(
             world=config.world, model=config.model, pretrain=config.pretrain, kb=config.kb
         ),

@@ -42,6 +42,7 @@ from kinject.experiments.tables import (
     _header,
     generic_column,
     markdown,
+    training_label,
     updated_columns,
 )
 from kinject.fileio import read_jsonl, write_text
@@ -507,17 +508,6 @@ def plot_forgetting(run: Run) -> Plot | None:
     return Plot("fig-forgetting", "Forgetting", caption, _svg(fig))
 
 
-def _training_label(models: dict, base_model: str, finetune: str) -> str | None:
-    return next(
-        (
-            label
-            for label, row in models.items()
-            if row["finetune"] == finetune and row["base_model"] == base_model and not row["sweep"]
-        ),
-        None,
-    )
-
-
 def column_seconds(run: Run) -> dict[tuple, float]:
     """(base model, column) -> training (every LR candidate) + index build + scoring seconds
     of the test tasks."""
@@ -534,7 +524,7 @@ def column_seconds(run: Run) -> dict[tuple, float]:
     build = index.get("embed_seconds", 0.0) + index.get("index_seconds", 0.0)
     for (model, column), seconds in total.items():
         ft = column.split("+")[0] if column not in ("base", "rag", "oracle") else None
-        label = _training_label(results.models, model, ft) if ft else None
+        label = training_label(results.models, model, ft) if ft else None
         seconds += training.get(label, {}).get("train_seconds", 0.0) if label else 0.0
         seconds += build if uses_rag(column) else 0.0
         total[(model, column)] = seconds

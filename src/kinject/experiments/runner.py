@@ -74,6 +74,8 @@ class ModelRun:
     sweep: dict | None = None  # {name, key, value}
     spec: ModelSpec | None = None  # known once trained
     training: dict = field(default_factory=dict)  # chosen LR, epoch, fine-tuning folder
+    seed: int | None = None  # the training seed, when the experiment trains several
+    group: str | None = None  # then the label its seeds share in the tables
 
     def folder(self, run_dir: Path) -> Path:
         return run_dir / ("sweeps" if self.sweep else "models") / self.label
@@ -133,21 +135,25 @@ def run_experiment(
         write_json(run_dir / "env.json", env)
     runs: list[ModelRun] = []
     stages = stage_count(config)
+    stage = 0
     for model in config.models:
         for run in model_runs(config, model):
-            runs.append(run)
-            console.print(f"[{len(runs)}/{stages}] {_describe(run)}")
+            stage += 1
+            console.print(f"[{stage}/{stages}] {_describe(run, training_seeds(config))}")
             if run.sweep is None and run.finetune is not None:
-                job = finetune_config(config, model, config.finetunes[run.finetune])
-                run.spec, run.training = ensure_finetuned(config, job, run.finetune, run_dir)
-                console.print(f"    {_training_line(run.training)}")
+                recipe = config.finetunes[run.finetune]
+                members = train_seeds(config, model, run, recipe, run.finetune, run_dir, console)
             elif run.sweep is not None:
-                _train_sweep_point(config, model, run, runs, run_dir, console)
+                members = _train_sweep_point(config, model, run, runs, run_dir, console)
             else:
                 run.spec = model.spec()
-            if run.arms:
-                evaluation = eval_config(config, run)
-                run_evaluation(evaluation, run.folder(run_dir), show_progress=show_progress)
+                members = [run]
+            for member in members:
+                runs.append(member)
+                if member.arms:
+                    evaluation = eval_config(config, member)
+                    folder = member.folder(run_dir)
+                    run_evaluation(evaluation, folder, show_progress=show_progress)
     plan = {"runs": [_plan_row(run, run_dir) for run in runs]}
     if main:
         write_json(run_dir / "plan.json", plan)
@@ -267,12 +273,13 @@ def _slug(value) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", str(value))
 
 
-def _describe(run: ModelRun) -> str:
+def _describe(run: ModelRun, seeds: list[int]) -> str:
+    several = f", seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else ""
     if run.sweep is not None:
         sweep = run.sweep
-        return f"{run.label}: {run.finetune} with {sweep['key']} = {sweep['value']}"
+        return f"{run.label}: {run.finetune} with {sweep['key']} = {sweep['value']}{several}"
     if run.finetune is not None:
-        return f"{run.label}: fine-tune {run.base_model} ({run.finetune}), arms {run.arms}"
+        return f"{run.label}: fine-tune {run.base_model} ({run.finetune}){several}, arms {run.arms}"
     return f"{run.label}: {run.base_model}, arms {run.arms}"
 
 
@@ -281,18 +288,34 @@ def _training_line(training: dict) -> str:
     return f"lr {training['learning_rate']:g}, epoch {training['epoch']} ({state})"
 
 
+def training_seeds(config: ExperimentConfig) -> list[int]:
+    """The seeds every fine-tuning is trained with: ``seeds``, or the experiment's seed."""
+    return list(config.seeds) if config.seeds else [config.seed]
+
+
 def finetune_config(
-    config: ExperimentConfig, model: ExperimentModel, recipe: FinetuneRecipe
+    config: ExperimentConfig,
+    model: ExperimentModel,
+    recipe: FinetuneRecipe,
+    seed: int | None = None,
 ) -> FinetuneConfig:
-    """A fine-tuning of ``model`` by ``recipe``: chosen on validation, guarded against the
-    test tasks."""
+    """A fine-tuning of ``model`` by ``recipe`` with training seed ``seed`` (default: the
+    experiment's): chosen on validation, guarded against the test tasks.  When the experiment
+    trains several seeds, each keeps every epoch's weights (the epoch is chosen on the seeds'
+    mean) and is validated on the same sample of questions."""
     validation = config.validation
     guard = config.contamination
+    several = len(training_seeds(config)) > 1
     return FinetuneConfig(
         **recipe.model_dump(),
-        seed=config.seed,
+        seed=config.seed if seed is None else seed,
+        keep_epochs=several,
         model=model.spec(),
-        selection=SelectionConfig(task=validation.task, sample=validation.finetune_sample),
+        selection=SelectionConfig(
+            task=validation.task,
+            sample=validation.finetune_sample,
+            sample_seed=config.seed if several else None,
+        ),
         contamination=ContaminationConfig(
             tasks=list(config.tasks),
             ngram=guard.ngram,
@@ -343,6 +366,66 @@ def ensure_finetuned(
     return model, training
 
 
+def train_seeds(
+    config: ExperimentConfig,
+    model: ExperimentModel,
+    run: ModelRun,
+    recipe: FinetuneRecipe,
+    name: str,
+    run_dir: Path,
+    console,
+) -> list[ModelRun]:
+    """``run`` trained by ``recipe``: itself with one training seed; with several, one model
+    per seed (``<label>.seed-<s>``), each trained and cached on its own, all at the learning
+    rate and epoch that are best on the seeds' mean validation accuracy."""
+    from dataclasses import replace
+
+    from kinject.experiments.seeds import seed_label, select_over_seeds
+    from kinject.training.finetune import finetuned_model_spec
+
+    seeds = training_seeds(config)
+    if len(seeds) == 1:
+        job = finetune_config(config, model, recipe, seeds[0])
+        run.spec, run.training = ensure_finetuned(config, job, name, run_dir)
+        console.print(f"    {_training_line(run.training)}")
+        return [run]
+    trainings = []
+    for seed in seeds:
+        job = finetune_config(config, model, recipe, seed)
+        trainings.append(ensure_finetuned(config, job, name, run_dir)[1])
+    choice = select_over_seeds(
+        [scored_choices(training["folder"]) for training in trainings], recipe.learning_rate
+    )
+    members = []
+    for seed, training in zip(seeds, trainings):
+        member = replace(run, label=seed_label(run.label, seed), seed=seed, group=run.label)
+        rate, epoch = choice["learning_rate"], choice["epoch"]
+        member.spec = finetuned_model_spec(training["folder"], rate, epoch)
+        member.training = {
+            **training,
+            "learning_rate": rate,
+            "epoch": epoch,
+            "validation_acc": choice["validation_acc"],
+            "seed": seed,
+        }
+        members.append(member)
+    state = "cached" if all(t["cached"] for t in trainings) else "trained now"
+    margin = "" if choice["margin"] is None else f", margin {choice['margin']:+.3f}"
+    console.print(
+        f"    lr {choice['learning_rate']:g}, epoch {choice['epoch']} on the mean of "
+        f"{len(seeds)} seeds (validation acc {choice['validation_acc']:.3f}{margin}; {state})"
+    )
+    return members
+
+
+def scored_choices(folder: str | Path) -> list[dict]:
+    """Every (learning rate, epoch) a finished fine-tuning scored on validation."""
+    import json
+
+    selection = Path(folder) / "selection.json"
+    return json.loads(selection.read_text(encoding="utf-8"))["scored"]
+
+
 def swept(config: ExperimentConfig, sweep: SweepConfig, value) -> FinetuneRecipe:
     """The sweep's recipe with ``key`` set to ``value``."""
     data = config.finetunes[sweep.finetune].model_dump(mode="json")
@@ -376,9 +459,13 @@ def _same_training(a: FinetuneRecipe, b: FinetuneRecipe) -> bool:
     return identity(a) == identity(b)
 
 
-def _train_sweep_point(config, model, run: ModelRun, runs, run_dir, console) -> None:
-    """A sweep point: a fine-tuned model of this experiment that is the same training, or a
-    new training at the recipe's chosen learning rate."""
+def _train_sweep_point(config, model, run: ModelRun, runs, run_dir, console) -> list[ModelRun]:
+    """A sweep point (one model per training seed): the fine-tuned models of this experiment
+    that are the same training, or new trainings at the recipe's chosen learning rate."""
+    from dataclasses import replace
+
+    from kinject.experiments.seeds import seed_label
+
     recipe_run = next(
         (
             r
@@ -391,11 +478,12 @@ def _train_sweep_point(config, model, run: ModelRun, runs, run_dir, console) -> 
         None,
     )
     if recipe_run is None:  # the recipe is only swept: choose its LR first
-        job = finetune_config(config, model, config.finetunes[run.finetune])
-        _, training = ensure_finetuned(config, job, run.finetune, run_dir)
+        quiet = replace(run, sweep=None, arms=[])
+        recipe = config.finetunes[run.finetune]
+        rate = train_seeds(config, model, quiet, recipe, run.finetune, run_dir, console)[0]
+        rate = rate.training["learning_rate"]
     else:
-        training = recipe_run.training
-    rate = training["learning_rate"]
+        rate = recipe_run.training["learning_rate"]
     sweep = next(s for s in config.sweeps if s.name == run.sweep["name"])
     recipe = swept(config, sweep, run.sweep["value"])
     for other in runs:
@@ -405,14 +493,25 @@ def _train_sweep_point(config, model, run: ModelRun, runs, run_dir, console) -> 
             _same_training(recipe, config.finetunes[other.finetune])
             and other.training["learning_rate"] == rate
         ):
-            run.spec, run.training = other.spec, {**other.training, "same_as": other.label}
-            console.print(f"    the {other.label} model (the same training)")
-            return
+            group = other.group or other.label
+            same = [r for r in runs if (r.group or r.label) == group and r.sweep is None]
+            console.print(
+                f"    the {group} model{'s' if len(same) > 1 else ''} (the same training)"
+            )
+            return [
+                replace(
+                    run,
+                    label=run.label if r.seed is None else seed_label(run.label, r.seed),
+                    seed=r.seed,
+                    group=None if r.seed is None else run.label,
+                    spec=r.spec,
+                    training={**r.training, "same_as": r.label},
+                )
+                for r in same
+            ]
     point = recipe.model_copy(update={"learning_rate": [rate]})
     name = f"{run.finetune}-{sweep.name}-{_slug(run.sweep['value'])}"
-    job = finetune_config(config, model, point)
-    run.spec, run.training = ensure_finetuned(config, job, name, run_dir)
-    console.print(f"    {_training_line(run.training)}")
+    return train_seeds(config, model, run, point, name, run_dir, console)
 
 
 def eval_config(config: ExperimentConfig, run: ModelRun) -> EvalConfig:
@@ -461,7 +560,7 @@ def _plan_row(run: ModelRun, run_dir: Path) -> dict:
         folder = Path(training["folder"]).resolve()
         if folder.is_relative_to(run_dir.resolve()):
             training["folder"] = str(folder.relative_to(run_dir.resolve()))
-    return {
+    row = {
         "label": run.label,
         "base_model": run.base_model,
         "finetune": run.finetune,
@@ -470,3 +569,6 @@ def _plan_row(run: ModelRun, run_dir: Path) -> dict:
         "folder": str(Path("sweeps" if run.sweep else "models") / run.label),
         "training": training,  # its folder relative to the run folder when inside it
     }
+    if run.group is not None:  # one seed's model of a fine-tuning trained with several
+        row.update({"seed": run.seed, "group": run.group})
+    return row

@@ -29,6 +29,22 @@ def generic_column(metric: dict, models: dict) -> str:
     return finetune if metric["arm"] == "base" else f"{finetune}+{metric['arm']}"
 
 
+def training_label(models: dict, base_model: str, finetune: str) -> str | None:
+    """The model label a fine-tuning's training costs are kept under (with several seeds:
+    their shared label, not one seed's)."""
+    return next(
+        (
+            label
+            for label, row in models.items()
+            if row["finetune"] == finetune
+            and row["base_model"] == base_model
+            and not row["sweep"]
+            and "group" not in row
+        ),
+        None,
+    )
+
+
 def _plain_column(metric: dict, models: dict) -> str:
     """The column of a cell's arm without its instruction (``ft-reg+rag+rename``: ft-reg+rag)."""
     return generic_column({**metric, "arm": arm_kind(metric["arm"])}, models)
@@ -264,17 +280,7 @@ def cost_rows(results: Results) -> tuple[list[str], list[list[str]]]:
     for model in results.base_models:
         for column in results.columns:
             ft = column.split("+")[0] if column not in ("base", "rag", "oracle") else None
-            label = next(
-                (
-                    name
-                    for name, row in results.models.items()
-                    if ft
-                    and row["finetune"] == ft
-                    and row["base_model"] == model
-                    and not row["sweep"]
-                ),
-                None,
-            )
+            label = training_label(results.models, model, ft) if ft else None
             train = training.get(label, {}) if label else {}
             uses_index = uses_rag(column)
             seconds, questions, requests, reused = latency.get((model, column), (0.0, 0, 0, 0))
@@ -356,6 +362,71 @@ def forgetting_rows(results: Results) -> tuple[list[str], list[list[str]]]:
     return header, body
 
 
+SEEDS_NOTE = (
+    "Each fine-tuned column trained once per seed: every seed's accuracy, their mean and "
+    "standard deviation, the 95% interval that resamples seeds and then questions (training "
+    "noise and question noise; the figure the other tables show) and the interval over "
+    "questions alone, the seeds held fixed."
+)
+
+
+def seed_rows(results: Results) -> tuple[list[str], list[list[str]]]:
+    """A row per fine-tuned cell trained with several seeds (Table 2's rows and columns)."""
+    body = []
+    width = 0
+    for (model, column, split, shots), m in results.cells.items():
+        if "seeds" not in m:
+            continue
+        width = max(width, len(m["seeds"]))
+        body.append(
+            [
+                model,
+                _header(column),
+                split,
+                str(shots),
+                " ".join(f"{s['acc']:.3f}" for s in m["seeds"]),
+                f"{m['acc']:.3f}",
+                f"{m['acc_sd']:.3f}",
+                short_ci(m["acc"], m["acc_ci"]).split(" ", 1)[1],
+                short_ci(m["acc"], m["acc_ci_questions"]).split(" ", 1)[1],
+            ]
+        )
+    header = ["model", "column", "task", "shots", "per seed", "mean", "sd"]
+    return header + ["seeds + questions", "questions only"], body
+
+
+SELECTION_NOTE = (
+    "Learning rate and epoch chosen on the validation questions (with several seeds: on the "
+    "seeds' mean accuracy); the runner-up is the next best (learning rate, epoch), and the "
+    "margin the chosen one's lead over it: a margin within the seeds' spread is a choice "
+    "another run could make differently."
+)
+
+
+def selection_rows(metrics: dict) -> tuple[list[str], list[list[str]]]:
+    body = []
+    for label, row in (metrics.get("finetuning") or {}).items():
+        runner = row.get("runner_up")
+        seeds = row.get("seeds") or []
+        body.append(
+            [
+                label,
+                str(len(seeds) or 1),
+                f"{row['learning_rate']:g}",
+                str(row["epoch"]),
+                f"{row['validation_acc']:.3f}" if row["validation_acc"] is not None else "–",
+                " ".join(f"{s['validation_acc']:.3f}" for s in seeds) or "–",
+                f"lr {runner['learning_rate']:g}, epoch {runner['epoch']}: "
+                f"{runner['validation_acc']:.3f}"
+                if runner
+                else "–",
+                f"{row['validation_margin']:+.3f}" if runner else "–",
+            ]
+        )
+    header = ["fine-tuning", "seeds", "lr", "epoch", "validation acc", "per seed"]
+    return header + ["runner-up", "margin"], body
+
+
 def sweep_rows(sweep: dict) -> tuple[list[str], list[list[str]]]:
     cells = [(c["split"], c["shots"]) for c in sweep["points"][0]["cells"]]
     body = []
@@ -383,6 +454,12 @@ def markdown(metrics: dict, costs: dict) -> str:
         "same model's base column, on the same questions); rag at the K chosen on "
         f"'{results.validation}' (k shown)."
     )
+    if seed_rows(results)[1]:
+        note += (
+            " A column trained with several seeds shows their mean, its interval resamples "
+            "seeds and questions, and its stars come from the paired bootstrap over seeds and "
+            "questions (see Training seeds)."
+        )
     header, bodies, _ = table1(results)
     for model, body in bodies.items():
         lines += [f"## Table 1 layout: {model}", "", note, "", *_markdown(header, body), ""]
@@ -391,6 +468,13 @@ def markdown(metrics: dict, costs: dict) -> str:
     updated = updated_rows(results)
     if updated[1]:
         lines += [f"## {UPDATED_TITLE}", "", UPDATED_NOTE, "", *_markdown(*updated), ""]
+    seeds = seed_rows(results)
+    if seeds[1]:
+        lines += ["## Training seeds", "", SEEDS_NOTE, "", *_markdown(*seeds), ""]
+    selection = selection_rows(metrics)
+    if selection[1]:
+        lines += ["## Learning rate and epoch", "", SELECTION_NOTE, "", *_markdown(*selection)]
+        lines += [""]
     lines += ["## Costs", "", cost_note(results), "", *_markdown(*cost_rows(results)), ""]
     forgetting = forgetting_rows(results)
     if forgetting[1]:
@@ -402,7 +486,8 @@ def markdown(metrics: dict, costs: dict) -> str:
         grid = [m for m in metrics["cells"] if arm_kind(m["arm"]) == "rag"]
         lines += [f"## RAG: accuracy by K on '{results.validation}' (* = chosen)", ""]
         lines += [*_markdown(*_k_grid_rows(grid, results.validation)), ""]
-    lines += ["## Every cell", "", *_detail_lines(metrics["cells"]), ""]
+    every = metrics["cells"] + metrics.get("seed_cells", [])  # and each seed's own cells
+    lines += ["## Every cell", "", *_detail_lines(every), ""]
     return "\n".join(lines)
 
 
@@ -443,6 +528,12 @@ def rich_tables(metrics: dict, costs: dict) -> list:
 
     results = Results(metrics, costs)
     tables = [_rich("accuracy [95% CI]; * p<.05 ** p<.01 vs base", *table2(results)[:2])]
+    seeds = seed_rows(results)
+    if seeds[1]:
+        tables.append(_rich("training seeds: per seed, mean, sd, 95% intervals", *seeds))
+    selection = selection_rows(metrics)
+    if selection[1]:
+        tables.append(_rich("learning rate and epoch (validation)", *selection))
     tables.append(_rich("costs", *cost_rows(results)))
     forgetting = forgetting_rows(results)
     if forgetting[1]:

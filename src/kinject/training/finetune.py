@@ -54,17 +54,36 @@ def _lr_name(lr: float) -> str:
     return f"lr-{lr:g}"
 
 
-def finetuned_model_spec(run_dir: str | Path) -> ModelSpec:
-    """The fine-tuned model of a finished run folder, ready for ``kinject eval``."""
+def finetuned_model_spec(
+    run_dir: str | Path, learning_rate: float | None = None, epoch: int | None = None
+) -> ModelSpec:
+    """The fine-tuned model of a finished run folder, ready for ``kinject eval``: the one its
+    validation chose, or (a run that kept every epoch) the one after ``epoch`` at
+    ``learning_rate``."""
     run_dir = Path(run_dir)
     if not (run_dir / "selection.json").exists():
         raise KinjectError(f"{run_dir} holds no finished fine-tuning (no selection.json)")
     config = load_config(FinetuneConfig, run_dir / "config.yaml")
+    if learning_rate is not None:
+        weights = epoch_folder(run_dir / "candidates" / _lr_name(learning_rate), epoch)
+        if not weights.exists():
+            raise KinjectError(
+                f"{run_dir}: no weights after epoch {epoch} at learning rate {learning_rate:g} "
+                "(a run keeps every epoch only with keep_epochs)"
+            )
+        if config.method == "full":
+            return config.model.model_copy(update={"path": str(weights), "adapter": None})
+        return config.model.model_copy(update={"adapter": str(weights)})
     if config.method == "full":
         return config.model.model_copy(update={"path": str(run_dir / "model"), "adapter": None})
     if config.lora.merge:
         return config.model.model_copy(update={"path": str(run_dir / "merged"), "adapter": None})
     return config.model.model_copy(update={"adapter": str(run_dir / "model")})
+
+
+def epoch_folder(candidate: Path, epoch: int) -> Path:
+    """Where a run with ``keep_epochs`` keeps a candidate's weights after ``epoch``."""
+    return candidate / "epochs" / str(epoch)
 
 
 def load_tasks_for(config: FinetuneConfig) -> tuple[Task | None, list[Task]]:
@@ -80,7 +99,10 @@ def load_tasks_for(config: FinetuneConfig) -> tuple[Task | None, list[Task]]:
                 f"selection.shots is {config.selection.shots}"
             )
         if config.selection.sample:
-            validation = sample_items(validation, config.selection.sample, config.seed)
+            seed = config.selection.sample_seed
+            validation = sample_items(
+                validation, config.selection.sample, config.seed if seed is None else seed
+            )
     checked = [load_task(spec) for spec in config.contamination.tasks]
     if validation is not None:
         checked.append(validation)
@@ -240,6 +262,7 @@ def prepare_model(config: FinetuneConfig):
     from kinject.models.loading import load_causal_lm, peft_wrapping
 
     model, tokenizer = load_causal_lm(config.model)
+    torch.manual_seed(config.seed)  # dropout (the data order is TrainingSet's)
     if config.method == "lora":
         from peft import LoraConfig, get_peft_model
 
@@ -382,8 +405,11 @@ class _BestKeeper:
         previous = None
         if best.exists():
             previous = json.loads(best.read_text(encoding="utf-8"))
+        if self.config.keep_epochs:
+            self._save(figures, epoch_folder(self.folder, epoch))
         if previous is None or _better(figures, previous):
-            self._save_best(figures)
+            self._save(figures, self.folder / "best")
+            write_json(best, figures)
         return figures
 
     def _score(self) -> dict:
@@ -407,18 +433,19 @@ class _BestKeeper:
         loss = sum(-r["loglikelihoods"][r["answer"]] for r in records) / len(records)
         return {"acc": accuracy(records), "loss": round(loss, 5), "n": len(records)}
 
-    def _save_best(self, figures: dict) -> None:
-        staging = staging_dir(self.folder, ".best.")
+    def _save(self, figures: dict, target: Path) -> None:
+        """The weights (and with full fine-tuning the tokenizer) and their figures, at once."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = staging_dir(target.parent, f".{target.name}.")
         try:
             self.model.save_pretrained(staging)
             if self.config.method == "full":
                 self.tokenizer.save_pretrained(staging)
             write_json(staging / "best.json", figures)
-            replace_dir(staging, self.folder / "best")
+            replace_dir(staging, target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        write_json(self.folder / "best.json", figures)
 
 
 def _better(new: dict, old: dict) -> bool:
