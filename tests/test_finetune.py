@@ -271,6 +271,51 @@ def test_without_validation_the_last_epoch_of_the_first_learning_rate_is_chosen(
     assert (chosen["learning_rate"], chosen["epoch"], chosen["validation_acc"]) == (1e-2, 2, None)
 
 
+def test_validation_at_several_shot_counts_chooses_on_their_mean_and_keeps_every_epoch(
+    world, base_model, tmp_path
+):
+    from kinject.training.finetune import training_identity
+
+    task = {"path": str(world / "tasks/validation.jsonl"), "dev": str(world / "tasks/dev.jsonl")}
+    config = ft_config(
+        world,
+        base_model,
+        learning_rate=[1e-2, 3e-2],
+        epochs=2,
+        selection={"task": task, "shots": [0, 2]},
+        keep_epochs=True,
+    )
+    run = tmp_path / "run"
+    chosen = run_finetune(config, run, show_progress=False).selection
+    rows = chosen["scored"]
+    assert len(rows) == 4 and all(set(r["acc_by_shots"]) == {"0", "2"} for r in rows)
+    for row in rows:  # each figure is the mean of the two shot counts' accuracies
+        assert row["acc"] == pytest.approx(sum(row["acc_by_shots"].values()) / 2, abs=1e-4)
+    best = max(rows, key=lambda r: (r["acc"], -r["loss"]))
+    assert chosen["validation_acc"] == best["acc"]
+    # every epoch's weights are kept, and each is the model scored at that epoch
+    for lr in (1e-2, 3e-2):
+        for epoch in (1, 2):
+            folder = run / "candidates" / f"lr-{lr:g}" / "epochs" / str(epoch)
+            figures = json.loads((folder / "best.json").read_text())
+            assert figures == next(
+                {k: v for k, v in r.items() if k not in ("learning_rate", "step")}
+                for r in rows
+                if (r["learning_rate"], r["epoch"]) == (lr, epoch)
+            )
+            spec = finetuned_model_spec(run, lr, epoch)
+            assert spec.path == str(folder)
+    rate, epoch = chosen["learning_rate"], chosen["epoch"]
+    assert_same_weights(run / "model", run / "candidates" / f"lr-{rate:g}" / "epochs" / str(epoch))
+    with pytest.raises(KinjectError, match="no weights after epoch 3"):
+        finetuned_model_spec(run, 1e-2, 3)
+    # one shot count as a list is the plain setting: the same training, the same hash
+    one = ft_config(world, base_model, selection={"task": task, "shots": [0]})
+    plain = ft_config(world, base_model, selection={"task": task})
+    assert training_identity(one) == training_identity(plain)
+    assert "keep_epochs" not in training_identity(plain)
+
+
 # --- resuming after SIGKILL through the command line ---------------------------------------
 
 

@@ -119,10 +119,13 @@ def seeded_run(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("seeded")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    try:
-        run_in_process(seeded_experiment(folder / "experiment.yaml"), folder / "run")
-    finally:
-        torch.set_num_threads(threads)
+    # module fixtures run before _isolated_cache: the session's cache, as quick_experiment_run
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KINJECT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "kinject-cache"))
+        try:
+            run_in_process(seeded_experiment(folder / "experiment.yaml"), folder / "run")
+        finally:
+            torch.set_num_threads(threads)
     return folder / "run"
 
 
@@ -334,3 +337,19 @@ def test_the_seed_interval_covers_a_training_on_perturbed_floats(seeded_run, tmp
         low, high = cell["acc_ci"]
         assert low <= again["acc"] <= high
         assert low <= cell["seeds"][0]["acc"] <= high
+
+
+def test_the_dry_run_counts_every_seeds_training_and_cells(seeded_run, tmp_path):
+    from kinject.experiments.dryrun import dry_run
+    from kinject.experiments.files import load_experiment
+
+    seeded = load_experiment(seeded_experiment(tmp_path / "three.yaml"))
+    single = load_experiment(seeded_experiment(tmp_path / "one.yaml", seeds=[0]))
+    three, one = dry_run(seeded), dry_run(single)
+    assert not three.problems and not three.unknown
+    assert three.training_tokens == 3 * one.training_tokens > 0
+    assert three.finetuning_requests == 3 * one.finetuning_requests > 0
+    # base and rag scored once; ft-reg and ft-reg+rag once per seed
+    plan = read_json(seeded_run / "plan.json")["runs"]
+    cells = sum(len(list((seeded_run / row["folder"] / "cells").glob("*.jsonl"))) for row in plan)
+    assert three.cells == cells

@@ -256,6 +256,7 @@ def run(
         finetunes:
           ft-par: {data: {corpus: kb/docs, paraphrases: para.jsonl, n_paraphrases: 10},
                    method: lora, learning_rate: [1e-4, 3e-4]}
+        seeds: [0, 1, 2]     # each fine-tuning once per seed: intervals hold training noise
         shots: [0, 5]
 
     Example:

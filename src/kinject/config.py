@@ -621,7 +621,22 @@ class SelectionConfig(Section):
         description="Seed of that sample (default: the training seed); an experiment with "
         "several training seeds validates every one on the same questions.",
     )
-    shots: int = Field(0, ge=0)
+    shots: int | list[int] = Field(
+        0,
+        description="Shots the validation questions are asked with; a list: the choice is "
+        "made on the mean accuracy over them (e.g. [0, 5], as the test tasks are scored).",
+    )
+
+    @field_validator("shots")
+    @classmethod
+    def _check_shots(cls, value: int | list[int]) -> int | list[int]:
+        values = value if isinstance(value, list) else [value]
+        if not values or any(shots < 0 for shots in values) or len(set(values)) != len(values):
+            raise ValueError("shots: distinct counts >= 0")
+        return value[0] if isinstance(value, list) and len(value) == 1 else value
+
+    def shot_counts(self) -> list[int]:
+        return self.shots if isinstance(self.shots, list) else [self.shots]
 
     @model_serializer(mode="wrap")
     def _omit_unset_seed(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -829,7 +844,7 @@ class DemoFinetune(Section):
     batch_size: int = Field(16, ge=1)
     paraphrases: int = Field(10, ge=1, description="Paraphrases per document for FT-par.")
     curve: list[int] = Field(
-        default_factory=lambda: [0, 1, 2, 5, 10],
+        default_factory=lambda: [0, 2, 5, 10],
         description="Paraphrase counts of the accuracy-vs-paraphrases curve (at FT-par's LR).",
     )
     sft_method: Literal["full", "lora"] = "lora"
@@ -1010,6 +1025,13 @@ class ValidationConfig(Section):
     )
     finetune_sample: int | None = Field(
         None, ge=1, description="Questions scored after each fine-tuning epoch (null: all)."
+    )
+    finetune_shots: list[int] = Field(
+        default_factory=lambda: [0],
+        min_length=1,
+        description="Shots those questions are asked with after each epoch; LR and epoch "
+        "are chosen on the mean accuracy over them (e.g. [0, 5] when the tests use both: a "
+        "fine-tuning that reads a k-shot context worse is not chosen on 0-shot alone).",
     )
 
 

@@ -120,6 +120,7 @@ def demo_experiment(config: DemoConfig) -> ExperimentConfig:
             task=task("validation"),
             rag_sample=config.rag_validation_sample,
             finetune_sample=tune.validation_sample,
+            finetune_shots=config.shots,  # chosen for the shots it is tested with
         ),
         arms=list(config.arms),
         corpus="${world}/kb.jsonl",

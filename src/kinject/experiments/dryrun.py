@@ -48,6 +48,7 @@ def dry_run(config: ExperimentConfig) -> DryRun:
         eval_config,
         model_runs,
         swept,
+        training_seeds,
     )
     from kinject.experiments.setup import cached_setup
 
@@ -64,6 +65,7 @@ def dry_run(config: ExperimentConfig) -> DryRun:
     _check_kb(config, result)
     if config.corpus is not None:
         _check_file(result, "corpus", "oracle corpus", config.corpus)
+    seeds = len(training_seeds(config))  # every training and its model's cells, per seed
     for model in config.models:
         _check_model(model, result)
         tokens_of = _token_counter(model)
@@ -77,14 +79,15 @@ def dry_run(config: ExperimentConfig) -> DryRun:
                 name = run.finetune if run.sweep is None else run.label.split(".")[-1]
                 per_epoch = _training_tokens(recipe.data, name, model.label, tokens_of, result)
                 if run.sweep is None or not _same_as_named(config, recipe):
-                    result.training_tokens += per_epoch * recipe.epochs * candidates
+                    result.training_tokens += per_epoch * recipe.epochs * candidates * seeds
                     validation = _validation_requests(config, sizes)
-                    result.finetuning_requests += validation * recipe.epochs * candidates
+                    result.finetuning_requests += validation * recipe.epochs * candidates * seeds
             if not run.arms:
                 continue
             run.spec = model.spec()
             evaluation = eval_config(config, run)
-            _count_cells(evaluation, sizes, result)
+            for _ in range(seeds if run.finetune is not None else 1):
+                _count_cells(evaluation, sizes, result)
     return result
 
 
@@ -245,7 +248,10 @@ def _validation_requests(config: ExperimentConfig, sizes: dict) -> int:
         return 0
     questions, requests, _ = size
     sample = config.validation.finetune_sample
-    return requests if not sample or sample >= questions else round(requests * sample / questions)
+    passes = len(config.validation.finetune_shots)  # one pass per shot count
+    if sample and sample < questions:
+        requests = round(requests * sample / questions)
+    return requests * passes
 
 
 def _count_cells(evaluation, sizes: dict, result: DryRun) -> None:
@@ -294,7 +300,7 @@ def dry_run_lines(result: DryRun) -> list[str]:
             "validating the fine-tunings"
         ),
         (
-            "training tokens (every epoch of every learning-rate candidate): "
+            "training tokens (every epoch of every learning-rate candidate and seed): "
             f"{result.training_tokens:,}{approx}"
         ),
     ]

@@ -212,6 +212,11 @@ def plot_accuracy(run: Run) -> Plot | None:
         "(open questions: exact match); rag at the K chosen on "
         f"'{results.validation}'; dotted: chance."
     )
+    if any("seeds" in m for m in results.cells.values()):
+        caption += (
+            " A column trained with several seeds: the bar is their mean, its CI resamples "
+            "seeds and questions, and a dot marks each seed."
+        )
     return Plot("fig-accuracy", "Accuracy by arm", caption, _svg(fig))
 
 
@@ -234,6 +239,9 @@ def _accuracy_bars(ax, results: Results, model: str) -> None:
             capsize=2,
             label=_legend(_header(column)),
         )
+        seeded = [(x, s["acc"]) for x, m in placed for s in m.get("seeds", [])]
+        if seeded:  # each training seed's accuracy on its column's bar
+            ax.plot(*zip(*seeded), linestyle="none", marker=".", color="0.15", markersize=3)
     for i, (split, shots) in enumerate(results.rows):
         chances = [
             m["chance"]
@@ -725,7 +733,8 @@ def _samples_html(run: Run) -> str:
     intro = (
         "<p>A few questions of each test task with every column's answer at the task's fewest "
         'shots (rag at its chosen K): <span class="right">✓</span> right, '
-        '<span class="wrong">✗</span> wrong.</p>'
+        '<span class="wrong">✗</span> wrong; a column trained with several seeds shows its '
+        "first seed's answer.</p>"
     )
     body = "\n".join(table for table in tables if table)
     return f'<section id="samples"><h2>Sample questions</h2>\n{intro}\n{body}\n</section>'
@@ -746,13 +755,7 @@ def _sample_table(run: Run, split: str, samples: list[dict]) -> str:
     rows = []
     for sample in samples:
         answers = [
-            _answer(
-                sample,
-                run.records.get(
-                    (c["model"], c["arm"], split, shots, c["k"], sample["question_id"])
-                ),
-            )
-            for _, c in cells
+            _answer(sample, _sample_record(run, c, shots, sample["question_id"])) for _, c in cells
         ]
         rows.append(
             f'<tr><td><span class="meta">{_e(sample["question_id"])}</span><br>'
@@ -765,6 +768,13 @@ def _sample_table(run: Run, split: str, samples: list[dict]) -> str:
         f'<h3>{_e(split)}, {shots}-shot</h3>\n<table class="samples"><thead><tr>{head}</tr>'
         "</thead><tbody>\n" + "\n".join(rows) + "\n</tbody></table>"
     )
+
+
+def _sample_record(run: Run, cell: dict, shots: int, question_id: str) -> dict | None:
+    """A column's record of a question; a column trained with several seeds: its first seed's."""
+    source = cell["seeds"][0] if "seeds" in cell else cell
+    key = (source["model"], cell["arm"], cell["split"], shots, source["k"], question_id)
+    return run.records.get(key)
 
 
 def _answer(sample: dict, record: dict | None) -> tuple[str, bool | None]:

@@ -315,6 +315,7 @@ def finetune_config(
             task=validation.task,
             sample=validation.finetune_sample,
             sample_seed=config.seed if several else None,
+            shots=validation.finetune_shots,
         ),
         contamination=ContaminationConfig(
             tasks=list(config.tasks),

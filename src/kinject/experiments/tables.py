@@ -395,6 +395,42 @@ def seed_rows(results: Results) -> tuple[list[str], list[list[str]]]:
     return header + ["seeds + questions", "questions only"], body
 
 
+DIFFERENCES_NOTE = (
+    "Accuracy differences between columns on the same questions, where a column was trained "
+    "with several seeds (against base, and between such columns): a − b with the 95% "
+    "interval of the paired bootstrap over seeds and questions, its p-value, and the exact "
+    "McNemar p of each seed pair; 'holds' marks a difference whose interval excludes 0."
+)
+
+
+def difference_rows(results: Results) -> tuple[list[str], list[list[str]]]:
+    seeded = {column for (_, column, _, _), m in results.cells.items() if "seeds" in m}
+    body = []
+    for c in results.metrics["comparisons"]:
+        if not (
+            {c["a"], c["b"]} <= seeded or ("base" in (c["a"], c["b"]) and {c["a"], c["b"]} & seeded)
+        ):
+            continue
+        (a, b), difference, (low, high) = (c["a"], c["b"]), c["difference"], c["difference_ci"]
+        if a == "base":  # the trained column first: its gain over base
+            a, b, difference, low, high = b, a, -difference, -high, -low
+        per_seed = " ".join(f"{t['p_value']:.2g}" for t in c.get("per_seed", [])) or "–"
+        body.append(
+            [
+                c["base_model"],
+                c["split"],
+                str(c["shots"]),
+                f"{_header(a)} − {_header(b)}",
+                f"{difference:+.3f} [{low:+.3f}, {high:+.3f}]",
+                f"{c['p_value']:.3g}",
+                per_seed,
+                "holds" if low > 0 or high < 0 else "",
+            ]
+        )
+    header = ["model", "task", "shots", "a − b", "difference [95% CI]", "p", "McNemar p per seed"]
+    return [*header, ""], body
+
+
 SELECTION_NOTE = (
     "Learning rate and epoch chosen on the validation questions (with several seeds: on the "
     "seeds' mean accuracy); the runner-up is the next best (learning rate, epoch), and the "
@@ -471,6 +507,10 @@ def markdown(metrics: dict, costs: dict) -> str:
     seeds = seed_rows(results)
     if seeds[1]:
         lines += ["## Training seeds", "", SEEDS_NOTE, "", *_markdown(*seeds), ""]
+    differences = difference_rows(results)
+    if differences[1]:
+        lines += ["## Differences over seeds", "", DIFFERENCES_NOTE, "", *_markdown(*differences)]
+        lines += [""]
     selection = selection_rows(metrics)
     if selection[1]:
         lines += ["## Learning rate and epoch", "", SELECTION_NOTE, "", *_markdown(*selection)]

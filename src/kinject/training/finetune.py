@@ -93,7 +93,7 @@ def load_tasks_for(config: FinetuneConfig) -> tuple[Task | None, list[Task]]:
     validation = None
     if config.selection.task is not None:
         validation = load_task(config.selection.task)
-        if config.selection.shots > len(validation.dev):
+        if max(config.selection.shot_counts()) > len(validation.dev):
             raise KinjectError(
                 f"validation task '{validation.name}' has {len(validation.dev)} dev examples; "
                 f"selection.shots is {config.selection.shots}"
@@ -428,10 +428,22 @@ class _BestKeeper:
             bf16=scoring.bf16_autocast,
             share_prefix=scoring.share_prefix,
         )
-        shots = self.config.selection.shots
-        records = score_cell(scorer, self.validation, BaseArm(), shots, chat=self.chat)
-        loss = sum(-r["loglikelihoods"][r["answer"]] for r in records) / len(records)
-        return {"acc": accuracy(records), "loss": round(loss, 5), "n": len(records)}
+        by_shots = {}
+        for shots in self.config.selection.shot_counts():
+            records = score_cell(scorer, self.validation, BaseArm(), shots, chat=self.chat)
+            loss = sum(-r["loglikelihoods"][r["answer"]] for r in records) / len(records)
+            by_shots[shots] = (accuracy(records), loss, len(records))
+        if len(by_shots) == 1:
+            acc, loss, n = by_shots[next(iter(by_shots))]
+            return {"acc": acc, "loss": round(loss, 5), "n": n}
+        # several shot counts: the mean over them decides, each one's accuracy beside it
+        figures = list(by_shots.values())
+        return {
+            "acc": round(sum(acc for acc, _, _ in figures) / len(figures), 4),
+            "loss": round(sum(loss for _, loss, _ in figures) / len(figures), 5),
+            "n": figures[0][2],
+            "acc_by_shots": {str(shots): acc for shots, (acc, _, _) in by_shots.items()},
+        }
 
     def _save(self, figures: dict, target: Path) -> None:
         """The weights (and with full fine-tuning the tokenizer) and their figures, at once."""
