@@ -119,7 +119,8 @@ def test_quick_demo_end_to_end_and_second_run_uses_the_cache(tmp_path):
     for name in ("records.jsonl", "metrics.json", "costs.json", "table.md", "demo.yaml"):
         assert (run / name).exists(), name
     assert (run / "checks.json").exists() and (run / "tables" / "table2.csv").exists()
-    for model in ("base", "ft-reg", "ft-par", "sft"):
+    seeded = [f"{name}.seed-{seed}" for name in ("ft-reg", "ft-par", "sft") for seed in (0, 1, 2)]
+    for model in ("base", *seeded):  # each fine-tuning trained with three seeds
         for name in ("config.yaml", "env.json", "records.jsonl", "metrics.json"):
             assert (run / "models" / model / name).exists(), (model, name)
     summary = json.loads((run / "metrics.json").read_text())
@@ -137,6 +138,7 @@ def test_quick_demo_end_to_end_and_second_run_uses_the_cache(tmp_path):
     (sweep,) = summary["sweeps"]
     assert [p["value"] for p in sweep["points"]] == [0, 2]
     assert [p["same_as"] for p in sweep["points"]] == ["ft-reg", "ft-par"]  # not trained again
+    assert {m["n_seeds"] for m in summary["cells"] if m["model"] != "base"} == {3}
     assert {m["split"] for m in summary["cells"] if m.get("open")} == {"new_open"}
     table = (run / "table.md").read_text()
     assert "gain on new" in table and "Sweep 'paraphrases'" in table
@@ -180,6 +182,6 @@ def test_two_demos_at_once_share_the_cache_safely(tmp_path):
     assert said == ["cached", "trained"], base_lines
     folders = (tmp_path / "cache" / "finetuned").iterdir()
     finetuned = sorted(p.name.rsplit("-", 1)[0] for p in folders if p.is_dir())
-    # Each trained once; the curve's points 0 and 2 are FT-reg and FT-par themselves here.
-    assert finetuned == ["ft-par", "ft-reg", "sft"]
+    # Each trained once per seed; the curve's points 0 and 2 are FT-reg and FT-par here.
+    assert finetuned == sorted(["ft-par", "ft-reg", "sft"] * 3)
     assert len(list((tmp_path / "cache" / "worlds").glob("world-*"))) == 1

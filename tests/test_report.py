@@ -95,7 +95,8 @@ def test_report_is_one_self_contained_page_with_every_plot_and_table(report_run)
     assert len(ids) == len(set(ids))  # several inline SVGs, no clashing ids
     # every Markdown table of table.md as an HTML table, plus one per sampled task
     md_tables = (report_run / "report.md").read_text(encoding="utf-8").count("\n|---")
-    assert md_tables == 8
+    assert md_tables == 9  # with each fine-tuning's learning rate, epoch and runner-up
+    assert "<h3>Learning rate and epoch</h3>" in page
     assert page.count("<table") == md_tables + 3  # samples of known, new, new_open
     assert "<th>FT+RAG</th>" in page and "<th>ms / question</th>" in page
     assert '<section id="tables">' in page and '<section id="samples">' in page
@@ -276,4 +277,4 @@ def test_report_renders_in_headless_chromium_and_runs_no_script(report_run, tmp_
     ids = _figure_ids(html_path.read_text(encoding="utf-8"))
     assert len(ids) == len(FIGURES) and _figure_ids(dom) == ids
     assert dom.count("<svg") == len(FIGURES)
-    assert dom.count("<table") == 11 and '<section id="samples">' in dom
+    assert dom.count("<table") == 12 and '<section id="samples">' in dom  # 9 tables + 3 samples

@@ -413,8 +413,8 @@ def train_seeds(
     state = "cached" if all(t["cached"] for t in trainings) else "trained now"
     margin = "" if choice["margin"] is None else f", margin {choice['margin']:+.3f}"
     console.print(
-        f"    lr {choice['learning_rate']:g}, epoch {choice['epoch']} on the mean of "
-        f"{len(seeds)} seeds (validation acc {choice['validation_acc']:.3f}{margin}; {state})"
+        f"    lr {choice['learning_rate']:g}, epoch {choice['epoch']} ({state}), chosen on the "
+        f"mean of {len(seeds)} seeds: validation acc {choice['validation_acc']:.3f}{margin}"
     )
     return members
 

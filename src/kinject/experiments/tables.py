@@ -397,7 +397,7 @@ def seed_rows(results: Results) -> tuple[list[str], list[list[str]]]:
 
 DIFFERENCES_NOTE = (
     "Accuracy differences between columns on the same questions, where a column was trained "
-    "with several seeds (against base, and between such columns): a − b with the 95% "
+    "with several seeds (against base and rag, and between such columns): a − b with the 95% "
     "interval of the paired bootstrap over seeds and questions, its p-value, and the exact "
     "McNemar p of each seed pair; 'holds' marks a difference whose interval excludes 0."
 )
@@ -407,12 +407,11 @@ def difference_rows(results: Results) -> tuple[list[str], list[list[str]]]:
     seeded = {column for (_, column, _, _), m in results.cells.items() if "seeds" in m}
     body = []
     for c in results.metrics["comparisons"]:
-        if not (
-            {c["a"], c["b"]} <= seeded or ("base" in (c["a"], c["b"]) and {c["a"], c["b"]} & seeded)
-        ):
+        pair = {c["a"], c["b"]}
+        if not (pair <= seeded or (pair & {"base", "rag"} and pair & seeded)):
             continue
         (a, b), difference, (low, high) = (c["a"], c["b"]), c["difference"], c["difference_ci"]
-        if a == "base":  # the trained column first: its gain over base
+        if a not in seeded:  # the trained column first: its gain over base or rag
             a, b, difference, low, high = b, a, -difference, -high, -low
         per_seed = " ".join(f"{t['p_value']:.2g}" for t in c.get("per_seed", [])) or "–"
         body.append(
