@@ -49,7 +49,10 @@ def select_over_seeds(scored: Sequence[Sequence[dict]], grid: Sequence[float]) -
     ranked = sorted(complete, key=lambda choice: (order[choice[0]], choice[1]))
     if any("acc" not in row for rows in complete.values() for row in rows):
         lr = grid[0]
-        epoch = max(e for r, e in complete if r == lr)
+        epochs = [e for r, e in complete if r == lr]
+        if not epochs:
+            raise KinjectError(f"learning rate {lr:g} was not trained under every seed")
+        epoch = max(epochs)
         return {
             "learning_rate": lr,
             "epoch": epoch,
@@ -133,11 +136,11 @@ def seed_cell(
     """One fine-tuned cell over its training seeds: ``cells[i]`` and ``members[i]`` (its
     records) are seed ``seeds[i]``'s.
 
-    Figures with a per-question value (accuracy, acc_norm, F1, answer contained, the share
-    still giving a changed fact's previous answer) are the mean over seeds with two
-    intervals: ``<figure>_ci`` resamples seeds and then questions (training noise and
-    question noise), ``<figure>_ci_questions`` resamples questions only, the seeds held
-    fixed.  Corpus-level figures (BLEU, ROUGE, recall) are the seeds' mean.  ``acc_sd`` is
+    Figures with a per-question value (accuracy, acc_norm, F1, answer contained) are the
+    mean over seeds with two intervals: ``<figure>_ci`` resamples seeds and then questions
+    (training noise and question noise), ``<figure>_ci_questions`` resamples questions
+    only, the seeds held fixed; the share still giving a changed fact's previous answer
+    (``previous_rate``) has the first.  Corpus-level figures (BLEU, ROUGE, recall) are the seeds' mean.  ``acc_sd`` is
     the standard deviation of the seeds' accuracies; ``seeds`` lists each seed's accuracy,
     interval and K."""
     from kinject.evaluation.stats import bootstrap_ci, hierarchical_bootstrap_ci

@@ -371,13 +371,11 @@ SEEDS_NOTE = (
 
 
 def seed_rows(results: Results) -> tuple[list[str], list[list[str]]]:
-    """A row per fine-tuned cell trained with several seeds (Table 2's rows and columns)."""
+    """A row per fine-tuned cell trained with several seeds."""
     body = []
-    width = 0
     for (model, column, split, shots), m in results.cells.items():
         if "seeds" not in m:
             continue
-        width = max(width, len(m["seeds"]))
         body.append(
             [
                 model,
@@ -522,7 +520,8 @@ def markdown(metrics: dict, costs: dict) -> str:
         lines += [f"## Sweep '{sweep['name']}': {sweep['finetune']} by {sweep['key']}", ""]
         lines += [*_markdown(*sweep_rows(sweep)), ""]
     if results.validation and (metrics.get("selected_k") or metrics.get("selected_k_by_arm")):
-        grid = [m for m in metrics["cells"] if arm_kind(m["arm"]) == "rag"]
+        every = metrics["cells"] + metrics.get("seed_cells", [])  # seeded models' grids too
+        grid = [m for m in every if arm_kind(m["arm"]) == "rag"]
         lines += [f"## RAG: accuracy by K on '{results.validation}' (* = chosen)", ""]
         lines += [*_markdown(*_k_grid_rows(grid, results.validation)), ""]
     every = metrics["cells"] + metrics.get("seed_cells", [])  # and each seed's own cells

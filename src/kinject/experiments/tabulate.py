@@ -139,11 +139,13 @@ def _add_gains(
     }
     for metric in cells:
         if not metric.get("open"):
-            if "chance" not in metric:
+            if "chance" in metric:  # a cell over seeds: its seeds' options
+                options = metric.pop("options")
+            else:
                 rows = grouped[_cell_key(metric)]
                 options = sum(len(r["loglikelihoods"]) for r in rows) / len(rows)
                 metric["chance"] = round(1 / options, 4)
-            metric["knows"] = knows(metric["acc"], round(1 / metric["chance"]))
+            metric["knows"] = knows(metric["acc"], round(options))
         base = closed.get((metric["base_model"], metric["split"], metric["shots"]))
         if base is not None and base is not metric and metric["split"] != validation:
             gain = relative_gain(base["acc"], metric["acc"])
@@ -176,7 +178,9 @@ def _seed_summary(group: list[tuple[dict, list]], config: ExperimentConfig) -> d
     )
     summary.update({"base_model": first["base_model"], "column": first["column"]})
     if "chance" in first:
+        records = group[0][1]
         summary["chance"] = first["chance"]
+        summary["options"] = sum(len(r["loglikelihoods"]) for r in records) / len(records)
     return summary
 
 
