@@ -173,3 +173,31 @@ def test_chat_answers_end_at_the_end_of_the_assistant_turn(smollm2):
     assert all(reply and "<|im_end|>" not in reply for reply in replies), replies
     found = [contains(reply, item.answers) for reply, item in zip(replies, items)]
     assert sum(found) >= 2, replies
+
+
+def test_probes_facts_keeps_the_facts_smollm2_knows(smollm2, tmp_path, tmp_path_factory):
+    """The real model knows most built-in facts (78 of 104 here); its known and updated
+    populations are the ones it answered right in both wordings."""
+    from kinject.config import WorldConfig
+    from kinject.probes.facts import build_facts
+    from kinject.world.build import build_world, write_world
+
+    world = tmp_path / "world"
+    write_world(
+        build_world(
+            WorldConfig(n_known=6, n_new=5, n_updated=2, n_reading=2, n_dev=2, n_paraphrases=2)
+        ),
+        world,
+    )
+    with pytest.MonkeyPatch.context() as env:  # the module's converted folder
+        env.setenv("KINJECT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "kinject-cache"))
+        manifest = build_facts(PRESET.path, tmp_path / "facts", world, n_new=2, show_progress=False)
+    assert manifest["asked"] == 104 and manifest["known"] >= 50
+    assert manifest["relations"]["capital"]["known"] >= 20
+    candidates = {
+        json.loads(line)["id"]: json.loads(line)
+        for line in (tmp_path / "facts" / "candidates.jsonl").read_text().splitlines()
+    }
+    assert candidates["capital-france"]["known"] and candidates["author-hamlet"]["known"]
+    counts = manifest["counts"]
+    assert counts["known"] + counts["updated"] == manifest["known"] and counts["new"] == 12

@@ -458,6 +458,43 @@ def probes_rename(
     typer.echo(f"wrote {result.out} (probes.json, fingerprint {manifest['fingerprint']})")
 
 
+@probes_app.command("facts")
+@user_errors
+def probes_facts(
+    model: Annotated[
+        str, typer.Option(help="The model whose knowledge is checked: folder, .gguf or preset.")
+    ],
+    out: Annotated[Path, typer.Option(help="The folder to write (new, or a rebuild).")],
+    world: Annotated[
+        Path | None,
+        typer.Option(help="A 'kinject world build' folder: its first new people join in."),
+    ] = None,
+    n_new: Annotated[int, typer.Option(help="New (fictional) people taken from --world.")] = 12,
+    seed: Annotated[int, typer.Option(help="Options' order and the known/updated split.")] = 0,
+) -> None:
+    """A real model's own known and updated populations: built-in public facts (capitals,
+    authors, languages, painters, elements, continents) asked closed book in two wordings;
+    the ones it answers right in both are split into `known` (asked as they are) and
+    `updated` (the knowledge base states a changed value), beside the world's new people.
+
+    Writes `tasks/{known,updated,new,validation}.jsonl`, `corpus.jsonl` (the knowledge
+    base), `paraphrases.jsonl`, `candidates.jsonl` (every fact, its log-likelihoods and
+    whether it is known) and `facts.json` (counts per relation).
+
+    Example:
+
+        kinject world build --out world
+        kinject probes facts --model smollm2-135m-instruct --world world --out facts
+    """
+    from kinject.probes.facts import build_facts
+
+    manifest = build_facts(model, out, world, n_new, seed)
+    for relation, counts in manifest["relations"].items():
+        typer.echo(f"{relation}: {counts['known']} of {counts['asked']} known")
+    counts = ", ".join(f"{name} {n}" for name, n in manifest["counts"].items())
+    typer.echo(f"wrote {out} ({counts})")
+
+
 @app.command()
 @user_errors
 def compare(
