@@ -129,7 +129,7 @@ def _new_people(world: Path, n_new: int) -> tuple[list[dict], list[dict], list[d
     validation = [
         row
         for row in _world_rows(world, "tasks/validation.jsonl")
-        if "previous" not in row and set(row.get("doc_ids", [])) <= chosen
+        if "previous" not in row and row.get("doc_ids") and set(row["doc_ids"]) <= chosen
     ]
     return bios, paraphrases, questions, validation
 
