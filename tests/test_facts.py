@@ -16,6 +16,10 @@ from kinject.probes.fact_list import RELATIONS
 from kinject.probes.facts import build_facts, candidate_facts, fact_documents
 
 
+def _facts_cli(*args: str):
+    return CliRunner().invoke(app, ["probes", "facts", *args])
+
+
 def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
@@ -54,20 +58,8 @@ def test_every_candidate_has_four_options_of_its_relation_and_a_changed_value():
 
 def test_known_facts_are_the_ones_answered_right_in_both_wordings(tiny_llama_dir, world, tmp_path):
     out = tmp_path / "facts"
-    result = CliRunner().invoke(
-        app,
-        [
-            "probes",
-            "facts",
-            "--model",
-            str(tiny_llama_dir),
-            "--world",
-            str(world),
-            "--n-new",
-            "3",
-            "--out",
-            str(out),
-        ],
+    result = _facts_cli(
+        "--model", str(tiny_llama_dir), "--world", str(world), "--n-new", "3", "--out", str(out)
     )
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "facts.json").read_text())
@@ -120,19 +112,30 @@ def test_known_facts_are_the_ones_answered_right_in_both_wordings(tiny_llama_dir
 
 
 def test_a_world_without_its_files_is_named_and_nothing_is_left(tiny_llama_dir, tmp_path):
-    result = CliRunner().invoke(
-        app,
-        [
-            "probes",
-            "facts",
-            "--model",
-            str(tiny_llama_dir),
-            "--world",
-            str(tmp_path / "nowhere"),
-            "--out",
-            str(tmp_path / "facts"),
-        ],
+    result = _facts_cli(
+        "--model",
+        str(tiny_llama_dir),
+        "--world",
+        str(tmp_path / "nowhere"),
+        "--out",
+        str(tmp_path / "facts"),
     )
     assert result.exit_code == 2
     assert "nowhere/tasks/new.jsonl: file not found" in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_world_row_without_its_field_is_named_by_file_and_line(tiny_llama_dir, world, tmp_path):
+    import shutil
+
+    broken = tmp_path / "world"
+    shutil.copytree(world, broken)
+    new = broken / "tasks" / "new.jsonl"
+    lines = new.read_text().splitlines()
+    lines[1] = json.dumps({k: v for k, v in json.loads(lines[1]).items() if k != "doc_ids"})
+    new.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "facts"
+    result = _facts_cli("--model", str(tiny_llama_dir), "--world", str(broken), "--out", str(out))
+    assert result.exit_code == 2
+    assert result.output == f"error: {new}, line 2, field 'doc_ids': missing\n"
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["world"]

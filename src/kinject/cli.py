@@ -469,7 +469,9 @@ def probes_facts(
         Path | None,
         typer.Option(help="A 'kinject world build' folder: its first new people join in."),
     ] = None,
-    n_new: Annotated[int, typer.Option(help="New (fictional) people taken from --world.")] = 12,
+    n_new: Annotated[
+        int, typer.Option(min=0, help="New (fictional) people taken from --world.")
+    ] = 12,
     seed: Annotated[int, typer.Option(help="Options' order and the known/updated split.")] = 0,
 ) -> None:
     """A real model's own known and updated populations: built-in public facts (capitals,

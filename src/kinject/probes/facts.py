@@ -106,30 +106,38 @@ def fact_documents(fact: dict, changed: bool = True) -> tuple[dict, list[str]]:
     return doc, sentences[1:]
 
 
-def _world_rows(world: Path, name: str) -> list[dict]:
+def _world_rows(world: Path, name: str, fields: tuple[str, ...]) -> list[dict]:
+    """A world file's rows, each holding ``fields`` (an error names the file, line, field)."""
+    from kinject.errors import DataError
     from kinject.fileio import read_jsonl
 
     path = world / name
     if not path.is_file():
         raise KinjectError(f"{path}: file not found (a folder of 'kinject world build'?)")
-    return [row for _, row in read_jsonl(path)]
+    rows = []
+    for line, row in read_jsonl(path):
+        for field in fields:
+            if field not in row:
+                raise DataError(path, line, field, "missing")
+        rows.append(row)
+    return rows
 
 
 def _new_people(world: Path, n_new: int) -> tuple[list[dict], list[dict], list[dict], list[dict]]:
     """The first ``n_new`` of the world's new people: bios, paraphrases, test questions and
     validation questions."""
-    new = _world_rows(world, "tasks/new.jsonl")
+    new = _world_rows(world, "tasks/new.jsonl", ("doc_ids",))
     people = list(dict.fromkeys(doc for row in new for doc in row["doc_ids"]))[:n_new]
     if len(people) < n_new:
         raise KinjectError(f"{world}: {len(people)} new people, {n_new} asked for")
     chosen = set(people)
-    bios = [doc for doc in _world_rows(world, "kb.jsonl") if doc["id"] in chosen]
-    paraphrases = [p for p in _world_rows(world, "paraphrases.jsonl") if p["id"] in chosen]
+    bios = [doc for doc in _world_rows(world, "kb.jsonl", ("id",)) if doc["id"] in chosen]
+    paraphrases = [p for p in _world_rows(world, "paraphrases.jsonl", ("id",)) if p["id"] in chosen]
     questions = [row for row in new if set(row["doc_ids"]) <= chosen]
     validation = [
         row
-        for row in _world_rows(world, "tasks/validation.jsonl")
-        if "previous" not in row and row.get("doc_ids") and set(row["doc_ids"]) <= chosen
+        for row in _world_rows(world, "tasks/validation.jsonl", ("doc_ids",))
+        if "previous" not in row and row["doc_ids"] and set(row["doc_ids"]) <= chosen
     ]
     return bios, paraphrases, questions, validation
 
@@ -196,20 +204,17 @@ def build_facts(
         order = list(known)
         random.Random(seed).shuffle(order)
         updated_ids = {f["id"] for f in order[: len(order) // 2]}
-        splits = {
-            "known": [fact_question(f, "known") for f in known if f["id"] not in updated_ids],
-            "updated": [fact_question(f, "updated") for f in known if f["id"] in updated_ids],
-        }
-        validation = [
-            fact_question(f, "updated", "validation") for f in known if f["id"] in updated_ids
-        ]
-        corpus, paraphrases, true_docs = [], [], []
-        for fact in known:
+        splits = {"known": [], "updated": []}
+        validation, corpus, paraphrases, true_docs = [], [], [], []
+        for fact in known:  # known: no KB document; updated: the KB states the changed value
             if fact["id"] in updated_ids:
+                splits["updated"].append(fact_question(fact, "updated"))
+                validation.append(fact_question(fact, "updated", "validation"))
                 doc, others = fact_documents(fact)
                 corpus.append(doc)
                 paraphrases.append({"id": doc["id"], "paraphrases": others})
             else:
+                splits["known"].append(fact_question(fact, "known"))
                 true_docs.append(fact_documents(fact, changed=False)[0])
         if people is not None:
             bios, bio_paraphrases, questions, new_validation = people
