@@ -114,7 +114,8 @@ def test_quick_demo_end_to_end_and_second_run_uses_the_cache(tmp_path):
     assert "warn" not in said and "deprecat" not in said, first.stderr
     assert "pretrained now" in first.stdout
     for line in ("closed-book accuracy on known >= 0.80", "oracle-context accuracy on new >= 0.80"):
-        assert line in first.stdout
+        assert f"tiny: {line}" in first.stdout
+    assert not (tmp_path / "run1" / "smollm2").exists()  # --quick: the tiny model alone
     run = tmp_path / "run1"
     for name in ("records.jsonl", "metrics.json", "costs.json", "table.md", "demo.yaml"):
         assert (run / name).exists(), name
@@ -156,6 +157,50 @@ def test_quick_demo_end_to_end_and_second_run_uses_the_cache(tmp_path):
     assert "(cached)" in second.stdout and "trained now" not in second.stdout
     # The same figures: metrics.json holds no timing (costs.json does).
     assert (run / "metrics.json").read_text() == (tmp_path / "run2" / "metrics.json").read_text()
+
+
+def test_quick_demo_runs_a_pretrained_model_beside_the_tiny_one(tmp_path, tiny_llama_dir):
+    """The demo's real-model experiment (SmolLM2 by default; here a tiny random Llama
+    folder, which knows a few of the built-in facts by chance): its checked facts, a
+    knowledge base of their documents, LoRA FT-reg and FT-par with every seed, in its own
+    folder of the run, with its tables printed and its checks beside the tiny model's."""
+    env = {"KINJECT_CACHE_DIR": str(tmp_path / "cache"), "COLUMNS": "400"}
+    config = tmp_path / "demo.yaml"
+    config.write_text(
+        f"pretrained:\n  model: {tiny_llama_dir}\n  label: rand\n  n_new: 3\n"
+        "  epochs: 1\n  rag_k: [1]\n  validation_sample: 10\n",
+        encoding="utf-8",
+    )
+    result = kinject(
+        "demo", "--quick", "--config", str(config), "--out", "run", cwd=tmp_path, env_extra=env
+    )
+    assert result.returncode == 0, result.stderr
+    run = tmp_path / "run" / "rand"
+    summary = json.loads((run / "metrics.json").read_text())
+    cells = {(m["model"], m["arm"], m["split"]) for m in summary["cells"]}
+    for model, arm in [
+        ("base", "base"),
+        ("base", "oracle"),
+        ("base", "rag"),
+        ("ft-reg", "base"),
+        ("ft-reg", "rag"),
+        ("ft-par", "base"),
+        ("ft-par", "rag"),
+    ]:
+        for split in ("known", "updated", "new"):
+            assert (model, arm, split) in cells, (model, arm, split)
+    assert {m["n_seeds"] for m in summary["cells"] if m["model"] != "base"} == {3}
+    facts = json.loads(next((tmp_path / "cache" / "facts").glob("facts-*/facts.json")).read_text())
+    known = next(
+        m
+        for m in summary["cells"]
+        if (m["model"], m["arm"], m["split"]) == ("base", "base", "known")
+    )
+    assert known["n"] == facts["counts"]["known"] and known["acc"] == 1.0  # known: by construction
+    assert "change on known" in (run / "table.md").read_text()
+    said = json.loads((tmp_path / "run" / "checks.json").read_text())["checks"]
+    assert {c["check"].split(":")[0] for c in said} == {"tiny", "rand"}
+    assert "rand: " in result.stdout and (tmp_path / "run" / "metrics.json").exists()
 
 
 def test_two_demos_at_once_share_the_cache_safely(tmp_path):

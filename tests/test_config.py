@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from kinject.config import DemoConfig, EvalConfig, load_config, to_yaml
+from kinject.config import EvalConfig, load_config, to_yaml
+from kinject.demo import DemoConfig
 from kinject.errors import KinjectError
 
 
@@ -68,8 +69,7 @@ def test_the_demo_experiment_file_is_the_demo_grid():
     """examples/demo/experiment.yaml and `kinject demo` must not drift apart."""
     from pathlib import Path
 
-    from kinject.config import DemoConfig
-    from kinject.demo import demo_experiment
+    from kinject.demo import DemoConfig, demo_experiment, pretrained_experiment
     from kinject.experiments.files import load_experiment
 
     example = Path(__file__).resolve().parent.parent / "examples" / "demo" / "experiment.yaml"
@@ -78,3 +78,6 @@ def test_the_demo_experiment_file_is_the_demo_grid():
     assert from_file == from_demo
     changed = demo_experiment(DemoConfig(shots=[0])).model_copy(update={"finetune_dir": None})
     assert from_file != changed
+    real = load_experiment(example.with_name("smollm2.yaml"))
+    assert real == pretrained_experiment(DemoConfig()).model_copy(update={"finetune_dir": None})
+    assert pretrained_experiment(DemoConfig(pretrained=None)) is None

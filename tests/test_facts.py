@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from kinject.cli import app
 from kinject.probes.fact_list import RELATIONS
-from kinject.probes.facts import build_facts, candidate_facts, fact_documents
+from kinject.probes.facts import build_facts, candidate_facts, fact_documents, fact_question
 
 
 def _facts_cli(*args: str):
@@ -54,6 +54,33 @@ def test_every_candidate_has_four_options_of_its_relation_and_a_changed_value():
     assert all(
         next(f for f in facts if f["id"] == "capital-france")["changed"] in p for p in paraphrases
     )
+
+
+def test_the_facts_text_passes_the_contamination_guard_for_every_question():
+    """Training on the facts' documents and paraphrases (true or changed) must not be refused:
+    no statement may hold a question's words (a long title once did: 'Who is the author of
+    The Adventures of Tom Sawyer?' against 'The author of The Adventures of Tom Sawyer is')."""
+    from kinject.tasks.items import MCItem, Task
+    from kinject.training.contamination import check_contamination
+
+    facts = candidate_facts(0)
+    texts = []
+    for fact in facts:
+        for changed in (True, False):
+            doc, paraphrases = fact_documents(fact, changed)
+            texts += [doc["text"], *paraphrases]
+    items = [
+        MCItem(row["id"] + wording, row["question"], tuple(row["choices"]), row["answer"])
+        for fact in facts
+        for wording in ("question", "validation")
+        for row in [fact_question(fact, "known", wording)]
+    ]
+    report = check_contamination(texts, [Task("facts", tuple(items))])
+    assert report.questions == 2 * len(facts)
+    assert report.contaminated == ()
+    # the guard does see a question a statement spells out
+    spelled = [*texts, "Who painted the Mona Lisa? Leonardo da Vinci."]
+    assert len(check_contamination(spelled, [Task("facts", tuple(items))]).contaminated) == 1
 
 
 def test_known_facts_are_the_ones_answered_right_in_both_wordings(tiny_llama_dir, world, tmp_path):

@@ -13,7 +13,6 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
     ValidationError,
@@ -23,11 +22,8 @@ from pydantic import (
 )
 
 from kinject.errors import KinjectError
-
-
-class Section(BaseModel):
-    # No inf or nan: .inf MB, a nan learning rate would pass the range checks
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+from kinject.probes.facts import FactsConfig
+from kinject.section import Section
 
 
 class WorldConfig(Section):
@@ -833,118 +829,6 @@ def to_yaml(config: BaseModel) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
 
 
-class DemoFinetune(Section):
-    """The demo's fine-tuned models (FT-reg, FT-par, SFT) and the paraphrase curve."""
-
-    method: Literal["full", "lora"] = Field("full", description="FT-reg and FT-par.")
-    learning_rate: list[float] = Field(
-        default_factory=lambda: [1e-3, 3e-3], min_length=1, description="Grid (tiny model)."
-    )
-    epochs: int = Field(5, ge=1, description="At most; the best epoch is chosen on validation.")
-    batch_size: int = Field(16, ge=1)
-    paraphrases: int = Field(10, ge=1, description="Paraphrases per document for FT-par.")
-    curve: list[int] = Field(
-        default_factory=lambda: [0, 2, 5, 10],
-        description="Paraphrase counts of the accuracy-vs-paraphrases curve (at FT-par's LR).",
-    )
-    sft_method: Literal["full", "lora"] = "lora"
-    sft_learning_rate: list[float] = Field(default_factory=lambda: [1e-3, 3e-3], min_length=1)
-    sft_template: str = Field(
-        "Question: {instruction}\nAnswer: ",
-        description="The SFT prompt; the demo's questions are scored in this same form.",
-    )
-    lora: LoraConfig = LoraConfig(rank=16, alpha=32.0)
-    validation_sample: int | None = Field(
-        100, ge=1, description="Validation questions scored after each epoch (null: all)."
-    )
-
-
-DEMO_ARMS = ("base", "oracle", "rag", "ft-reg", "ft-par", "ft-reg+rag", "ft-par+rag", "sft")
-
-
-class DemoConfig(Section):
-    """``kinject demo``: world → tiny base model → fine-tuned models (each trained with every
-    training seed) → evaluation."""
-
-    world: WorldConfig = WorldConfig()
-    model: TinyModelConfig = TinyModelConfig()
-    pretrain: PretrainConfig = PretrainConfig()
-    arms: list[
-        Literal["base", "oracle", "rag", "ft-reg", "ft-par", "ft-reg+rag", "ft-par+rag", "sft"]
-    ] = Field(default_factory=lambda: list(DEMO_ARMS))
-    finetune: DemoFinetune = DemoFinetune()
-    splits: list[Literal["known", "new", "updated", "reading"]] = Field(
-        default_factory=lambda: ["known", "new", "updated"]
-    )
-    open_splits: list[Literal["known", "new", "updated"]] = Field(
-        default_factory=lambda: ["new"],
-        description="Splits also asked as open questions (greedy generation; EM, F1, BLEU, ROUGE).",
-    )
-    kb: KBConfig = Field(
-        KBConfig(), description="The knowledge base built from the world's kb.jsonl."
-    )
-    retriever: Literal["dense", "bm25", "hybrid"] = "dense"
-    rag_k: list[int] = Field(
-        default_factory=lambda: [0, 1, 2, 3, 4, 5],
-        description="K grid; the best K is chosen on the validation questions, never on test.",
-    )
-    rag_validation_sample: int | None = Field(
-        100, ge=1, description="Validation questions the K grid is scored on (null: all 700)."
-    )
-    shots: list[int] = Field(default_factory=lambda: [0, 5])
-    seeds: list[int] = Field(
-        default_factory=lambda: [0, 1, 2],
-        min_length=1,
-        description="Training seeds of every fine-tuning: intervals over seeds and questions.",
-    )
-    scoring: ScoringConfig = ScoringConfig(batch_size=64)
-    bootstrap_resamples: int = Field(1000, ge=100)
-
-    @field_validator("seeds")
-    @classmethod
-    def _distinct_seeds(cls, value: list[int]) -> list[int]:
-        if len(set(value)) != len(value):
-            raise ValueError("seeds must be distinct")
-        return value
-
-
-QUICK_DEMO = {
-    "world": {
-        "n_known": 12,
-        "n_new": 8,
-        "n_updated": 4,
-        "n_reading": 4,
-        "n_dev": 2,
-        "n_paraphrases": 2,
-    },
-    "model": {
-        "vocab_size": 600,
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_layers": 2,
-        "num_heads": 2,
-    },
-    "pretrain": {
-        "steps": 6,
-        "batch_size": 4,
-        "block_size": 64,
-        "warmup_steps": 2,
-        "reading_warmup_steps": 2,
-    },
-    "rag_k": [0, 1, 2],
-    "finetune": {
-        "learning_rate": [3e-3],
-        "sft_learning_rate": [3e-3],
-        "epochs": 1,
-        "batch_size": 4,
-        "paraphrases": 2,
-        "curve": [0, 2],
-        "validation_sample": 10,
-    },
-    "bootstrap_resamples": 200,
-}
-
-
 class RenameConfig(Section):
     """Entity-rename probes (issue 9): the corpus with entities renamed (Romeo -> Bob), and
     cloze and multiple-choice probes about each renamed entity, written for both names.
@@ -1094,6 +978,11 @@ class ExperimentConfig(Section):
     )
     world: WorldSetup | None = Field(
         None, description="Build the synthetic world first (see ${world} placeholders)."
+    )
+    facts: FactsConfig | None = Field(
+        None,
+        description="Check which built-in public facts a model knows first; ${facts} names "
+        "the folder of known/updated/new tasks and its corpus (kinject probes facts).",
     )
     text_model: TextModelSetup | None = Field(
         None, description="Pretrain a tiny base model on a text first; ${text_model} names it."

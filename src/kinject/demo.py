@@ -14,26 +14,189 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
 
 from kinject.cache import cache_dir
 from kinject.config import (
-    QUICK_DEMO,
-    DemoConfig,
     ExperimentConfig,
     ExperimentModel,
     FinetuneRecipe,
+    KBConfig,
+    KBSetup,
+    LoraConfig,
+    PretrainConfig,
     RagConfig,
+    ScoringConfig,
     SweepConfig,
     TablesConfig,
     TaskSpec,
+    TinyModelConfig,
     TrainingData,
     ValidationConfig,
+    WorldConfig,
     WorldSetup,
     load_config,
     parse_config,
     to_yaml,
 )
 from kinject.fileio import write_json, write_text
+from kinject.probes.facts import FactsConfig
+from kinject.section import Section
+
+
+class DemoFinetune(Section):
+    """The demo's fine-tuned models (FT-reg, FT-par, SFT) and the paraphrase curve."""
+
+    method: Literal["full", "lora"] = Field("full", description="FT-reg and FT-par.")
+    learning_rate: list[float] = Field(
+        default_factory=lambda: [3e-3],
+        min_length=1,
+        description="Grid (tiny model; [1e-3, 3e-3] chose 3e-3 for every recipe and seed).",
+    )
+    epochs: int = Field(5, ge=1, description="At most; the best epoch is chosen on validation.")
+    batch_size: int = Field(16, ge=1)
+    paraphrases: int = Field(10, ge=1, description="Paraphrases per document for FT-par.")
+    curve: list[int] = Field(
+        default_factory=lambda: [0, 5, 10],
+        description="Paraphrase counts of the accuracy-vs-paraphrases curve (at FT-par's LR).",
+    )
+    sft_method: Literal["full", "lora"] = "lora"
+    sft_learning_rate: list[float] = Field(default_factory=lambda: [3e-3], min_length=1)
+    sft_template: str = Field(
+        "Question: {instruction}\nAnswer: ",
+        description="The SFT prompt; the demo's questions are scored in this same form.",
+    )
+    lora: LoraConfig = LoraConfig(rank=16, alpha=32.0)
+    validation_sample: int | None = Field(
+        100, ge=1, description="Validation questions scored after each epoch (null: all)."
+    )
+
+
+DEMO_ARMS = ("base", "oracle", "rag", "ft-reg", "ft-par", "ft-reg+rag", "ft-par+rag", "sft")
+
+
+PRETRAINED_ARMS = ("base", "oracle", "rag", "ft-reg", "ft-par", "ft-reg+rag", "ft-par+rag")
+
+
+class PretrainedDemo(Section):
+    """The demo's real pretrained model (SmolLM2-135M-Instruct, from its PyPI wheel): its own
+    ``known`` facts (checked by scoring, ``kinject probes facts``), the same facts changed in
+    the knowledge base as ``updated``, the world's fictional people as ``new``; base, oracle,
+    rag and LoRA continued pretraining with and without paraphrases, each trained with every
+    seed of the demo."""
+
+    model: str = Field("smollm2-135m-instruct", description="A preset, a folder or a .gguf file.")
+    label: str = Field("smollm2", pattern=r"^[A-Za-z0-9_-]+$", description="Its name in tables.")
+    n_new: int = Field(12, ge=1, description="The world's new people its KB and tests hold.")
+    arms: list[Literal["base", "oracle", "rag", "ft-reg", "ft-par", "ft-reg+rag", "ft-par+rag"]] = (
+        Field(default_factory=lambda: list(PRETRAINED_ARMS))
+    )
+    rag_k: list[int] = Field(
+        default_factory=lambda: [1, 3], description="K grid, chosen on validation."
+    )
+    lora: LoraConfig = LoraConfig(
+        rank=16, alpha=32.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]
+    )
+    learning_rate: list[float] = Field(default_factory=lambda: [3e-3], min_length=1)
+    epochs: int = Field(3, ge=1, description="At most; the best epoch is chosen on validation.")
+    batch_size: int = Field(4, ge=1)
+    block_size: int = Field(128, ge=16)
+    paraphrases: int = Field(3, ge=1, description="Paraphrases per document for FT-par.")
+    validation_sample: int | None = Field(
+        60, ge=1, description="Validation questions K and the epoch are chosen on (null: all)."
+    )
+
+
+class DemoConfig(Section):
+    """``kinject demo``: world → tiny base model → fine-tuned models (each trained with every
+    training seed) → evaluation."""
+
+    world: WorldConfig = WorldConfig()
+    model: TinyModelConfig = TinyModelConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+    arms: list[
+        Literal["base", "oracle", "rag", "ft-reg", "ft-par", "ft-reg+rag", "ft-par+rag", "sft"]
+    ] = Field(default_factory=lambda: list(DEMO_ARMS))
+    finetune: DemoFinetune = DemoFinetune()
+    splits: list[Literal["known", "new", "updated", "reading"]] = Field(
+        default_factory=lambda: ["known", "new", "updated"]
+    )
+    open_splits: list[Literal["known", "new", "updated"]] = Field(
+        default_factory=lambda: ["new"],
+        description="Splits also asked as open questions (greedy generation; EM, F1, BLEU, ROUGE).",
+    )
+    kb: KBConfig = Field(
+        KBConfig(), description="The knowledge base built from the world's kb.jsonl."
+    )
+    retriever: Literal["dense", "bm25", "hybrid"] = "dense"
+    rag_k: list[int] = Field(
+        default_factory=lambda: [0, 1, 2, 3, 4, 5],
+        description="K grid; the best K is chosen on the validation questions, never on test.",
+    )
+    rag_validation_sample: int | None = Field(
+        100, ge=1, description="Validation questions the K grid is scored on (null: all 700)."
+    )
+    shots: list[int] = Field(default_factory=lambda: [0, 5])
+    seeds: list[int] = Field(
+        default_factory=lambda: [0, 1, 2],
+        min_length=1,
+        description="Training seeds of every fine-tuning: intervals over seeds and questions.",
+    )
+    scoring: ScoringConfig = ScoringConfig(batch_size=64)
+    pretrained: PretrainedDemo | None = Field(
+        PretrainedDemo(),
+        description="The real pretrained model's experiment beside the tiny model's (null: "
+        "the tiny model alone).",
+    )
+    bootstrap_resamples: int = Field(1000, ge=100)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise ValueError("seeds must be distinct")
+        return value
+
+
+QUICK_DEMO = {
+    "world": {
+        "n_known": 12,
+        "n_new": 8,
+        "n_updated": 4,
+        "n_reading": 4,
+        "n_dev": 2,
+        "n_paraphrases": 2,
+    },
+    "model": {
+        "vocab_size": 600,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_layers": 2,
+        "num_heads": 2,
+    },
+    "pretrain": {
+        "steps": 6,
+        "batch_size": 4,
+        "block_size": 64,
+        "warmup_steps": 2,
+        "reading_warmup_steps": 2,
+    },
+    "rag_k": [0, 1, 2],
+    "finetune": {
+        "learning_rate": [3e-3],
+        "sft_learning_rate": [3e-3],
+        "epochs": 1,
+        "batch_size": 4,
+        "paraphrases": 2,
+        "curve": [0, 2],
+        "validation_sample": 10,
+    },
+    "bootstrap_resamples": 200,
+    "pretrained": None,
+}
+
 
 CHANCE = 0.25
 
@@ -111,9 +274,7 @@ def demo_experiment(config: DemoConfig) -> ExperimentConfig:
         name="kinject demo",
         seed=config.world.seed,
         seeds=config.seeds,
-        world=WorldSetup(
-            world=config.world, model=config.model, pretrain=config.pretrain, kb=config.kb
-        ),
+        world=_world_setup(config),
         models=[ExperimentModel(label="tiny", path="${world_model}")],
         tasks=[task(s) for s in config.splits] + [task(s, True) for s in config.open_splits],
         validation=ValidationConfig(
@@ -135,8 +296,72 @@ def demo_experiment(config: DemoConfig) -> ExperimentConfig:
     )
 
 
-def checks(metrics: list[dict]) -> list[Check]:
-    """The base model's three promises, on the 0-shot cells the demo scored."""
+def _world_setup(config: DemoConfig) -> WorldSetup:
+    return WorldSetup(
+        world=config.world, model=config.model, pretrain=config.pretrain, kb=config.kb
+    )
+
+
+def pretrained_experiment(config: DemoConfig) -> ExperimentConfig | None:
+    """The real model's grid (``config.pretrained``): its checked facts and the world's new
+    people (``${facts}``), a knowledge base of their documents, LoRA FT-reg and FT-par."""
+    real = config.pretrained
+    if real is None:
+        return None
+    tasks = "${facts}/tasks"
+
+    def text(n_paraphrases: int) -> FinetuneRecipe:
+        return FinetuneRecipe(
+            data=TrainingData(
+                corpus="${facts}/corpus.jsonl",
+                paraphrases="${facts}/paraphrases.jsonl" if n_paraphrases else None,
+                n_paraphrases=n_paraphrases,
+                block_size=real.block_size,
+            ),
+            method="lora",
+            lora=real.lora,
+            learning_rate=real.learning_rate,
+            epochs=real.epochs,
+            batch_size=real.batch_size,
+            bf16=True,
+        )
+
+    finetunes = {"ft-reg": text(0), "ft-par": text(real.paraphrases)}
+    used = {arm.split("+")[0] for arm in real.arms}
+    return ExperimentConfig(
+        name=f"kinject demo: {real.model}",
+        seed=config.world.seed,
+        seeds=config.seeds,
+        world=_world_setup(config),
+        facts=FactsConfig(
+            model=real.model, world="${world}", n_new=real.n_new, seed=config.world.seed
+        ),
+        knowledge_base=KBSetup(sources=["${facts}/corpus.jsonl"], config=config.kb),
+        models=[ExperimentModel(label=real.label, path=real.model)],
+        tasks=[
+            TaskSpec(name=split, path=f"{tasks}/{split}.jsonl")
+            for split in ("known", "updated", "new")
+        ],
+        validation=ValidationConfig(
+            task=TaskSpec(name="validation", path=f"{tasks}/validation.jsonl"),
+            rag_sample=real.validation_sample,
+            finetune_sample=real.validation_sample,
+        ),
+        arms=list(real.arms),
+        corpus="${facts}/oracle.jsonl",  # the known facts' true statements too: gold for all
+        rag=RagConfig(kb="${kb}", retriever=config.retriever, k=real.rag_k),
+        finetunes={name: recipe for name, recipe in finetunes.items() if name in used},
+        shots=[0],  # the facts have no dev examples to show
+        scoring=config.scoring,
+        tables=TablesConfig(forgetting_tasks=["known"]),
+        bootstrap_resamples=config.bootstrap_resamples,
+        finetune_dir=str(cache_dir() / "finetuned"),
+    )
+
+
+def checks(metrics: list[dict], label: str = "tiny") -> list[Check]:
+    """The base model's three promises, on the 0-shot cells the demo scored (``label``
+    names the model in each check)."""
     acc = {
         (m["arm"], m["split"]): m["acc"]
         for m in metrics
@@ -145,23 +370,30 @@ def checks(metrics: list[dict]) -> list[Check]:
     result = []
     if ("base", "known") in acc:
         value = acc[("base", "known")]
-        result.append(Check("closed-book accuracy on known >= 0.80", value, value >= 0.80))
+        result.append(
+            Check(f"{label}: closed-book accuracy on known >= 0.80", value, value >= 0.80)
+        )
     if ("base", "new") in acc:
         value = acc[("base", "new")]
         result.append(
             Check(
-                "closed-book accuracy on new within chance 0.25 +/- 0.10",
+                f"{label}: closed-book accuracy on new within chance 0.25 +/- 0.10",
                 value,
                 abs(value - CHANCE) <= 0.10,
             )
         )
     if ("oracle", "new") in acc:
         value = acc[("oracle", "new")]
-        result.append(Check("oracle-context accuracy on new >= 0.80", value, value >= 0.80))
+        result.append(
+            Check(f"{label}: oracle-context accuracy on new >= 0.80", value, value >= 0.80)
+        )
     return result
 
 
 def load_demo_config(config_path: Path | None, quick: bool) -> DemoConfig:
+    """The demo's settings: the defaults, a YAML file's over them, ``--quick``'s over both
+    (except that --quick leaves a ``pretrained:`` section the file sets: a quick run of
+    another model)."""
     if config_path is not None:
         config = load_config(DemoConfig, config_path)
     else:
@@ -169,6 +401,8 @@ def load_demo_config(config_path: Path | None, quick: bool) -> DemoConfig:
     if quick:
         merged = config.model_dump(mode="json")
         for section, values in QUICK_DEMO.items():
+            if section in config.model_fields_set and values is None:
+                continue
             if isinstance(values, dict):
                 merged[section] = {**merged[section], **values}
             else:
@@ -183,35 +417,53 @@ def run_demo(
     quick: bool = False,
     show_progress: bool = True,
 ) -> tuple[Path, list[dict], list[Check]]:
+    """The tiny model's experiment into ``out``, then the real pretrained model's into
+    ``out/<its label>``; each prints its tables as it ends.  Returns the run folder, every
+    cell of both (the real model's under its label) and the checks."""
     from rich.console import Console
 
     from kinject.experiments.runner import run_experiment
-    from kinject.experiments.tables import UPDATED_NOTE, rich_tables, updated_rich
     from kinject.training.loop import is_main_process
 
     console = Console()
     config = load_demo_config(config_path, quick)
     run_dir = out or Path("runs") / ("demo-quick" if quick else "demo")
     started = time.perf_counter()
-    result = run_experiment(demo_experiment(config), run_dir, show_progress, console)
-    metrics = result.metrics["cells"]
-    results = checks(metrics)
-    if not is_main_process():  # under `accelerate launch`, the first process writes and prints
+    experiments = [(demo_experiment(config), run_dir)]
+    real = pretrained_experiment(config)
+    if real is not None:
+        experiments.append((real, run_dir / config.pretrained.label))
+    metrics, results = [], []
+    for experiment, folder in experiments:
+        result = run_experiment(experiment, folder, show_progress, console)
+        cells = result.metrics["cells"]
+        label = experiment.models[0].label
+        metrics += cells
+        results += checks(cells, label)
+        if is_main_process():  # under `accelerate launch`, the first process prints
+            _print_tables(console, result.metrics, folder, label)
+    if not is_main_process():
         return run_dir, metrics, results
     write_text(run_dir / "demo.yaml", to_yaml(config))
     write_json(
         run_dir / "checks.json",
         {"checks": [{"check": c.label, "value": c.value, "passed": c.passed} for c in results]},
     )
-    costs = json.loads((run_dir / "costs.json").read_text(encoding="utf-8"))
-    for table in rich_tables(result.metrics, costs):
-        console.print(table)
-    updated = updated_rich(result.metrics, costs)
-    if updated is not None:  # the updated split: new value beside previous value, per arm
-        console.print(updated)
-        console.print(UPDATED_NOTE)
     for check in results:
         mark = "[green]PASS[/green]" if check.passed else "[red]FAIL[/red]"
         console.print(f"{mark} {check.label}: {check.value:.3f}")
     console.print(f"run folder: {run_dir}  ({time.perf_counter() - started:.0f} s)")
     return run_dir, metrics, results
+
+
+def _print_tables(console, metrics: dict, folder: Path, label: str) -> None:
+    from kinject.experiments.tables import UPDATED_NOTE, rich_tables, updated_rich
+
+    costs = json.loads((folder / "costs.json").read_text(encoding="utf-8"))
+    console.rule(f"{label}: {folder}")
+    for table in rich_tables(metrics, costs):
+        console.print(table)
+    updated = updated_rich(metrics, costs)
+    if updated is not None:  # the updated split: new value beside previous value, per arm
+        console.print(updated)
+        console.print(UPDATED_NOTE)

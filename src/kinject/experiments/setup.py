@@ -4,6 +4,7 @@ An experiment file may name things that do not exist yet, by placeholder; its se
 make them first, in this order (a later section may use an earlier one's placeholder):
 
     world:          ${world} ${world_model} ${world_kb}   the synthetic world, its base model, its KB
+    facts:          ${facts}        a model's checked known/updated facts (kinject probes facts)
     rename:         ${rename}       a renamed corpus and its probe tasks (kinject probes rename)
     text_model:     ${text_model}   a tiny base model pretrained on a text
     knowledge_base: ${kb}           a knowledge base of corpus files (kinject kb build)
@@ -20,9 +21,10 @@ from kinject.cache import cache_dir, cache_lock, fingerprint
 from kinject.config import ExperimentConfig, KBSetup
 from kinject.errors import KinjectError
 
-SETUP_SECTIONS = ("world", "rename", "text_model", "knowledge_base")
+SETUP_SECTIONS = ("world", "facts", "rename", "text_model", "knowledge_base")
 PLACEHOLDERS = {
     "world": ("world", "world_model", "world_kb"),
+    "facts": ("facts",),
     "rename": ("rename",),
     "text_model": ("text_model",),
     "knowledge_base": ("kb",),
@@ -135,6 +137,34 @@ def _cached_world(config) -> dict[str, str] | None:
     return cached_world(config.world)
 
 
+# --- facts -------------------------------------------------------------------------------
+
+
+def facts_dir(config: ExperimentConfig) -> Path:
+    from kinject.probes.facts import facts_fingerprint
+
+    return cache_dir() / "facts" / f"facts-{facts_fingerprint(config.facts)}"
+
+
+def _build_facts(config, show_progress, console) -> dict[str, str]:
+    from kinject.probes.facts import build_facts
+
+    setup = config.facts
+    folder = facts_dir(config)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with cache_lock(folder):  # the build itself is atomic: staged, then renamed into place
+        if not (folder / "facts.json").exists():
+            build_facts(setup.model, folder, setup.world, setup.n_new, setup.seed, show_progress)
+    if console is not None:
+        console.print(f"checked facts of {setup.model}: {folder}")
+    return {"facts": str(folder)}
+
+
+def _cached_facts(config) -> dict[str, str] | None:
+    folder = facts_dir(config)
+    return {"facts": str(folder)} if (folder / "facts.json").exists() else None
+
+
 # --- rename ------------------------------------------------------------------------------
 
 
@@ -212,12 +242,14 @@ def _cached_kb(config) -> dict[str, str] | None:
 
 _BUILDERS = {
     "world": _build_world,
+    "facts": _build_facts,
     "rename": _build_rename,
     "text_model": _build_text_model,
     "knowledge_base": _build_kb,
 }
 _CACHED = {
     "world": _cached_world,
+    "facts": _cached_facts,
     "rename": _cached_rename,
     "text_model": _cached_text_model,
     "knowledge_base": _cached_kb,

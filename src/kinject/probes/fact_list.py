@@ -75,11 +75,11 @@ RELATIONS: tuple[Relation, ...] = (
         validation="Who is the author of {subject}?",
         statements=(
             "{subject} was written by {value}.",
-            "{value} is the author of {subject}.",
-            "{value} wrote {subject}.",
+            "{value} is the writer of {subject}.",
+            "{subject} came from the pen of {value}.",
             "The book {subject} is by {value}.",
             "{subject} is a work by {value}.",
-            "The author of {subject} is {value}.",
+            "The writer behind {subject} is {value}.",
         ),
         facts=(
             ("Romeo and Juliet", "William Shakespeare"),
@@ -143,7 +143,7 @@ RELATIONS: tuple[Relation, ...] = (
             "{value} painted {subject}.",
             "The painter of {subject} is {value}.",
             "{subject} is a painting by {value}.",
-            "{value} is the artist who painted {subject}.",
+            "{value} is the artist of {subject}.",
             "The artist behind {subject} is {value}.",
         ),
         facts=(

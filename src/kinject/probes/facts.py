@@ -32,10 +32,54 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from pydantic import Field
+
 from kinject.errors import KinjectError
 from kinject.probes.fact_list import RELATIONS, Relation
+from kinject.section import Section
 
 FACTS_FORMAT = 1  # bump when the folder's files change
+WORLD_FILES = ("tasks/new.jsonl", "tasks/validation.jsonl", "kb.jsonl", "paraphrases.jsonl")
+
+
+class FactsConfig(Section):
+    """A model's checked ``known`` / ``updated`` populations beside the world's new people
+    (what ``kinject probes facts`` writes); an experiment's ``facts:`` section builds it
+    once and caches it by the model, the world's files and these settings."""
+
+    model: str = Field(
+        description="The model whose knowledge is checked: a folder, a .gguf file or a "
+        "preset (smollm2-135m-instruct)."
+    )
+    world: str | None = Field(
+        None, description="A 'kinject world build' folder (e.g. ${world}): its new people join in."
+    )
+    n_new: int = Field(12, ge=0, description="New (fictional) people taken from the world.")
+    seed: int = Field(0, description="Options' order and the known/updated split.")
+
+
+def facts_fingerprint(config: FactsConfig) -> str:
+    """A digest of everything that decides the folder: the model by content, the world files
+    read, the built-in fact list, the settings and this module's format."""
+    from kinject.cache import fingerprint
+    from kinject.config import ModelSpec
+    from kinject.evaluation.identity import model_identity
+    from kinject.fileio import sha256_of
+
+    world = None
+    if config.world is not None and config.n_new:
+        world = {}
+        for name in WORLD_FILES:
+            path = Path(config.world) / name
+            world[name] = sha256_of(path) if path.is_file() else None
+    relations = [[r.name, r.question, r.validation, r.statements, r.facts] for r in RELATIONS]
+    return fingerprint(
+        FACTS_FORMAT,
+        config.model_dump(mode="json", exclude={"world", "model"}),
+        model_identity(ModelSpec(path=config.model)),
+        world,
+        relations,
+    )
 
 
 def _distinct_values(relation: Relation) -> list[str]:
@@ -126,17 +170,17 @@ def _world_rows(world: Path, name: str, fields: tuple[str, ...]) -> list[dict]:
 def _new_people(world: Path, n_new: int) -> tuple[list[dict], list[dict], list[dict], list[dict]]:
     """The first ``n_new`` of the world's new people: bios, paraphrases, test questions and
     validation questions."""
-    new = _world_rows(world, "tasks/new.jsonl", ("doc_ids",))
+    new = _world_rows(world, WORLD_FILES[0], ("doc_ids",))
     people = list(dict.fromkeys(doc for row in new for doc in row["doc_ids"]))[:n_new]
     if len(people) < n_new:
         raise KinjectError(f"{world}: {len(people)} new people, {n_new} asked for")
     chosen = set(people)
-    bios = [doc for doc in _world_rows(world, "kb.jsonl", ("id",)) if doc["id"] in chosen]
-    paraphrases = [p for p in _world_rows(world, "paraphrases.jsonl", ("id",)) if p["id"] in chosen]
+    bios = [doc for doc in _world_rows(world, WORLD_FILES[2], ("id",)) if doc["id"] in chosen]
+    paraphrases = [p for p in _world_rows(world, WORLD_FILES[3], ("id",)) if p["id"] in chosen]
     questions = [row for row in new if set(row["doc_ids"]) <= chosen]
     validation = [
         row
-        for row in _world_rows(world, "tasks/validation.jsonl", ("doc_ids",))
+        for row in _world_rows(world, WORLD_FILES[1], ("doc_ids",))
         if "previous" not in row and row["doc_ids"] and set(row["doc_ids"]) <= chosen
     ]
     return bios, paraphrases, questions, validation
