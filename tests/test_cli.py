@@ -203,6 +203,24 @@ def test_quick_demo_runs_a_pretrained_model_beside_the_tiny_one(tmp_path, tiny_l
     assert "rand: " in result.stdout and (tmp_path / "run" / "metrics.json").exists()
 
 
+def test_demo_with_a_missing_real_model_fails_before_any_work(tmp_path):
+    config = tmp_path / "demo.yaml"
+    config.write_text(f"pretrained: {{model: {tmp_path / 'gone.gguf'}}}\n", encoding="utf-8")
+    env = {"KINJECT_CACHE_DIR": str(tmp_path / "cache")}
+    result = kinject("demo", "--config", str(config), "--out", "run", cwd=tmp_path, env_extra=env)
+    assert result.returncode == 2
+    assert "gone.gguf' does not exist" in result.stderr and "pretrained: null" in result.stderr
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
+    for setting, said in [
+        ("{n_new: 9}", "pretrained.n_new is 9, but the world has 8 new people"),
+        ("{label: models, n_new: 8}", "pretrained.label 'models' is taken"),
+    ]:
+        config.write_text(f"world: {{n_new: 8}}\npretrained: {setting}\n", encoding="utf-8")
+        result = kinject("demo", "--config", str(config), "--out", "run", cwd=tmp_path)
+        assert result.returncode == 2 and said in result.stderr, result.stderr
+        assert str(config) in result.stderr and not (tmp_path / "run").exists()
+
+
 def test_two_demos_at_once_share_the_cache_safely(tmp_path):
     # Wide lines: rich would wrap "(pretrained now)" after a long cache path.
     env = {**os.environ, "KINJECT_CACHE_DIR": str(tmp_path / "cache"), "COLUMNS": "400"}

@@ -73,7 +73,12 @@ def demo(
         bool, typer.Option(help="A few-second smoke run: small world, short pretraining.")
     ] = False,
 ) -> None:
-    """Build the synthetic world, pretrain (or reuse) the tiny base model, evaluate it, print the table.
+    """Build the synthetic world, pretrain (or reuse) the tiny base model, evaluate it, then
+    SmolLM2-135M-Instruct on its own checked facts and the world's people; print the tables.
+
+    The tiny model's run goes into OUT, the real model's into OUT/smollm2 (`pretrained:
+    null` in a --config file leaves it out; --quick runs the tiny model alone unless
+    that file sets `pretrained:`).
 
     Example:
 

@@ -93,14 +93,25 @@ def _resolve_paths(data: dict, base: Path) -> None:
                 if key in spec:
                     spec[key] = file(spec[key])
 
+    def model_path(section: dict) -> None:
+        local = section.get("path")
+        placeholder = not isinstance(local, str) or local.startswith("${")
+        if not placeholder and (base / Path(local).expanduser()).exists():  # else a hub id
+            section["path"] = file(local)
+
     for model in _list(data.get("models")):
         if isinstance(model, dict):
-            local = model.get("path")
-            placeholder = not isinstance(local, str) or local.startswith("${")
-            if not placeholder and (base / Path(local).expanduser()).exists():  # else a hub id
-                model["path"] = file(local)
+            model_path(model)
             if "adapter" in model:
                 model["adapter"] = file(model["adapter"])
+    facts = data.get("facts")
+    if isinstance(facts, dict):
+        model = {"path": facts.get("model")}  # a folder or .gguf file; else a preset or hub id
+        model_path(model)
+        if model["path"] is not None:
+            facts["model"] = model["path"]
+        if "world" in facts:
+            facts["world"] = file(facts["world"])
     for spec in _list(data.get("tasks")):
         task(spec)
     validation = data.get("validation")

@@ -39,7 +39,10 @@ from kinject.probes.fact_list import RELATIONS, Relation
 from kinject.section import Section
 
 FACTS_FORMAT = 1  # bump when the folder's files change
-WORLD_FILES = ("tasks/new.jsonl", "tasks/validation.jsonl", "kb.jsonl", "paraphrases.jsonl")
+# the world's files the new people come from (all of them decide the folder)
+WORLD_NEW, WORLD_VALIDATION = "tasks/new.jsonl", "tasks/validation.jsonl"
+WORLD_KB, WORLD_PARAPHRASES = "kb.jsonl", "paraphrases.jsonl"
+WORLD_FILES = (WORLD_NEW, WORLD_VALIDATION, WORLD_KB, WORLD_PARAPHRASES)
 
 
 class FactsConfig(Section):
@@ -60,7 +63,8 @@ class FactsConfig(Section):
 
 def facts_fingerprint(config: FactsConfig) -> str:
     """A digest of everything that decides the folder: the model by content, the world files
-    read, the built-in fact list, the settings and this module's format."""
+    read, the built-in fact list, the settings and this module's format (bump FACTS_FORMAT
+    when :func:`verify`'s scoring changes)."""
     from kinject.cache import fingerprint
     from kinject.config import ModelSpec
     from kinject.evaluation.identity import model_identity
@@ -170,17 +174,17 @@ def _world_rows(world: Path, name: str, fields: tuple[str, ...]) -> list[dict]:
 def _new_people(world: Path, n_new: int) -> tuple[list[dict], list[dict], list[dict], list[dict]]:
     """The first ``n_new`` of the world's new people: bios, paraphrases, test questions and
     validation questions."""
-    new = _world_rows(world, WORLD_FILES[0], ("doc_ids",))
+    new = _world_rows(world, WORLD_NEW, ("doc_ids",))
     people = list(dict.fromkeys(doc for row in new for doc in row["doc_ids"]))[:n_new]
     if len(people) < n_new:
         raise KinjectError(f"{world}: {len(people)} new people, {n_new} asked for")
     chosen = set(people)
-    bios = [doc for doc in _world_rows(world, WORLD_FILES[2], ("id",)) if doc["id"] in chosen]
-    paraphrases = [p for p in _world_rows(world, WORLD_FILES[3], ("id",)) if p["id"] in chosen]
+    bios = [doc for doc in _world_rows(world, WORLD_KB, ("id",)) if doc["id"] in chosen]
+    paraphrases = [p for p in _world_rows(world, WORLD_PARAPHRASES, ("id",)) if p["id"] in chosen]
     questions = [row for row in new if set(row["doc_ids"]) <= chosen]
     validation = [
         row
-        for row in _world_rows(world, WORLD_FILES[1], ("doc_ids",))
+        for row in _world_rows(world, WORLD_VALIDATION, ("doc_ids",))
         if "previous" not in row and row["doc_ids"] and set(row["doc_ids"]) <= chosen
     ]
     return bios, paraphrases, questions, validation
