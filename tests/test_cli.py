@@ -104,6 +104,18 @@ def test_eval_command_on_a_local_model_and_table_rebuild(tmp_path, tiny_gpt2_dir
     assert result.returncode == 0 and (tmp_path / "run" / "table.md").exists()
 
 
+# (model, arm) of a demo's base model and its text fine-tunings, closed book and with rag
+TEXT_COLUMNS = (
+    ("base", "base"),
+    ("base", "oracle"),
+    ("base", "rag"),
+    ("ft-reg", "base"),
+    ("ft-reg", "rag"),
+    ("ft-par", "base"),
+    ("ft-par", "rag"),
+)
+
+
 def test_quick_demo_end_to_end_and_second_run_uses_the_cache(tmp_path):
     env = {"KINJECT_CACHE_DIR": str(tmp_path / "cache"), "COLUMNS": "400"}
     # the demo's path raises no deprecation, and prints no warning, of kinject's or a library's
@@ -126,16 +138,7 @@ def test_quick_demo_end_to_end_and_second_run_uses_the_cache(tmp_path):
             assert (run / "models" / model / name).exists(), (model, name)
     summary = json.loads((run / "metrics.json").read_text())
     columns = {(m["model"], m["arm"]) for m in summary["cells"]}
-    assert columns == {
-        ("base", "base"),
-        ("base", "oracle"),
-        ("base", "rag"),
-        ("ft-reg", "base"),
-        ("ft-reg", "rag"),
-        ("ft-par", "base"),
-        ("ft-par", "rag"),
-        ("sft", "base"),
-    }
+    assert columns == {*TEXT_COLUMNS, ("sft", "base")}
     (sweep,) = summary["sweeps"]
     assert [p["value"] for p in sweep["points"]] == [0, 2]
     assert [p["same_as"] for p in sweep["points"]] == ["ft-reg", "ft-par"]  # not trained again
@@ -178,15 +181,7 @@ def test_quick_demo_runs_a_pretrained_model_beside_the_tiny_one(tmp_path, tiny_l
     run = tmp_path / "run" / "rand"
     summary = json.loads((run / "metrics.json").read_text())
     cells = {(m["model"], m["arm"], m["split"]) for m in summary["cells"]}
-    for model, arm in [
-        ("base", "base"),
-        ("base", "oracle"),
-        ("base", "rag"),
-        ("ft-reg", "base"),
-        ("ft-reg", "rag"),
-        ("ft-par", "base"),
-        ("ft-par", "rag"),
-    ]:
+    for model, arm in TEXT_COLUMNS:
         for split in ("known", "updated", "new"):
             assert (model, arm, split) in cells, (model, arm, split)
     assert {m["n_seeds"] for m in summary["cells"] if m["model"] != "base"} == {3}
