@@ -442,8 +442,8 @@ def run_demo(
     show_progress: bool = True,
 ) -> tuple[Path, list[dict], list[Check]]:
     """The tiny model's experiment into ``out``, then the real pretrained model's into
-    ``out/<its label>``; each prints its tables as it ends.  Returns the run folder, every
-    cell of both (the real model's under its label) and the checks."""
+    ``out/<its label>``; each prints its tables as it ends.  Returns the run folder, the cells
+    of both (each names its model in ``base_model``) and the checks."""
     from rich.console import Console
 
     from kinject.experiments.runner import run_experiment
