@@ -94,8 +94,19 @@ def check_ingest_memory(output: str) -> None:
 
 
 def check_retrieval_squad(output: str) -> None:
-    assert {r["retriever"] for r in rows(output)} >= {"dense", "bm25", "hybrid"}
+    recall = {r["retriever"]: r for r in rows(output) if r.get("n", "").isdigit()}
+    dense, bm25 = "baseline dense (title + text, FAISS flat)", "baseline BM25 (bm25s, title + text)"
+    assert set(recall) >= {"dense", "bm25", "hybrid", dense, bm25}
     assert "knowledge base: 12 paragraphs" in output
+    # the comparison: each kinject retriever's recall over its counterpart's, as printed
+    ratio_lines = [line for line in output.splitlines() if line.count("|") == 6]
+    ratios = {line.split("|")[1].strip(): line.split("|")[2:6] for line in ratio_lines}
+    for ours, theirs in (("dense", dense), ("bm25", bm25)):
+        against, at1, at5, at20 = (cell.strip() for cell in ratios[ours])
+        assert against == theirs
+        for printed, key in ((at1, "recall@1"), (at5, "recall@5"), (at20, "recall@20")):
+            expected = number(recall[ours][key]) / number(recall[theirs][key])
+            assert number(printed) == pytest.approx(expected, abs=0.002), (ours, key)
 
 
 def check_reading_curriculum(output: str) -> None:
