@@ -182,3 +182,20 @@ def test_the_dry_run_refuses_what_the_run_would_refuse(tmp_path):
     assert problems[("model", "m")].endswith("missing-model: no such model folder")
     assert problems[("task", "t")].endswith("0 dev examples, jsonl: 5-shot needs 5 dev examples")
     assert any(c.ok and c.detail.startswith("hub id org/model") for c in result.checks)
+
+
+def test_a_facts_section_whose_model_is_not_there_is_a_failed_check(tmp_path):
+    """The facts folder's cache key needs the model's content: a .gguf file that is not
+    there is reported as the setup section's problem, beside the others, not as a crash."""
+    (tmp_path / "e.yaml").write_text(
+        "facts: {model: ./gone.gguf, n_new: 0}\n"
+        "models: [{label: m, path: ./gone.gguf}]\n"
+        "tasks: [{path: '${facts}/tasks/known.jsonl'}]\narms: [base]\n",
+        encoding="utf-8",
+    )
+    result = dry_run(load_experiment(tmp_path / "e.yaml"))
+    problems = {(c.kind, c.name): c.detail for c in result.problems}
+    assert set(problems) == {("setup", "facts:"), ("model", "m")}
+    assert problems[("setup", "facts:")].endswith("gone.gguf' does not exist")
+    cli = kinject("run", "e.yaml", "--dry-run", cwd=tmp_path)
+    assert cli.returncode == 2 and "gone.gguf' does not exist" in cli.stdout + cli.stderr

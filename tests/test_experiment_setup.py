@@ -256,8 +256,8 @@ def test_rename_section_feeds_the_knowledge_base_and_the_tasks(tmp_path):
     experiment = tmp_path / "experiment.yaml"
     experiment.write_text(yaml.safe_dump(spec), encoding="utf-8")
     config = load_experiment(experiment)
-    _, built, missing = cached_setup(config)
-    assert built == {} and missing == ["rename", "knowledge_base"]
+    _, built, missing, failed = cached_setup(config)
+    assert built == {} and missing == ["rename", "knowledge_base"] and failed == {}
     resolved = resolve_setup(config, show_progress=False)
     folder = Path(resolved.tasks[0].path).parent
     assert folder.parent == cache() / "rename" and (folder / "probes.json").exists()
@@ -270,8 +270,8 @@ def test_rename_section_feeds_the_knowledge_base_and_the_tasks(tmp_path):
     assert Path(resolved.rag.kb).parent == cache() / "kbs"
     assert any("Zoe of house Alder" in chunk.text for chunk in kb.chunks)
     assert not any("Mira" in chunk.text for chunk in kb.chunks)
-    again, built, missing = cached_setup(config)  # now both are found, nothing is built
-    assert missing == [] and again == resolved
+    again, built, missing, failed = cached_setup(config)  # now both are found, nothing is built
+    assert missing == [] and failed == {} and again == resolved
 
 
 def test_the_rename_example_parses_and_skips_its_text_model_for_another_model():

@@ -53,9 +53,11 @@ def dry_run(config: ExperimentConfig) -> DryRun:
     from kinject.experiments.setup import cached_setup
 
     result = DryRun()
-    config, built, missing = cached_setup(config)
+    config, built, missing, failed = cached_setup(config)
     for section in missing:
         result.unknown.append(f"{section}: not built yet (the first run builds it)")
+    for section, reason in failed.items():
+        result.checks.append(Check("setup", f"{section}:", False, reason))
     for section, values in built.items():
         for name, path in values.items():
             result.checks.append(Check("setup", f"{section}: ${{{name}}}", True, path))

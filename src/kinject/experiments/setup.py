@@ -70,23 +70,28 @@ def resolve_setup(
 
 def cached_setup(
     config: ExperimentConfig,
-) -> tuple[ExperimentConfig, dict[str, dict[str, str]], list[str]]:
+) -> tuple[ExperimentConfig, dict[str, dict[str, str]], list[str], dict[str, str]]:
     """The experiment with the placeholders of whatever is already built put in, the
-    placeholders each built section gave, and the sections not built yet (builds nothing:
-    ``kinject run --dry-run``)."""
+    placeholders each built section gave, the sections not built yet, and the sections
+    that could not even be looked up, with the reason (a ``facts:`` model that is not
+    there).  Builds nothing: ``kinject run --dry-run``."""
     from kinject.experiments.files import with_placeholders
 
-    built, missing = {}, []
+    built, missing, failed = {}, [], {}
     for section in used_sections(config):
         values = None
         if not _holds_placeholder(getattr(config, section)):
-            values = _CACHED[section](config)
+            try:
+                values = _CACHED[section](config)
+            except KinjectError as error:  # reported as the dry run's failed check
+                failed[section] = str(error)
+                continue
         if values is None:
             missing.append(section)
         else:
             built[section] = values
             config = with_placeholders(config, values)
-    return config, built, missing
+    return config, built, missing, failed
 
 
 def _holds_placeholder(section) -> bool:
