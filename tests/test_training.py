@@ -130,3 +130,31 @@ def test_a_checkpoint_of_another_format_is_refused_with_its_path(bpe_tokenizer, 
             checkpoint_dir=tmp_path,
             show_progress=False,
         )
+
+
+def test_auto_bf16_trains_as_the_setting_it_resolves_to_and_records_it(bpe_tokenizer):
+    from kinject.config import FinetuneRecipe, TrainingData
+    from pydantic import ValidationError
+    from kinject.training.loop import native_bf16, resolve_bf16
+
+    assert resolve_bf16("auto", "cpu") is native_bf16("cpu")
+    assert resolve_bf16(True, "cpu") is True and resolve_bf16(False, "cpu") is False
+    blocks = PackedBlocks(bpe_tokenizer, lambda e: DOCS, 32, 2)
+    schedule = Schedule(steps=3, learning_rate=1e-2, warmup_steps=1, weight_decay=0.1)
+    runs = {}
+    for setting in ("auto", native_bf16("cpu"), not native_bf16("cpu")):
+        model = _tiny_llama(bpe_tokenizer)
+        result = train(model, blocks.batch_for, schedule, bf16=setting, show_progress=False)
+        runs[setting] = (model.state_dict(), result)
+    auto_weights, auto_result = runs["auto"]
+    same_weights, _ = runs[native_bf16("cpu")]
+    other_weights, other_result = runs[not native_bf16("cpu")]
+    assert auto_result.bf16 is native_bf16("cpu") and other_result.bf16 is not auto_result.bf16
+    assert auto_result.summary()["bf16"] is auto_result.bf16  # what a model folder records
+    assert all(torch.equal(auto_weights[k], same_weights[k]) for k in auto_weights)
+    assert not all(torch.equal(auto_weights[k], other_weights[k]) for k in auto_weights)
+
+    data = TrainingData(corpus="kb.jsonl")
+    assert FinetuneRecipe(data=data).bf16 == "auto"
+    with pytest.raises(ValidationError, match="bf16"):
+        FinetuneRecipe(data=data, bf16="sometimes")

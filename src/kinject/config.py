@@ -96,7 +96,9 @@ class PretrainConfig(Section):
     )
     max_quiz_questions: int = Field(6, ge=1, description="Longest quiz about known people.")
     isolate_documents: bool = Field(True, description="No attention across packed documents.")
-    bf16: bool = Field(True, description="bf16 autocast (CPU or CUDA).")
+    bf16: bool | Literal["auto"] = Field(
+        "auto", description="bf16 autocast; auto: where the CPU or GPU does bf16 in hardware."
+    )
     threads: int | None = Field(None, description="torch threads; default: torch's choice.")
 
     @model_validator(mode="after")
@@ -129,7 +131,9 @@ class TextPretrainConfig(Section):
         description="The text is cut at blank lines into documents of about this many "
         "characters; their order is shuffled every pass.",
     )
-    bf16: bool = Field(True, description="bf16 autocast (CPU or CUDA).")
+    bf16: bool | Literal["auto"] = Field(
+        "auto", description="bf16 autocast; auto: where the CPU or GPU does bf16 in hardware."
+    )
     threads: int | None = Field(None, description="torch threads; default: torch's choice.")
 
     @model_validator(mode="after")
@@ -674,7 +678,9 @@ class FinetuneRecipe(Section):
     batch_size: int = Field(64, ge=1, description="Blocks per optimizer step (the paper: 64).")
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of the first epoch.")
     weight_decay: float = Field(0.0, ge=0)
-    bf16: bool = Field(True, description="bf16 autocast (CPU or CUDA).")
+    bf16: bool | Literal["auto"] = Field(
+        "auto", description="bf16 autocast; auto: where the CPU or GPU does bf16 in hardware."
+    )
     checkpoint_every_s: float = Field(60.0, gt=0, description="Seconds between checkpoints.")
 
     @model_validator(mode="after")

@@ -346,7 +346,6 @@ def pretrained_experiment(config: DemoConfig) -> ExperimentConfig | None:
             learning_rate=real.learning_rate,
             epochs=real.epochs,
             batch_size=real.batch_size,
-            bf16=True,
         )
 
     finetunes = {"ft-reg": text(0), "ft-par": text(real.paraphrases)}

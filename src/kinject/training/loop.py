@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from kinject import faults
 from kinject.errors import KinjectError
@@ -63,6 +63,7 @@ class TrainingResult:
     seconds: float
     final_loss: float
     resumed_from: int
+    bf16: bool = False  # what the loop used (``"auto"`` resolved)
     log: list[dict[str, Any]] = field(default_factory=list)
     validation: list[dict[str, Any]] = field(default_factory=list)
 
@@ -77,6 +78,28 @@ def autocast_context(device_type: str, bf16: bool):
     import torch
 
     return torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16)
+
+
+Bf16Setting = bool | Literal["auto"]
+
+
+def native_bf16(device_type: str) -> bool:
+    """Whether this device does bf16 arithmetic in hardware: a CUDA GPU that supports it, or
+    a CPU with AVX-512 BF16 or AMX.  Elsewhere bf16 is emulated, and training a small model
+    under bf16 autocast measured 9-13x slower than fp32 on a 2-core AVX2 CPU."""
+    import torch
+
+    if device_type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device_type == "cpu":
+        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+    return False
+
+
+def resolve_bf16(setting: Bf16Setting, device_type: str) -> bool:
+    """A config's ``bf16`` (true, false or ``"auto"``: where :func:`native_bf16`) as used."""
+    return native_bf16(device_type) if setting == "auto" else bool(setting)
 
 
 @dataclass
@@ -234,7 +257,7 @@ def train(
     batch_for: Callable[[int], dict[str, Any]],
     schedule: Schedule,
     *,
-    bf16: bool = True,
+    bf16: Bf16Setting = "auto",
     checkpoint_dir: Path | None = None,
     checkpoint_every_s: float = 60.0,
     log_every: int = 10,
@@ -249,13 +272,15 @@ def train(
     ``after_step(n)`` is called after the n-th step.  ``evaluate(n)`` is called (model in
     eval mode, no gradients) every ``evaluate_every`` steps and after the last; what it
     returns goes into ``TrainingResult.validation`` and the checkpoint, which is written
-    right after, so a resumed run never evaluates the same step twice.
+    right after, so a resumed run never evaluates the same step twice.  ``bf16``: autocast
+    (``"auto"``: where the device does bf16 in hardware, :func:`native_bf16`).
     """
     from kinject.progress import progress_bar
 
     group = _process_group(model)
     main = group is None or group.accelerator.is_main_process
     device = next(model.parameters()).device
+    bf16 = resolve_bf16(bf16, device.type)
     optimizer = _optimizer(model, schedule)
     checkpoint = checkpoint_dir / "checkpoint.pt" if checkpoint_dir else None
     progress = _load_checkpoint(checkpoint, model, optimizer)
@@ -320,6 +345,7 @@ def train(
         seconds=round(progress.seconds, 2),
         final_loss=running if running is not None else float("nan"),
         resumed_from=resumed_from,
+        bf16=bf16,
         log=progress.log,
         validation=progress.validation,
     )
