@@ -104,7 +104,7 @@ def test_ids_are_paths_relative_to_the_source_folder_and_nothing_is_written(tmp_
     assert ids(report) == ["a.txt", "guides/setup.md", "notes.markdown", "single.txt"]
     assert report.warnings == [] and report.duplicates == []
     setup = report.documents[1]
-    assert setup.text == "# Setup\n\nRun it." and setup.title is None
+    assert setup.text == "# Setup\n\nRun it." and setup.title == "Setup"  # its first heading
     assert setup.source == str((kb / "guides" / "setup.md").absolute())
     assert setup.root == str(kb.absolute())
     assert setup.sha256 == hashlib.sha256(setup.text.encode("utf-8")).hexdigest()
@@ -484,3 +484,83 @@ def test_real_squad_dev_file():
     assert first.title == "Super Bowl 50"
     assert first.text.startswith("Super Bowl 50 was an American football game")
     assert len({d.sha256 for d in report.documents}) == len(report.documents)
+
+
+# --------------------------------------------------------------------------- titles, headings
+
+
+def heading_lines(document) -> list[tuple[int, str]]:
+    """(level, text) of each heading, checking that it names the line it starts."""
+    for heading in document.headings:
+        line = document.text[heading.start :].split("\n")[0]
+        assert heading.text in line and document.text[heading.start - 1 : heading.start] in "\n"
+    return [(heading.level, heading.text) for heading in document.headings]
+
+
+def test_markdown_headings_and_first_heading_as_title(tmp_path):
+    write(
+        tmp_path / "kb" / "guide.md",
+        "# Kestrel  Guide\n\nIntro.\n\n## Install ##\n\nRun it.\n\n```\n# not a heading\n```\n\n"
+        "### On Linux\n\nUse the tarball.\n\n#hashtag, not a heading\n\n## Usage\n\nPoint it.",
+    )
+    write(tmp_path / "kb" / "plain.md", "No heading here.\n\n## Later\n\nText.")
+    write(tmp_path / "kb" / "notes.txt", "# Not markdown\n\nA text file.")
+
+    documents = {d.id: d for d in ingest([tmp_path / "kb"]).documents}
+
+    guide = documents["guide.md"]
+    assert guide.title == "Kestrel Guide"  # the first heading, out of the headings
+    assert heading_lines(guide) == [(2, "Install"), (3, "On Linux"), (2, "Usage")]
+    assert documents["plain.md"].title == "Later" and documents["plain.md"].headings == ()
+    assert documents["notes.txt"].title is None and documents["notes.txt"].headings == ()
+
+
+def test_html_headings_and_title(tmp_path):
+    write(
+        tmp_path / "kb" / "a.html",
+        "<html><head><title>Harbour  Notes</title></head><body><h1>Harbour Notes</h1>"
+        "<p>Opened in 1802.</p><h2>Ships <small>and boats</small></h2><p>The Marigold.</p>"
+        "<section><h3>Ferries</h3><p>Hourly.</p></section><script><h2>no</h2></script></body>",
+    )
+    write(
+        tmp_path / "kb" / "b.htm", "<body><h2>Untitled page</h2><p>Text.</p><h3>Part</h3>x</body>"
+    )
+
+    documents = {d.id: d for d in ingest([tmp_path / "kb"]).documents}
+
+    page = documents["a.html"]
+    assert page.title == "Harbour Notes"
+    assert heading_lines(page) == [(1, "Harbour Notes"), (2, "Ships and boats"), (3, "Ferries")]
+    untitled = documents["b.htm"]  # no <title>: its first heading
+    assert untitled.title == "Untitled page" and heading_lines(untitled) == [(3, "Part")]
+
+
+def test_jsonl_headings_are_placed_at_their_lines_and_bad_ones_are_named(tmp_path):
+    good = {
+        "id": "a",
+        "title": "Alpha",
+        "text": "Intro.\n\nHistory\nFounded in 1900.\n\nNot a heading: History\n\nLater\nEnd.",
+        "headings": [[2, "History"], [3, "Later"], [2, "Missing"]],
+    }
+    bad = {"id": "b", "text": "B.", "headings": [[2, "Ok"], [9, "Too deep"]]}
+    path = write(tmp_path / "corpus.jsonl", jsonl(good, bad))
+
+    report = ingest([path])
+
+    (document,) = report.documents
+    assert heading_lines(document) == [(2, "History"), (3, "Later")]  # no line: left out
+    assert report.warnings == [
+        f"{path}, line 2, field 'headings[1]': expected [level, \"heading\"] with level 1 to 6"
+    ]
+
+
+def test_formats_without_headings_keep_their_titles(tmp_path):
+    write(tmp_path / "kb" / "a.txt", "Plain text.")
+    write(tmp_path / "kb" / "manual.pdf", pdf_bytes(["Hello PDF world"]))
+    write(tmp_path / "kb" / "squad.json", squad(("Super_Bowl_50", ["Paragraph zero."])))
+
+    documents = {d.id: d for d in ingest([tmp_path / "kb"]).documents}
+
+    assert documents["Super_Bowl_50#0"].title == "Super Bowl 50"
+    assert documents["a.txt"].title is None and documents["manual.pdf"].title is None
+    assert all(document.headings == () for document in documents.values())

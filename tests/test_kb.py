@@ -695,3 +695,96 @@ def test_evaluate_kb_counts_questions_whose_gold_is_missing_and_writes_json(tmp_
     bm25 = report.rows[0]
     assert bm25["recall@1"] == round(1 / 3, 4) and bm25["recall@5"] == round(1 / 3, 4)
     assert json.loads(out.read_text())["results"] == json.loads(json.dumps(report.rows))
+
+
+# --------------------------------------------------------------------------- index text
+
+GUIDE = (
+    "# Kestrel Guide\n\nKestrel is an app that names the birds in a photograph. It runs on "
+    "phones and laptops and needs no account.\n\n## Installation\n\nDownload the installer "
+    "from the release page and run it. The setup takes about two minutes on most machines.\n\n"
+    "### On Linux\n\nUnpack the tarball into your home folder and start the binary from a "
+    "terminal window.\n\n## Usage\n\nOpen a photograph and wait for the names to appear "
+    "beside each bird in the picture."
+)
+
+
+def test_chunks_are_indexed_under_their_title_and_headings(tmp_path, embedder):
+    corpus = tmp_path / "corpus"
+    write(corpus / "guide.md", GUIDE)
+    write(corpus / "cities.html", CITIES_HTML)
+    write(corpus / "facts.jsonl", jsonl(FACTS))
+    config = KBConfig(chunking={"size": 40, "overlap": 0})
+    build_kb([corpus], tmp_path / "kb", config, QUIET)
+    kb = KnowledgeBase.open(tmp_path / "kb")
+
+    guide = [chunk for chunk in kb.chunks if chunk.doc_id == "guide.md"]
+    assert len(guide) >= 4
+    linux = next(chunk for chunk in guide if "tarball" in chunk.text)
+    assert linux.heading == "Kestrel Guide > Installation > On Linux"
+    usage = next(chunk for chunk in guide if "photograph and wait" in chunk.text)
+    assert usage.heading == "Kestrel Guide > Usage"  # a new section ends the one before
+    assert guide[0].heading == "Kestrel Guide"
+    octopus = next(chunk for chunk in kb.chunks if chunk.doc_id == "fact-2")
+    assert octopus.indexed == "Octopus\nOctopuses have three hearts and blue blood."
+    honey = next(chunk for chunk in kb.chunks if chunk.doc_id == "fact-1")
+    assert honey.heading == "" and honey.indexed == honey.text  # no title: the text alone
+    cities = [chunk for chunk in kb.chunks if chunk.doc_id == "cities.html"]
+    assert {chunk.heading for chunk in cities} == {"Harbour cities"}  # <h1> repeats <title>
+
+    # each chunk with its heading line fits the chunk size (the line's tokens are reserved)
+    chunker = make_chunker(config)
+    assert all(tokens_in(chunker, chunk.indexed) <= 40 + 1 for chunk in kb.chunks)
+    # what is embedded and searched is the heading line and the text
+    row = kb.chunks.index(linux)
+    assert np.allclose(kb.embeddings()[row], embedder.embed([linux.indexed])[0], atol=1e-6)
+    (hits,) = kb.retriever("bm25").search(["Kestrel Linux"], 1)  # words of its heading only
+    assert kb.chunks[hits[0].row] == linux
+
+    # index_text: text is the chunk alone, as knowledge bases were before
+    build_kb([corpus], tmp_path / "plain", config.model_copy(update={"index_text": "text"}), QUIET)
+    plain = KnowledgeBase.open(tmp_path / "plain")
+    assert all(chunk.heading == "" for chunk in plain.chunks)
+    titled = config.model_copy(update={"index_text": "title+text"})
+    build_kb([corpus], tmp_path / "titled", titled, QUIET)
+    titled_guide = [
+        c for c in KnowledgeBase.open(tmp_path / "titled").chunks if c.doc_id == "guide.md"
+    ]
+    assert {chunk.heading for chunk in titled_guide} == {"Kestrel Guide"}
+
+
+def test_a_changed_title_alone_reindexes_its_chunks(tmp_path):
+    corpus = tmp_path / "corpus"
+    write(corpus / "facts.jsonl", jsonl(FACTS))
+    build_kb([corpus], tmp_path / "kb", CONFIG, QUIET)
+    renamed = [dict(row, title="Cephalopod") if row["id"] == "fact-2" else row for row in FACTS]
+    write(corpus / "facts.jsonl", jsonl(renamed))
+
+    change = update_documents(tmp_path / "kb", [corpus], QUIET)
+
+    kb = KnowledgeBase.open(tmp_path / "kb")
+    octopus = next(chunk for chunk in kb.chunks if chunk.doc_id == "fact-2")
+    assert octopus.heading == "Cephalopod" and change.embedded == 1 and change.reused == 2
+    build_kb([corpus], tmp_path / "fresh", CONFIG, QUIET)
+    assert_same_kb(kb, KnowledgeBase.open(tmp_path / "fresh"))
+
+
+def test_a_knowledge_base_from_before_index_text_searches_its_texts_and_says_so(tmp_path, capsys):
+    corpus = tmp_path / "corpus"
+    write(corpus / "facts.jsonl", jsonl(FACTS))
+    build_kb([corpus], tmp_path / "kb", KBConfig(index_text="text"), QUIET)
+    snapshot = KnowledgeBase.open(tmp_path / "kb").snapshot
+    config = snapshot / "config.yaml"  # as a knowledge base of the version before wrote it
+    config.write_text(
+        "".join(line for line in config.read_text().splitlines(True) if "index_text" not in line)
+    )
+
+    old = KnowledgeBase.open(tmp_path / "kb")
+    assert old.config.index_text == "text" and old.indexes_text_only
+    (hits,) = old.retriever("dense").search(["three hearts"], 1)
+    assert old.chunks[hits[0].row].doc_id == "fact-2"
+    note = capsys.readouterr().err
+    assert "indexes chunk texts alone" in note and "kinject kb build" in note
+    change = update_documents(tmp_path / "kb", [corpus], QUIET)  # still text alone
+    assert change.embedded == 0
+    assert all(chunk.heading == "" for chunk in KnowledgeBase.open(tmp_path / "kb").chunks)

@@ -59,10 +59,15 @@ def test_rag_context_is_the_top_chunks_in_rank_order(world_dir, kb_dir):
     arms = {arm.k: arm for arm in build_arms(config) if arm.name == "rag"}
     item = jsonl_task("new", world_dir / "tasks" / "new.jsonl").items[0]
     kb = KnowledgeBase.open(kb_dir)
-    hits = kb.retriever("dense").search([item.question], 2)[0]
     context = arms[2].context_for(item)
+    hits = arms[2].cache.hits(item, 2)  # retrieved with the other questions, as scored
+    alone = kb.retriever("dense").search([item.question], 2)[0]
+    assert {hit.row for hit in hits} == {hit.row for hit in alone}
     texts = [kb.chunks[hit.row].text for hit in hits]
-    assert context.text == "Facts:\n" + "\n\n".join(texts)
+    titles = [kb.chunks[hit.row].heading for hit in hits]  # the people's names (kb.index_text)
+    assert all(titles)
+    shown = [f"{title}\n{text}" for title, text in zip(titles, texts)]
+    assert context.text == "Facts:\n" + "\n\n".join(shown)
     assert [r["chunk"] for r in context.retrieved] == [kb.chunks[h.row].id for h in hits]
     assert context.retrieved[0]["doc_id"] == item.doc_ids[0]  # the person's bio comes first
     assert context.retrieved[0]["score"] >= context.retrieved[1]["score"]
@@ -70,7 +75,7 @@ def test_rag_context_is_the_top_chunks_in_rank_order(world_dir, kb_dir):
 
     last = _config(world_dir, kb_dir, "unused", k=[2], order="best_last")
     (arm,) = [arm for arm in build_arms(last) if arm.name == "rag"]
-    assert arm.context_for(item).text == "\n\n".join(reversed(texts))
+    assert arm.context_for(item).text == "\n\n".join(reversed(shown))
 
 
 def test_k_is_chosen_on_validation_and_test_is_scored_at_that_k_only(

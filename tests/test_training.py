@@ -133,8 +133,9 @@ def test_a_checkpoint_of_another_format_is_refused_with_its_path(bpe_tokenizer, 
 
 
 def test_auto_bf16_trains_as_the_setting_it_resolves_to_and_records_it(bpe_tokenizer):
-    from kinject.config import FinetuneRecipe, TrainingData
     from pydantic import ValidationError
+
+    from kinject.config import FinetuneRecipe, TrainingData
     from kinject.training.loop import native_bf16, resolve_bf16
 
     assert resolve_bf16("auto", "cpu") is native_bf16("cpu")

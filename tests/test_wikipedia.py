@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from kinject.cli import app
 from kinject.config import KBConfig
 from kinject.errors import KinjectError
+from kinject.kb.chunking import heading_line
 from kinject.kb.ingest import ingest
 from kinject.kb.store import KnowledgeBase
 from kinject.sources.wikipedia import (
@@ -188,6 +189,19 @@ def test_pages_become_a_knowledge_base_with_redirects_followed(wiki, tmp_path):
     assert documents["Hurricane_Idalia"].text == IDALIA_FROM_API
     assert documents["Hurricane_Idalia"].title == "Hurricane Idalia"
     assert documents["2023_Hawaii_wildfires"].text == HAWAII_FROM_API
+    idalia = documents["Hurricane_Idalia"]
+    assert [(h.level, h.text) for h in idalia.headings] == [
+        (2, "Meteorological history"),
+        (3, "Landfall"),
+        (2, "Preparations"),
+        (3, "Florida"),
+    ]
+    governor = idalia.text.index("Governor Ron DeSantis")  # indexed under its sections
+    line = heading_line(idalia.title, idalia.headings, governor, "title+headings+text")
+    assert line == "Hurricane Idalia > Preparations > Florida"
+    for chunk in kb.chunks:
+        title = documents[chunk.doc_id].title
+        assert chunk.heading.startswith(title) and chunk.indexed.endswith(chunk.text)
     assert build.change.documents == 2 and build.change.chunks >= 4
     (hits,) = kb.retriever("bm25").search(["Lahaina fire deadliest wildfire"], 1)
     assert kb.chunks[hits[0].row].doc_id == "2023_Hawaii_wildfires"
@@ -413,6 +427,12 @@ def test_a_pages_articles_dump_is_streamed_and_cleaned(tmp_path):
         documents = {d.id: d for d in report.documents}
         assert documents["Hurricane_Idalia"].text == IDALIA_FROM_DUMP
         assert documents["Hurricane_Idalia"].title == "Hurricane Idalia"
+        idalia = documents["Hurricane_Idalia"]  # the section names: lines of the text
+        assert [(h.level, h.text) for h in idalia.headings] == [
+            (2, "Meteorological history"),
+            (3, "Landfall"),
+        ]
+        assert all(idalia.text[h.start :].split("\n")[0] == h.text for h in idalia.headings)
         assert documents["2023_Lewiston_shootings"].text == LEWISTON_FROM_DUMP
         assert report.warnings == []
 

@@ -394,6 +394,11 @@ class KBConfig(Section):
     embedder: EmbedderConfig = EmbedderConfig()
     index: IndexConfig = IndexConfig()
     max_file_mb: float = Field(20.0, gt=0, description="Larger files are skipped (or an error).")
+    index_text: Literal["title+headings+text", "title+text", "text"] = Field(
+        "title+headings+text",
+        description="What a chunk is indexed by (dense and BM25) and shown as in a rag "
+        "context: its document's title and the headings above it, a line break, its text.",
+    )
 
 
 class KBSetup(Section):

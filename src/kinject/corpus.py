@@ -18,7 +18,7 @@ class Document:
     meta: dict = field(default_factory=dict)
 
 
-CORPUS_FIELDS = ("id", "text", "title", "source", "meta")
+CORPUS_FIELDS = ("id", "text", "title", "source", "meta", "headings")
 
 
 def check_corpus_record(path: Path, line: int, obj: dict) -> None:
@@ -34,6 +34,19 @@ def check_corpus_record(path: Path, line: int, obj: dict) -> None:
             raise DataError(path, line, key, "expected a string")
     if not isinstance(obj.get("meta", {}), dict):
         raise DataError(path, line, "meta", "expected an object")
+    headings = obj.get("headings", [])
+    if not isinstance(headings, list):
+        raise DataError(path, line, "headings", 'expected a list of [level, "heading"] pairs')
+    for index, pair in enumerate(headings):
+        if not (
+            isinstance(pair, list)
+            and len(pair) == 2
+            and type(pair[0]) is int
+            and 1 <= pair[0] <= 6
+            and isinstance(pair[1], str)
+        ):
+            why = 'expected [level, "heading"] with level 1 to 6'
+            raise DataError(path, line, f"headings[{index}]", why)
 
 
 def load_corpus_jsonl(path: str | Path) -> dict[str, Document]:

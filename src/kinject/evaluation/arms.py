@@ -330,7 +330,7 @@ class RagArm(Arm):
             {"chunk": chunk.id, "doc_id": chunk.doc_id, "score": round(hit.score, 6)}
             for chunk, hit in zip(chunks, hits)
         )
-        texts = [chunk.text for chunk in chunks]
+        texts = [chunk.indexed for chunk in chunks]  # heading line and text (kb.index_text)
         if self.best_last:
             texts.reverse()
         if not texts:

@@ -272,7 +272,7 @@ def eval_run_tasks(folder: Path) -> tuple[list[LmEvalTask], list[dict]]:
 def _cell_task(config: EvalConfig, task: Task, arm, shots: int, records, selector, cell):
     by_id = {item.id: item for item in task.items}
     items = [by_id[record["question_id"]] for record in records]
-    chunks = {c.id: c.text for c in arm.cache.kb.chunks} if arm.kind == "rag" else {}
+    chunks = {c.id: c.indexed for c in arm.cache.kb.chunks} if arm.kind == "rag" else {}
     contexts = [_context(arm, item, record, chunks) for item, record in zip(items, records)]
     dynamic = config.fewshot != "first" and shots > 0
     if dynamic:  # per-question examples: inside the query, lm-eval 0-shot

@@ -25,8 +25,9 @@ from __future__ import annotations
 import bisect
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 # The end of a sentence: . ! ? (then closing quotes/brackets) and whitespace; or a blank line.
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]*\s+|\n\s*\n")
@@ -40,13 +41,20 @@ class Chunk:
     start: int  # character span in the document's text
     end: int
     text: str
+    heading: str = ""  # its document's title and the headings above it (see heading_line)
 
     @property
     def sha256(self) -> str:
         return text_hash(self.text)
 
+    @property
+    def indexed(self) -> str:
+        """What the retrievers index and the LLM's context shows: the heading line, a line
+        break, the chunk's text (the text alone when there is no heading line)."""
+        return f"{self.heading}\n{self.text}" if self.heading else self.text
+
     def to_json(self) -> dict[str, Any]:
-        return {
+        row = {
             "id": self.id,
             "doc_id": self.doc_id,
             "index": self.index,
@@ -55,6 +63,46 @@ class Chunk:
             "text": self.text,
             "sha256": self.sha256,
         }
+        if self.heading:
+            row["heading"] = self.heading
+        return row
+
+
+class Heading(NamedTuple):
+    """A section heading of a document: where its line starts in the text, its level (1 for
+    ``#`` or ``<h1>``, 2 for ``##``, ``<h2>`` or ``== X ==``, ...) and its text."""
+
+    start: int
+    level: int
+    text: str
+
+
+INDEX_TEXTS = ("title+headings+text", "title+text", "text")
+HEADING_SEPARATOR = " > "
+
+
+def heading_line(
+    title: str | None, headings: Sequence[Heading], start: int, index_text: str
+) -> str:
+    """The line a chunk starting at character ``start`` is indexed under: with
+    ``index_text`` ``title+headings+text``, the document's title and the headings of the
+    sections it lies in (those that start before it, the innermost of each level, outer
+    first), joined by ``" > "``: ``"Paris > History > Middle Ages"``; with ``title+text``
+    the title alone; with ``text`` nothing."""
+    if index_text not in INDEX_TEXTS:
+        raise ValueError(f"index_text '{index_text}': expected one of {', '.join(INDEX_TEXTS)}")
+    parts = [title] if title and index_text != "text" else []
+    if index_text == "title+headings+text":
+        path: dict[int, str] = {}
+        for heading in headings:
+            if heading.start >= start:
+                break
+            path = {level: text for level, text in path.items() if level < heading.level}
+            path[heading.level] = heading.text
+        for level in sorted(path):
+            if not parts or parts[-1] != path[level]:  # an <h1> that repeats the <title>
+                parts.append(path[level])
+    return HEADING_SEPARATOR.join(parts)
 
 
 def text_hash(text: str) -> str:
@@ -81,7 +129,11 @@ class Chunker:
         self.size = size
         self.overlap = overlap
 
-    def chunk(self, doc_id: str, text: str) -> list[Chunk]:
+    def chunk(self, doc_id: str, text: str, reserve: int = 0) -> list[Chunk]:
+        """``text``'s chunks; ``reserve``: tokens each chunk leaves free (for its heading
+        line, when the retriever sees one: see :func:`heading_line`)."""
+        size = max(8, self.size - reserve)
+        overlap = min(self.overlap, size - 1)
         offsets = self._token_offsets(text)
         if not offsets:
             return []
@@ -94,7 +146,7 @@ class Chunker:
             if last > first:
                 units.append((first, last))
         chunks = []
-        for first, last in self._pack(units, _cuts(text, offsets)):
+        for first, last in self._pack(units, _cuts(text, offsets), size, overlap):
             # From the end of the token before (characters no token reads, such as U+FFFD
             # or a zero-width joiner for MiniLM, go with the chunk that follows them) to the
             # end of the last token (of the text, for the last chunk); whitespace trimmed.
@@ -109,46 +161,54 @@ class Chunker:
                 chunks.append(Chunk(f"{doc_id}::{n}", doc_id, n, start, end, text[start:end]))
         return chunks
 
+    def tokens(self, text: str) -> int:
+        """How many tokens ``text`` is (no special tokens)."""
+        return len(self._token_offsets(text))
+
     def _token_offsets(self, text: str) -> list[tuple[int, int]]:
         encoding = self.tokenizer(
             text, add_special_tokens=False, return_offsets_mapping=True, verbose=False
         )
         return [(a, b) for a, b in encoding["offset_mapping"] if b > a]
 
-    def _pack(self, units: list[tuple[int, int]], cuts: list[int]) -> list[tuple[int, int]]:
+    def _pack(
+        self, units: list[tuple[int, int]], cuts: list[int], size: int, overlap: int
+    ) -> list[tuple[int, int]]:
         """Token ranges of the chunks: whole sentences, carried overlap, long ones windowed."""
         ranges: list[tuple[int, int]] = []
         current: list[tuple[int, int]] = []
         for unit in units:
             length = unit[1] - unit[0]
-            if length > self.size:
+            if length > size:
                 if current:
                     ranges.append((current[0][0], current[-1][1]))
-                ranges.extend(self._windows(*unit, cuts))
+                ranges.extend(self._windows(*unit, cuts, size, overlap))
                 current = []
                 continue
-            if current and unit[1] - current[0][0] > self.size:
+            if current and unit[1] - current[0][0] > size:
                 ranges.append((current[0][0], current[-1][1]))
-                current = self._carried(current, unit)
+                current = self._carried(current, unit, size, overlap)
             current.append(unit)
         if current:
             ranges.append((current[0][0], current[-1][1]))
         return ranges
 
     def _carried(
-        self, previous: list[tuple[int, int]], following: tuple[int, int]
+        self, previous: list[tuple[int, int]], following: tuple[int, int], size: int, overlap: int
     ) -> list[tuple[int, int]]:
         """The last sentences of ``previous`` that fit in ``overlap`` and, with the tokens up
         to the end of the ``following`` sentence (whitespace tokens between sentences
         included), in ``size``."""
         carried: list[tuple[int, int]] = []
         for unit in reversed(previous[1:]):  # never the first: every chunk must move forward
-            if previous[-1][1] - unit[0] > self.overlap or following[1] - unit[0] > self.size:
+            if previous[-1][1] - unit[0] > overlap or following[1] - unit[0] > size:
                 break
             carried.insert(0, unit)
         return carried
 
-    def _windows(self, first: int, last: int, cuts: list[int]) -> list[tuple[int, int]]:
+    def _windows(
+        self, first: int, last: int, cuts: list[int], size: int, overlap: int
+    ) -> list[tuple[int, int]]:
         """Windows of at most ``size`` tokens over ``[first, last)``, each ending before the
         last word start that fits and the next one starting at the first word start within
         ``overlap`` tokens of that end (where no word starts, cut between characters, and
@@ -157,7 +217,7 @@ class Chunker:
         windows = []
         start, previous_end = first, first
         while True:
-            end = min(start + self.size, last)
+            end = min(start + size, last)
             if end < last:
                 fits = range(end, previous_end, -1)
                 end = next((i for i in fits if cuts[i] == _WORD), None) or next(
@@ -167,7 +227,7 @@ class Chunker:
             previous_end = end
             if end == last:
                 return windows
-            after = range(max(end - self.overlap, start + 1), end)
+            after = range(max(end - overlap, start + 1), end)
             start = next((i for i in after if cuts[i] == _WORD), end)
 
 

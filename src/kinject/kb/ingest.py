@@ -2,15 +2,22 @@
 
 Supported formats, chosen by suffix:
 
-- ``.txt``, ``.md``, ``.markdown``: plain text, one document per file;
-- ``.html``, ``.htm``: visible text (BeautifulSoup), the ``<title>`` as title;
-- ``.jsonl``: kinject's corpus format ``{"id", "text", "title"?, "source"?, "meta"?}``;
+- ``.txt``, ``.md``, ``.markdown``: plain text, one document per file; a Markdown file's
+  ATX headings (``#`` … ``######``) are its headings, and its first heading its title;
+- ``.html``, ``.htm``: visible text (BeautifulSoup), the ``<title>`` as title (else the
+  first heading), ``<h1>`` … ``<h6>`` as headings;
+- ``.jsonl``: kinject's corpus format ``{"id", "text", "title"?, "source"?, "meta"?,
+  "headings"?}`` (``headings``: ``[level, "heading"]`` pairs, each a line of the text);
 - ``.json``: the SQuAD v1.1 layout, one document per paragraph;
 - ``.pdf``: page texts (pypdf, the ``pdf`` extra);
 - ``.xml``, ``.xml.bz2`` (and split dumps ``….xml-p1p41242.bz2``): a MediaWiki XML export or
   Wikipedia ``pages-articles`` dump, streamed, one document per article (see
-  :mod:`kinject.sources.wikidump`; the size limit applies to the file as stored);
+  :mod:`kinject.sources.wikidump`; the size limit applies to the file as stored), its
+  section names (``== History ==``) as headings;
 - ``wiki_00``, ``wiki_01``, … (also ``.bz2``): WikiExtractor output, ``<doc>`` or ``--json``.
+
+A document's title and the headings above a chunk are what the chunk is indexed under (see
+:func:`kinject.kb.chunking.heading_line`).
 
 Ids are stable: a JSONL record's ``id``; ``"{title}#{index}"`` for a SQuAD paragraph; a
 Wikipedia page's title with spaces as ``_`` (as the API-built knowledge bases use); else
@@ -51,6 +58,7 @@ from kinject import faults
 from kinject.corpus import check_corpus_record
 from kinject.errors import DataError, KinjectError
 from kinject.fileio import parse_json
+from kinject.kb.chunking import Heading
 from kinject.progress import progress_bar
 
 SUPPORTED_SUFFIXES = (
@@ -73,6 +81,7 @@ _HTML_PARAGRAPH_TAGS = (
 _HTML_LINE_TAGS = ("div", "li", "tr", "dt", "dd", "hr", "caption", "figcaption", "details")
 _HTML_BREAKS = {**dict.fromkeys(_HTML_PARAGRAPH_TAGS, 2), **dict.fromkeys(_HTML_LINE_TAGS, 1)}
 _HTML_CELLS = frozenset({"td", "th"})
+_HTML_HEADINGS = ("h1", "h2", "h3", "h4", "h5", "h6")
 
 _SPACE_RUNS = re.compile(r"[ \t]+")
 _SPACES_AROUND_NEWLINES = re.compile(r" *\n *")
@@ -90,6 +99,7 @@ class IngestedDocument:
     source: str  # absolute path of the file it came from
     root: str  # absolute path of the SOURCE argument it was found under
     sha256: str  # hex sha256 of the text (utf-8)
+    headings: tuple[Heading, ...] = ()  # Markdown, HTML and Wikipedia section headings
 
     @property
     def chars(self) -> int:
@@ -124,6 +134,7 @@ class TextSpool:
             self,
             offset,
             len(data),
+            document.headings,
         )
 
     def read(self, offset: int, length: int) -> str:
@@ -155,6 +166,7 @@ class SpooledDocument:
     spool: TextSpool
     offset: int  # bytes into the spool
     length: int  # bytes of utf-8
+    headings: tuple[Heading, ...] = ()
 
     @property
     def text(self) -> str:
@@ -272,11 +284,22 @@ def html_to_text(html: str) -> tuple[str, str | None]:
     and end lines, inline elements (``b``, ``a``, ``span``) do not; source line breaks count
     as spaces except inside ``<pre>``.
     """
+    text, title, _ = html_to_text_and_headings(html)
+    return text, title
+
+
+def html_to_text_and_headings(html: str) -> tuple[str, str | None, tuple[Heading, ...]]:
+    """:func:`html_to_text`, and the page's ``<h1>`` … ``<h6>`` headings in that text."""
     from bs4 import BeautifulSoup
 
     soup = BeautifulSoup(html, _html_parser())
-    text = _join_html_pieces(_html_pieces(soup))
-    return clean_text(text), _html_title(soup)
+    text = clean_text(_join_html_pieces(_html_pieces(soup)))
+    found = [
+        (int(tag.name[1]), tag.get_text(" "))
+        for tag in soup.find_all(_HTML_HEADINGS)
+        if not any(parent.name in _HTML_DROP for parent in tag.parents)
+    ]
+    return text, _html_title(soup), locate_headings(text, found)
 
 
 def squad_paragraph_id(title: str, index: int) -> str:
@@ -475,9 +498,11 @@ def _decode(path: Path, raw: bytes, first_line: int = 1, offset: int = 0) -> str
         raise DataError(path, line, None, message) from None
 
 
-def _document(file: _File, doc_id: str, text: str, title: str | None) -> IngestedDocument:
+def _document(
+    file: _File, doc_id: str, text: str, title: str | None, headings: tuple[Heading, ...] = ()
+) -> IngestedDocument:
     sha256 = hashlib.sha256(text.encode("utf-8")).hexdigest()
-    return IngestedDocument(doc_id, text, title, file.source, file.root, sha256)
+    return IngestedDocument(doc_id, text, title, file.source, file.root, sha256, headings)
 
 
 def _clean_title(title: str | None) -> str | None:
@@ -492,15 +517,69 @@ def _read_text(file: _File, raw: bytes, run: _Run) -> list[IngestedDocument]:
     text = clean_text(_decode(file.path, raw))
     if not text:
         raise DataError(file.path, None, None, "no text after cleaning")
-    return [_document(file, file.doc_id, text, None)]
+    if file.path.suffix.lower() not in (".md", ".markdown"):
+        return [_document(file, file.doc_id, text, None)]
+    headings = markdown_headings(text)
+    title, headings = _title_from_headings(None, headings)
+    return [_document(file, file.doc_id, text, title, headings)]
 
 
 def _read_html(file: _File, raw: bytes, run: _Run) -> list[IngestedDocument]:
     _check_not_binary(file.path, raw)
-    text, title = html_to_text(_decode(file.path, raw))
+    text, title, headings = html_to_text_and_headings(_decode(file.path, raw))
     if not text:
         raise DataError(file.path, None, None, "no visible text after cleaning")
-    return [_document(file, file.doc_id, text, title)]
+    title, headings = _title_from_headings(title, headings)
+    return [_document(file, file.doc_id, text, title, headings)]
+
+
+# --------------------------------------------------------------------------- headings
+
+# An ATX heading: 1-6 '#', a space, the text, optionally closed by '#'s (CommonMark).
+_MARKDOWN_HEADING = re.compile(r"^(#{1,6})[ \t]+(.*?)(?:[ \t]+#+)?[ \t]*$")
+_MARKDOWN_FENCE = re.compile(r"^(```|~~~)")
+
+
+def markdown_headings(text: str) -> tuple[Heading, ...]:
+    """The ATX headings (``# Title``, ``## Section``) of a Markdown text, outside fenced code
+    blocks, each at the start of its line."""
+    headings, fence, start = [], None, 0
+    for line in text.split("\n"):
+        opening = _MARKDOWN_FENCE.match(line)
+        if opening and (fence is None or opening.group(1) == fence):
+            fence = None if fence else opening.group(1)
+        elif fence is None:
+            match = _MARKDOWN_HEADING.match(line)
+            name = _clean_title(match.group(2)) if match else None
+            if name:
+                headings.append(Heading(start, len(match.group(1)), name))
+        start += len(line) + 1
+    return tuple(headings)
+
+
+def locate_headings(text: str, found: Iterable[tuple[int, str]]) -> tuple[Heading, ...]:
+    """``(level, heading)`` pairs, in document order, placed at the lines of ``text`` that
+    hold them (each after the one before); a heading with no line of its own is left out."""
+    headings, position = [], 0
+    for level, raw in found:
+        name = _clean_title(raw)
+        if not name:
+            continue
+        match = re.compile(rf"^{re.escape(name)}$", re.MULTILINE).search(text, position)
+        if match is not None:
+            headings.append(Heading(match.start(), level, name))
+            position = match.end()
+    return tuple(headings)
+
+
+def _title_from_headings(
+    title: str | None, headings: tuple[Heading, ...]
+) -> tuple[str | None, tuple[Heading, ...]]:
+    """A document without a title takes its first heading as title (and out of its
+    headings: the title heads every chunk anyway)."""
+    if title is None and headings:
+        return headings[0].text, headings[1:]
+    return title, headings
 
 
 # --------------------------------------------------------------------------- HTML
@@ -587,7 +666,7 @@ def _read_jsonl(file: _File, raw: bytes, run: _Run) -> list[IngestedDocument]:
             record = _jsonl_record(file.path, number, offset, line)
             if record is None:
                 continue
-            doc_id, text, title = record
+            doc_id, text, title, headings = record
             if doc_id in lines:
                 message = f"duplicate id '{doc_id}' (first on line {lines[doc_id]})"
                 raise DataError(file.path, number, "id", message)
@@ -595,7 +674,7 @@ def _read_jsonl(file: _File, raw: bytes, run: _Run) -> list[IngestedDocument]:
             run.problem(error)
             continue
         lines[doc_id] = number
-        documents.append(_document(file, doc_id, text, title))
+        documents.append(_document(file, doc_id, text, title, headings))
     return documents
 
 
@@ -609,8 +688,8 @@ def _byte_lines(raw: bytes) -> Iterator[tuple[int, int, bytes]]:
 
 def _jsonl_record(
     path: Path, number: int, offset: int, line: bytes
-) -> tuple[str, str, str | None] | None:
-    """``(id, cleaned text, title)`` of one corpus line, None for a blank line."""
+) -> tuple[str, str, str | None, tuple[Heading, ...]] | None:
+    """``(id, cleaned text, title, headings)`` of one corpus line, None for a blank line."""
     decoded = _decode(path, line, number, offset)
     if number == 1:
         decoded = decoded.removeprefix("\ufeff")
@@ -623,7 +702,8 @@ def _jsonl_record(
     text = clean_text(obj["text"])
     if not text:
         raise DataError(path, number, "text", "no text after cleaning")
-    return obj["id"], text, _clean_title(obj.get("title"))
+    headings = locate_headings(text, obj.get("headings", []))
+    return obj["id"], text, _clean_title(obj.get("title")), headings
 
 
 # --------------------------------------------------------------------------- SQuAD JSON
@@ -726,7 +806,8 @@ def _wiki_documents(file: _File, pages) -> Iterator[IngestedDocument]:
         text = clean_text(page.text)
         if text:  # nothing may be left of a page of control characters
             found = True
-            yield _document(file, page.id, text, _clean_title(page.title))
+            headings = locate_headings(text, page.headings)
+            yield _document(file, page.id, text, _clean_title(page.title), headings)
     if not found:
         raise DataError(file.path, None, None, "no article pages with text")
 

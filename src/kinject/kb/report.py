@@ -38,7 +38,8 @@ def search_table(kb: KnowledgeBase, query: str, hits, width: int = 160):
         text = " ".join(chunk.text.split())
         if len(text) > width:
             text = text[: width - 1] + "…"
-        label = chunk.id if not titles.get(chunk.doc_id) else f"{chunk.id}\n{titles[chunk.doc_id]}"
+        heading = chunk.heading or titles.get(chunk.doc_id)  # the line it is indexed under
+        label = f"{chunk.id}\n{heading}" if heading else chunk.id
         table.add_row(str(rank), f"{hit.score:.4f}", label, text)
     return table
 

@@ -9,10 +9,13 @@ atomic rename; a crash at any point leaves the previous snapshot in use)::
       snapshots/000002/
         config.yaml           the KBConfig it was built with
         documents.jsonl       the cleaned corpus (kinject corpus JSONL), sorted by id
-        manifest.jsonl        per document: id, sha256, title, source, root, chars, chunks;
-                              an exact duplicate (not indexed) also has duplicate_of
+        manifest.jsonl        per document: id, sha256, title, headings ([start, level,
+                              text] each), source, root, chars, chunks; an exact
+                              duplicate (not indexed) also has duplicate_of
         duplicates.json       {dropped id: kept id} for exact-duplicate documents
-        chunks.jsonl          per chunk: id, doc_id, index, start, end, text, sha256
+        chunks.jsonl          per chunk: id, doc_id, index, start, end, text, sha256 and
+                              heading: the line it is indexed under (config index_text),
+                              its document's title and the headings above it
         embeddings.npy        float32 [chunks, dim], row i = line i of chunks.jsonl
         dense.faiss           FAISS index over the embeddings (same rows)
         bm25/                 bm25s index over the chunk texts (same rows)
@@ -47,10 +50,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack, closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +72,7 @@ from kinject.fileio import (
     write_jsonl,
     write_text,
 )
-from kinject.kb.chunking import Chunk, Chunker
+from kinject.kb.chunking import Chunk, Chunker, Heading, heading_line, text_hash
 from kinject.kb.ingest import Document, IngestedDocument, TextSpool, ingest
 
 FORMAT = 1
@@ -97,12 +101,17 @@ class KnowledgeBase:
         self.folder = folder
         self.snapshot = snapshot
         self.config = load_config(KBConfig, snapshot / "config.yaml")
+        # built before chunks were indexed with titles and headings: it indexes text alone
+        self.indexes_text_only = "index_text" not in read_bytes(snapshot / "config.yaml").decode()
+        if self.indexes_text_only:
+            self.config = self.config.model_copy(update={"index_text": "text"})
         self.manifest = [row for _, row in read_jsonl(snapshot / "manifest.jsonl")]
         self.chunks = [_chunk(row) for _, row in read_jsonl(snapshot / "chunks.jsonl")]
         self.duplicates: dict[str, str] = json.loads(
             (snapshot / "duplicates.json").read_text(encoding="utf-8")
         )
         self._embedder = None
+        self._noted = False
 
     @classmethod
     def open(cls, folder: str | Path) -> KnowledgeBase:
@@ -143,6 +152,7 @@ class KnowledgeBase:
                     meta["source"],
                     meta["root"],
                     meta["sha256"],
+                    _headings(meta),
                 )
             )
         if with_duplicates:
@@ -155,6 +165,7 @@ class KnowledgeBase:
                     row["source"],
                     row["root"],
                     row["sha256"],
+                    _headings(row),
                 )
                 for row in self.manifest
                 if "duplicate_of" in row
@@ -179,6 +190,15 @@ class KnowledgeBase:
         from kinject.kb.indexes import load_bm25_index, load_dense_index
         from kinject.kb.retrievers import BM25Retriever, DenseRetriever, HybridRetriever
 
+        if self.indexes_text_only and not self._noted:
+            self._noted = True
+            print(
+                f"note: {self.folder} indexes chunk texts alone (built before titles and "
+                "headings were indexed); to index them, build it again with `kinject kb "
+                "build`, or `kinject kb update` it from its sources after setting "
+                "index_text: title+headings+text in its config",
+                file=sys.stderr,
+            )
         if kind == "bm25":
             return BM25Retriever(load_bm25_index(self.snapshot), len(self.chunks))
         dense = DenseRetriever(
@@ -195,7 +215,20 @@ class KnowledgeBase:
 
 
 def _chunk(row: dict) -> Chunk:
-    return Chunk(row["id"], row["doc_id"], row["index"], row["start"], row["end"], row["text"])
+    return Chunk(
+        row["id"],
+        row["doc_id"],
+        row["index"],
+        row["start"],
+        row["end"],
+        row["text"],
+        row.get("heading", ""),
+    )
+
+
+def _headings(row: dict) -> tuple[Heading, ...]:
+    """A manifest row's headings (``[start, level, text]`` each)."""
+    return tuple(Heading(*heading) for heading in row.get("headings", ()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -423,20 +456,37 @@ class _Chunks:
 
     def __init__(self, config: KBConfig, previous: KnowledgeBase | None):
         self.config = config
-        self.old: dict[tuple[str, str], list[Chunk]] = {}
-        if previous is not None:
-            sha = {row["id"]: row["sha256"] for row in previous.manifest}
+        self.old: dict[tuple, list[Chunk]] = {}
+        if previous is not None and previous.config.index_text == config.index_text:
+            keys = {row["id"]: _chunk_key(row, _headings(row)) for row in previous.manifest}
             for chunk in previous.chunks:
-                self.old.setdefault((chunk.doc_id, sha[chunk.doc_id]), []).append(chunk)
+                self.old.setdefault(keys[chunk.doc_id], []).append(chunk)
         self._chunker: Chunker | None = None
 
     def of(self, document: Document, text: str) -> list[Chunk]:
-        reused = self.old.get((document.id, document.sha256))
+        """The document's chunks, each with its heading line (``config.index_text``); each
+        leaves room in ``chunking.size`` for the longest heading line its document has."""
+        row = {"id": document.id, "sha256": document.sha256, "title": document.title}
+        key = _chunk_key(row, document.headings)
+        reused = self.old.get(key)
         if reused is not None:
             return reused
         if self._chunker is None:
             self._chunker = make_chunker(self.config)
-        return self._chunker.chunk(document.id, text)
+        index_text, title, headings = self.config.index_text, document.title, document.headings
+        starts = [0, *(heading.start + 1 for heading in headings)]
+        lines = {heading_line(title, headings, start, index_text) for start in starts}
+        reserve = max((self._chunker.tokens(line) + 1 for line in lines if line), default=0)
+        return [
+            replace(chunk, heading=heading_line(title, headings, chunk.start, index_text))
+            for chunk in self._chunker.chunk(document.id, text, reserve)
+        ]
+
+
+def _chunk_key(row: dict, headings: tuple[Heading, ...]) -> tuple:
+    """What a document's chunks depend on, but for the KB's config: its text, title and
+    headings."""
+    return row["id"], row["sha256"], row.get("title"), headings
 
 
 def make_chunker(config: KBConfig) -> Chunker:
@@ -479,7 +529,7 @@ class _Vectors:
         if previous is not None:
             started = time.perf_counter()
             for chunk, vector in zip(previous.chunks, previous.embeddings()):
-                self._cache[chunk.sha256] = vector
+                self._cache[text_hash(chunk.indexed)] = vector
             self.seconds += time.perf_counter() - started
         self._row_of: dict[bytes, int] = {}  # this build's rows by text hash (digest)
         self._embedder = None
@@ -491,7 +541,7 @@ class _Vectors:
         sources: list[tuple[str, object]] = []  # per row: where its vector comes from
         texts: list[str] = []  # to embed
         for position, chunk in enumerate(chunks):
-            sha = chunk.sha256
+            sha = text_hash(chunk.indexed)  # what is embedded
             digest = bytes.fromhex(sha)
             if sha in self._cache:
                 self.change.reused += 1
@@ -500,7 +550,7 @@ class _Vectors:
                 sources.append(("row", self._row_of[digest]))
             else:
                 sources.append(("new", len(texts)))
-                texts.append(chunk.text)
+                texts.append(chunk.indexed)
             if digest not in self._row_of:
                 self._row_of[digest] = self.rows + position
         fresh = self._embed(texts) if texts else None
@@ -598,7 +648,7 @@ def _write_snapshot(
             nonlocal bm25_seconds
             vectors.write(batch)
             started = time.perf_counter()
-            bm25.add(chunk.text for chunk in batch)
+            bm25.add(chunk.indexed for chunk in batch)
             bm25_seconds += time.perf_counter() - started
             batch.clear()
 
@@ -669,6 +719,8 @@ def _manifest_row(document: Document, chunks: int, duplicate_of: str | None) -> 
     row = {"id": document.id, "sha256": document.sha256}
     if document.title:
         row["title"] = document.title
+    if document.headings:
+        row["headings"] = [list(heading) for heading in document.headings]
     row |= {"source": document.source, "root": document.root, "chars": document.chars}
     row |= {"chunks": chunks}
     if duplicate_of is not None:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from kinject.errors import DataError, KinjectError
 from kinject.fileio import parse_json
-from kinject.sources.wikitext import tidy_sections, wikitext_to_text
+from kinject.sources.wikitext import tidy_sections_and_headings, wikitext_to_text_and_headings
 
 Problem = Callable[[KinjectError], None]
 
@@ -42,6 +42,7 @@ _DOC_TITLE = re.compile(r'\btitle="(.*)"\s*>$')
 class WikiPage:
     title: str
     text: str  # plain text, sections tidied; not yet through ingest's clean_text
+    headings: tuple[tuple[int, str], ...] = ()  # (level, heading) of its sections, in order
 
     @property
     def id(self) -> str:
@@ -125,12 +126,12 @@ def _xml_page(path: Path, page, namespace: str, number: int, problem: Problem) -
         message = f"page {number} '{title}' has no <revision><text>, skipped"
         problem(DataError(path, None, "text", message))
         return None
-    cleaned = wikitext_to_text(text.text or "")
+    cleaned, headings = wikitext_to_text_and_headings(text.text or "")
     if not cleaned.strip():
         message = f"page {number} '{title}' has no text after cleaning, skipped"
         problem(DataError(path, None, "text", message))
         return None
-    return WikiPage(title, cleaned)
+    return WikiPage(title, cleaned, tuple(headings))
 
 
 # --------------------------------------------------------------------------- WikiExtractor
@@ -216,8 +217,8 @@ def _extracted_page(
     lines = text.strip().split("\n")
     if lines and lines[0].strip() == title:
         lines = lines[1:]
-    cleaned = tidy_sections("\n".join(lines))
+    cleaned, headings = tidy_sections_and_headings("\n".join(lines))
     if not cleaned.strip():
         problem(DataError(path, line, "text", f"page '{title}' has no text, skipped"))
         return None
-    return WikiPage(title, cleaned)
+    return WikiPage(title, cleaned, tuple(headings))

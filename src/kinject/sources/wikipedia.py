@@ -48,7 +48,7 @@ from kinject.errors import KinjectError
 from kinject.fileio import staging_dir, write_json, write_jsonl
 from kinject.progress import progress_bar
 from kinject.sources.wikidump import WikiPage
-from kinject.sources.wikitext import tidy_sections
+from kinject.sources.wikitext import tidy_sections_and_headings
 
 DEFAULT_API_URL = "https://en.wikipedia.org/w/api.php"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -384,11 +384,11 @@ def _add_page(fetched: Fetched, page: dict, asked: str, seen: dict[int, str]) ->
     seen[page["pageid"]] = asked
     if "extract" not in page:
         raise KinjectError(f"the API returned no text for '{title}' (is it an article page?)")
-    text = tidy_sections(page["extract"])
+    text, headings = tidy_sections_and_headings(page["extract"])
     if not text.strip():
         fetched.notes.append(f"warning: page '{title}' has no text, skipped")
         return
-    wiki_page = WikiPage(title, text)
+    wiki_page = WikiPage(title, text, tuple(headings))
     fetched.pages.append(wiki_page)
     fetched.urls[wiki_page.id] = page.get("canonicalurl") or page.get("fullurl") or ""
     fetched.meta[wiki_page.id] = {"pageid": page["pageid"], "revision": page.get("lastrevid")}
@@ -436,16 +436,13 @@ def build_wikipedia_kb(
 
 
 def corpus_rows(fetched: Fetched) -> list[dict]:
-    return [
-        {
-            "id": page.id,
-            "title": page.title,
-            "text": page.text,
-            "source": fetched.urls[page.id],
-            "meta": fetched.meta[page.id],
-        }
-        for page in fetched.pages
-    ]
+    rows = []
+    for page in fetched.pages:
+        row = {"id": page.id, "title": page.title, "text": page.text}
+        if page.headings:
+            row["headings"] = [list(heading) for heading in page.headings]
+        rows.append(row | {"source": fetched.urls[page.id], "meta": fetched.meta[page.id]})
+    return rows
 
 
 def write_corpus(fetched: Fetched, parent: Path) -> Path:

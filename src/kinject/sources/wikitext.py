@@ -54,6 +54,11 @@ def wikitext_to_text(wikitext: str) -> str:
     HTML entities are decoded; headings ``== X ==`` become plain lines (see
     :func:`tidy_sections`).
     """
+    return wikitext_to_text_and_headings(wikitext)[0]
+
+
+def wikitext_to_text_and_headings(wikitext: str) -> tuple[str, list[tuple[int, str]]]:
+    """:func:`wikitext_to_text`, and the ``(level, heading)`` of each section kept."""
     text = _COMMENT.sub("", wikitext)
     text = _ELEMENT.sub("", _SELF_CLOSING.sub("", text))
     text = _remove_templates(text)
@@ -64,7 +69,7 @@ def wikitext_to_text(wikitext: str) -> str:
     text = _TAG.sub("", _BREAK.sub("\n", text))
     text = html.unescape(_MAGIC_WORD.sub("", text))
     text = _RULE.sub("", _LIST_MARKS.sub("", text))
-    return tidy_sections(_SPACE_BEFORE_PUNCTUATION.sub(r"\1", text))
+    return tidy_sections_and_headings(_SPACE_BEFORE_PUNCTUATION.sub(r"\1", text))
 
 
 def tidy_sections(text: str) -> str:
@@ -72,6 +77,12 @@ def tidy_sections(text: str) -> str:
     no prose: :data:`BOILERPLATE_SECTIONS` (with their subsections), and sections with no
     text of their own or in a kept subsection.  Lines are stripped; one blank line between
     paragraphs and sections."""
+    return tidy_sections_and_headings(text)[0]
+
+
+def tidy_sections_and_headings(text: str) -> tuple[str, list[tuple[int, str]]]:
+    """:func:`tidy_sections`, and the ``(level, heading)`` of each section kept, in order
+    (``== History ==`` is level 2, as in wikitext)."""
     sections = _sections(text)
     keep = [False] * len(sections)
     dropped_level = None  # inside a boilerplate section of this level
@@ -93,12 +104,14 @@ def tidy_sections(text: str) -> str:
             if keep[later]:
                 keep[index] = True
                 break
-    blocks = []
+    blocks, headings = [], []
     for section, kept in zip(sections, keep):
         if kept:
             lines = ([section.heading] if section.heading else []) + section.body
             blocks.append("\n".join(lines))
-    return "\n\n".join(blocks)
+            if section.heading:
+                headings.append((section.level, section.heading))
+    return "\n\n".join(blocks), headings
 
 
 @dataclass
