@@ -12,6 +12,10 @@ and Snowball stems.  Prints both tables, kinject's recall as a share of the base
     python bench/retrieval_squad.py --index hnsw --out bench/results/squad.json
     python bench/retrieval_squad.py --smoke      # 12 paragraphs of 3 articles: seconds
     python bench/retrieval_squad.py --no-baseline   # kinject's retrievers alone
+
+Then hybrid's fusion is chosen as ``kinject kb eval --validation`` chooses it: on the
+questions of half the articles (seeded), and scored on the other half's, beside dense and
+BM25 on the same half (``--no-fusion-grid`` leaves this out).
 """
 
 from __future__ import annotations
@@ -100,6 +104,23 @@ def baseline_rows(squad: Path, embedder: str, queries) -> list[dict]:
     return [evaluate_retriever(retriever, doc_ids, queries) for retriever in retrievers]
 
 
+def split_articles(squad: Path, folder: Path, seed: int = 0) -> tuple[Path, Path]:
+    """Two SQuAD files: the questions of half the articles (a seeded choice) to choose on,
+    and the other half's to score on."""
+    import random
+
+    data = json.loads(squad.read_text(encoding="utf-8"))
+    articles = list(data["data"])
+    random.Random(seed).shuffle(articles)
+    half = len(articles) // 2
+    paths = []
+    for name, part in (("validation", articles[:half]), ("test", articles[half:])):
+        path = folder / f"squad-{name}.json"
+        path.write_text(json.dumps({**data, "data": part}), encoding="utf-8")
+        paths.append(path)
+    return paths[0], paths[1]
+
+
 def find_squad() -> Path:
     for base in (ROOT.parent / "shared", ROOT / "shared", Path("/work/shared")):
         candidate = base / "data" / "squad_v1.1_dev" / "dev-v1.1.json"
@@ -125,13 +146,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="Also write the figures to this JSON file.")
     parser.add_argument("--smoke", action="store_true", help="12 paragraphs: seconds.")
     parser.add_argument("--no-baseline", action="store_true", help="kinject's retrievers only.")
+    parser.add_argument(
+        "--no-fusion-grid", action="store_true", help="Leave out choosing hybrid's fusion."
+    )
     args = parser.parse_args(argv)
 
     from rich.console import Console
 
     from kinject.config import KBConfig
     from kinject.kb.quality import evaluate_kb, load_queries
-    from kinject.kb.report import quality_markdown, quality_table
+    from kinject.kb.report import fusion_grid_markdown, quality_markdown, quality_table
     from kinject.kb.store import SourceOptions, build_kb
 
     squad = args.squad or find_squad()
@@ -152,6 +176,12 @@ def main(argv: list[str] | None = None) -> None:
             started = time.perf_counter()
             baseline = baseline_rows(squad, args.embedder, load_queries(squad))
             baseline_s = time.perf_counter() - started
+        tuned = None
+        if not args.no_fusion_grid:
+            started = time.perf_counter()
+            validation, test = split_articles(squad, Path(tmp))
+            tuned = evaluate_kb(kb_dir, test, validation=validation)
+            tuned_s = time.perf_counter() - started
     console.print(quality_table(report.rows + baseline, "SQuAD v1.1 dev"))
     print(report.note)
     print(quality_markdown(report.rows + baseline))
@@ -163,6 +193,12 @@ def main(argv: list[str] | None = None) -> None:
     if baseline:
         print(f"baselines: built and evaluated in {baseline_s:.0f} s")
         print(ratio_markdown(report.rows, baseline))
+    if tuned is not None:
+        print("hybrid's fusion, chosen on the questions of half the articles (by MRR@20):")
+        print(fusion_grid_markdown(tuned.fusion_grid))
+        print(f"scored on the other half's questions (hybrid: {tuned.fusion.describe()}):")
+        print(quality_markdown(tuned.rows))
+        print(f"{tuned.note}; chosen and scored in {tuned_s:.0f} s")
 
 
 def ratio_markdown(rows: list[dict], baseline: list[dict]) -> str:

@@ -94,7 +94,10 @@ def check_ingest_memory(output: str) -> None:
 
 
 def check_retrieval_squad(output: str) -> None:
-    recall = {r["retriever"]: r for r in rows(output) if r.get("n", "").isdigit()}
+    recall: dict[str, dict] = {}  # the whole set's rows come first, then the held-out half's
+    for row in rows(output):
+        if row.get("n", "").isdigit():
+            recall.setdefault(row["retriever"], row)
     dense, bm25 = "baseline dense (title + text, FAISS flat)", "baseline BM25 (bm25s, title + text)"
     assert set(recall) >= {"dense", "bm25", "hybrid", dense, bm25}
     assert "knowledge base: 12 paragraphs" in output
@@ -107,6 +110,18 @@ def check_retrieval_squad(output: str) -> None:
         for printed, key in ((at1, "recall@1"), (at5, "recall@5"), (at20, "recall@20")):
             expected = number(recall[ours][key]) / number(recall[theirs][key])
             assert number(printed) == pytest.approx(expected, abs=0.002), (ours, key)
+    # hybrid's fusion: 18 settings, the chosen one has the best MRR@20 on validation
+    grid = [line.strip("|").split("|") for line in output.splitlines()]
+    grid = [
+        [c.strip() for c in cells]
+        for cells in grid
+        if cells[0].strip().startswith(("rrf", "convex"))
+    ]
+    assert len(grid) == 18 and sum("(chosen)" in cells[0] for cells in grid) == 1
+    chosen = next(cells for cells in grid if "(chosen)" in cells[0])
+    assert number(chosen[-1]) == max(number(cells[-1]) for cells in grid)
+    kind, weight = chosen[0].split()[0], chosen[1]
+    assert f"(hybrid: {kind} dense_weight={weight}" in output
 
 
 def check_reading_curriculum(output: str) -> None:

@@ -20,6 +20,7 @@ from kinject.kb.chunking import sentence_spans
 from kinject.kb.embedders import make_embedder
 from kinject.kb.indexes import build_dense_index, load_dense_index, save_dense_index
 from kinject.kb.quality import Query, evaluate_kb, evaluate_retriever, load_queries
+from kinject.kb.retrievers import Fusion
 from kinject.kb.store import (
     KnowledgeBase,
     SourceOptions,
@@ -615,6 +616,30 @@ def test_hybrid_fuses_the_two_rankings_and_breaks_ties_by_row(tiny_kb):
         (row["b"], 1 / 64),
     ]
     assert row["a"] < row["c"]
+
+    def fused(kind: str, weight: float) -> list[tuple[int, float]]:
+        retriever = kb.retriever("hybrid", Fusion(kind, weight))
+        return [(h.row, h.score) for h in retriever.search(query, 4)[0]]
+
+    assert [r for r, _ in fused("rrf", 1.0)][:4] == dense  # all weight on the dense list
+    assert [r for r, _ in fused("rrf", 0.0)][:2] == bm25
+    assert [r for r, _ in fused("rrf", 0.8)] == [row["c"], row["a"], row["d"], row["b"]]
+    # convex: each list's scores min-max normalised, then w * dense + (1 - w) * BM25
+    raw = {name: kb.retriever(name).search(query, 100)[0] for name in ("dense", "bm25")}
+    norm = {}
+    for name, hits in raw.items():
+        high, low = hits[0].score, hits[-1].score
+        norm[name] = {h.row: (h.score - low) / (high - low) for h in hits}
+    expected = {
+        r: 0.3 * norm["dense"].get(r, 0.0) + 0.7 * norm["bm25"].get(r, 0.0) for r in norm["dense"]
+    }
+    convex = fused("convex", 0.3)
+    assert [r for r, _ in convex] == sorted(expected, key=lambda r: (-expected[r], r))
+    assert all(score == pytest.approx(expected[r], abs=1e-9) for r, score in convex)
+    with pytest.raises(KinjectError, match="unknown fusion 'max'"):
+        Fusion("max")
+    with pytest.raises(KinjectError, match="dense_weight must be in"):
+        Fusion("convex", 1.5)
 
 
 def test_load_queries_reads_mc_open_qa_and_squad_and_names_bad_lines(tmp_path):

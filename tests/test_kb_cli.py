@@ -163,6 +163,45 @@ def test_eval_prints_recall_and_mrr_for_each_retriever(kb_dir, tmp_path):
     assert code == 2 and err.startswith(f"error: {bad}, line 1, field 'doc_ids':")
 
 
+VALIDATION = [
+    {"id": "v1", "question": "Which animals cross the Mara river?", "answers": ["x"], "doc_ids": ["animals.txt"]},
+    {"id": "v2", "question": "What are Saturn's rings made of?", "answers": ["x"], "doc_ids": ["space.md"]},
+    {"id": "v3", "question": "Does honey spoil?", "answers": ["no"], "doc_ids": ["fact-1"]},
+    {"id": "v4", "question": "Which city has the largest port in Germany?", "answers": ["x"], "doc_ids": ["cities.html"]},
+]  # fmt: skip
+
+
+def test_eval_chooses_hybrids_fusion_on_validation_questions(kb_dir, tmp_path):
+    def questions(name: str, rows) -> Path:
+        path = tmp_path / name
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+        return path
+
+    test, validation = questions("test.jsonl", QUESTIONS), questions("val.jsonl", VALIDATION)
+    out_json = tmp_path / "quality.json"
+    args = ("kb", "eval", kb_dir, "--questions", test, "--out", out_json)
+    code, out, err = kinject(*args, "--validation", validation)
+    assert code == 0, err
+    summary = json.loads(out_json.read_text())
+    grid = summary["fusion_grid"]
+    assert len(grid) == 18 and {row["n"] for row in grid} == {4}
+    (chosen,) = [row for row in grid if row.get("chosen")]
+    assert chosen["mrr@20"] == max(row["mrr@20"] for row in grid)
+    fusion = f"{chosen['fusion']} dense_weight={chosen['dense_weight']:g}"
+    hybrid = next(row for row in summary["results"] if row["retriever"] == "hybrid")
+    assert hybrid["fusion"].startswith(fusion) and hybrid["n"] == 4
+    assert f"hybrid fuses by {fusion}" in out and "chosen on val.jsonl" in out
+    marked = [line for line in out.splitlines() if f"│ {chosen['fusion']} *" in line]
+    assert len(marked) == 1 and f" {chosen['dense_weight']:g} │" in marked[0]  # the grid's mark
+
+    code, out, _ = kinject(*args, "--fusion", "convex", "--dense-weight", "0.7")
+    assert code == 0
+    given = json.loads(out_json.read_text())["results"][2]
+    assert given["fusion"] == "convex dense_weight=0.7"
+    code, _, err = kinject(*args[:-2], "--validation", test)  # the same questions: refused
+    assert code == 2 and "are also in" in err and "choose the fusion on other questions" in err
+
+
 def test_eval_on_squad_finds_the_paragraph_ids_the_build_made(tmp_path):
     squad = {
         "version": "1.1",

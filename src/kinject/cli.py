@@ -876,8 +876,12 @@ def kb_search(
     query: Annotated[str, typer.Argument(help="What to look for.")],
     k: Annotated[int, typer.Option("-k", help="How many chunks.")] = 5,
     retriever: Annotated[
-        str, typer.Option(help="dense, bm25 or hybrid (reciprocal-rank fusion).")
+        str, typer.Option(help="dense, bm25 or hybrid (the two fused).")
     ] = "dense",
+    fusion: Annotated[
+        str, typer.Option(help="Hybrid: rrf (weighted reciprocal-rank fusion) or convex.")
+    ] = "rrf",
+    dense_weight: Annotated[float, typer.Option(help="Hybrid: the dense list's share.")] = 0.5,
 ) -> None:
     """Print the top-k chunks for a query, with scores.
 
@@ -886,10 +890,11 @@ def kb_search(
         kinject kb search kb/docs "how do I reset my password" -k 5 --retriever hybrid
     """
     from kinject.kb.report import search_table
+    from kinject.kb.retrievers import Fusion
     from kinject.kb.store import KnowledgeBase
 
     kb = KnowledgeBase.open(kb_dir)
-    hits = kb.retriever(retriever).search([query], k)[0]
+    hits = kb.retriever(retriever, Fusion(fusion, dense_weight)).search([query], k)[0]
     _print(search_table(kb, query, hits))
 
 
@@ -907,19 +912,51 @@ def kb_eval(
         list[str] | None, typer.Option(help="Retrievers to compare (default: all three).")
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Also write the figures to this JSON.")] = None,
+    validation: Annotated[
+        Path | None,
+        typer.Option(
+            help="Other questions (same formats) to choose hybrid's fusion on: RRF or convex, "
+            "dense weight 0.1 … 0.9, by MRR@20."
+        ),
+    ] = None,
+    fusion: Annotated[
+        str, typer.Option(help="Hybrid without --validation: rrf or convex.")
+    ] = "rrf",
+    dense_weight: Annotated[
+        float, typer.Option(help="Hybrid without --validation: the dense list's share.")
+    ] = 0.5,
 ) -> None:
     """Retrieval quality: recall@1/5/20 and MRR@20 per retriever, with 95% CIs.
 
     Example:
 
         kinject kb eval kb/squad --questions data/squad/dev-v1.1.json
+        kinject kb eval kb/docs --questions test.jsonl --validation validation.jsonl
     """
     from kinject.kb.quality import evaluate_kb
-    from kinject.kb.report import quality_table
+    from kinject.kb.report import fusion_grid_table, quality_table
+    from kinject.kb.retrievers import Fusion
 
-    results = evaluate_kb(kb_dir, questions, retriever or ["dense", "bm25", "hybrid"], out)
+    given = None if validation is not None else Fusion(fusion, dense_weight)
+    results = evaluate_kb(
+        kb_dir,
+        questions,
+        retriever or ["dense", "bm25", "hybrid"],
+        out,
+        fusion=given,
+        validation=validation,
+    )
+    if validation is not None:
+        _print(fusion_grid_table(results.fusion_grid, f"hybrid's fusion on {validation.name}"))
     _print(quality_table(results.rows, f"retrieval on {questions.name}"))
     typer.echo(results.note)
+    if validation is not None and results.fusion is not None:
+        chosen = results.fusion
+        typer.echo(
+            f"hybrid fuses by {chosen.describe()} (chosen on {validation.name}); in an "
+            f"experiment: rag: {{retriever: hybrid, fusion: {chosen.kind}, dense_weight: "
+            f"{chosen.dense_weight:g}}}"
+        )
 
 
 def _print(renderable) -> None:

@@ -436,6 +436,12 @@ class RagConfig(Section):
         "best_first", description="best_last puts the top chunk next to the question."
     )
     rrf_k: int = Field(60, ge=1, description="Hybrid: reciprocal-rank fusion constant.")
+    fusion: Literal["rrf", "convex"] = Field(
+        "rrf",
+        description="Hybrid: weighted reciprocal-rank fusion, or a convex combination of "
+        "min-max normalised scores (`kinject kb eval --validation` chooses).",
+    )
+    dense_weight: float = Field(0.5, ge=0, le=1, description="Hybrid: the dense list's share.")
 
     @model_validator(mode="after")
     def _check(self) -> RagConfig:

@@ -103,11 +103,13 @@ def build_arms(config: EvalConfig) -> list[Arm]:
 
 def retrieval_cache(rag: RagConfig) -> RetrievalCache:
     """The retrieval a rag config names, shared by its arms: each question searched once."""
+    from kinject.kb.retrievers import Fusion
     from kinject.kb.store import KnowledgeBase
 
     kb = KnowledgeBase.open(rag.kb)
-    name = f"{rag.retriever} rrf_k={rag.rrf_k}" if rag.retriever == "hybrid" else rag.retriever
-    return RetrievalCache(kb, kb.retriever(rag.retriever, rag.rrf_k), max(rag.k), name)
+    fusion = Fusion(rag.fusion, rag.dense_weight, rag.rrf_k)
+    name = f"hybrid {fusion.describe()}" if rag.retriever == "hybrid" else rag.retriever
+    return RetrievalCache(kb, kb.retriever(rag.retriever, fusion), max(rag.k), name)
 
 
 def rag_arms(

@@ -76,7 +76,7 @@ class NearestExamples(ExampleSelector):
         from kinject.config import IndexConfig
         from kinject.kb.embedders import make_embedder, resolve_preset
         from kinject.kb.indexes import build_bm25_index, build_dense_index
-        from kinject.kb.retrievers import BM25Retriever, DenseRetriever, HybridRetriever
+        from kinject.kb.retrievers import BM25Retriever, DenseRetriever, Fusion, HybridRetriever
 
         bm25 = BM25Retriever(build_bm25_index(texts), len(texts))
         if self.kind == "bm25":
@@ -86,4 +86,6 @@ class NearestExamples(ExampleSelector):
         index = build_dense_index(self._embedder.embed(texts), IndexConfig())
         prefix = resolve_preset(self.embedder_config).query_prefix
         dense = DenseRetriever(index, self._embedder, prefix)
-        return dense if self.kind == "dense" else HybridRetriever(dense, bm25, self.rrf_k)
+        if self.kind == "dense":
+            return dense
+        return HybridRetriever(dense, bm25, Fusion(rrf_k=self.rrf_k))

@@ -72,3 +72,29 @@ def quality_markdown(results: Sequence[dict]) -> str:
             + " |"
         )
     return "\n".join(lines) + "\n"
+
+
+def fusion_grid_table(grid: Sequence[dict], title: str):
+    """The hybrid fusions tried on the validation questions (* = chosen)."""
+    from rich.table import Table
+
+    keys = _metric_keys(grid)
+    table = Table(title=title)
+    for column in ("fusion", "dense weight", *keys):
+        table.add_column(column, justify="left" if column == "fusion" else "right")
+    for row in grid:
+        mark = " *" if row.get("chosen") else ""
+        cells = [f"{row[key]:.3f}" for key in keys]
+        table.add_row(f"{row['fusion']}{mark}", f"{row['dense_weight']:g}", *cells)
+    return table
+
+
+def fusion_grid_markdown(grid: Sequence[dict]) -> str:
+    keys = _metric_keys(grid)
+    lines = ["| fusion | dense weight | " + " | ".join(keys) + " |"]
+    lines.append("|---|---:|" + "---:|" * len(keys))
+    for row in grid:
+        mark = " (chosen)" if row.get("chosen") else ""
+        cells = " | ".join(f"{row[key]:.3f}" for key in keys)
+        lines.append(f"| {row['fusion']}{mark} | {row['dense_weight']:g} | {cells} |")
+    return "\n".join(lines) + "\n"

@@ -2,7 +2,10 @@
 
 * ``dense``  — the embedder's vectors in FAISS, inner product (cosine on unit vectors);
 * ``bm25``   — bm25s over stemmed words (hits scoring 0 are dropped);
-* ``hybrid`` — reciprocal-rank fusion of the two: score = sum over lists of 1 / (rrf_k + rank).
+* ``hybrid`` — the two fused (:class:`Fusion`): weighted reciprocal-rank fusion, score =
+  2w / (rrf_k + dense rank) + 2(1 - w) / (rrf_k + BM25 rank) (w = 0.5: plain RRF), or a
+  convex combination of the scores, each min-max normalised over the query's list:
+  w · dense + (1 - w) · BM25 (a list that misses a chunk gives it 0).
 
 Ties are broken by chunk row, so results are deterministic.
 """
@@ -15,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kinject.errors import KinjectError
 from kinject.kb.embedders import Embedder
 
 
@@ -76,27 +80,72 @@ class BM25Retriever(Retriever):
         ]
 
 
+FUSIONS = ("rrf", "convex")
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """How the hybrid retriever fuses a dense and a BM25 ranking: ``rrf``, weighted
+    reciprocal-rank fusion (Cormack et al., 2009), or ``convex``, a convex combination of
+    min-max normalised scores (Bruch et al., 2023); ``dense_weight`` is w, the dense list's
+    share."""
+
+    kind: str = "rrf"
+    dense_weight: float = 0.5
+    rrf_k: int = 60
+
+    def __post_init__(self) -> None:
+        if self.kind not in FUSIONS:
+            raise KinjectError(f"unknown fusion '{self.kind}' (expected rrf or convex)")
+        if not 0.0 <= self.dense_weight <= 1.0:
+            raise KinjectError(f"dense_weight must be in [0, 1], got {self.dense_weight}")
+        if self.rrf_k < 1:
+            raise KinjectError(f"rrf_k must be at least 1, got {self.rrf_k}")
+
+    def describe(self) -> str:
+        if self.kind == "rrf":
+            return f"rrf dense_weight={self.dense_weight:g} rrf_k={self.rrf_k}"
+        return f"convex dense_weight={self.dense_weight:g}"
+
+    def fuse(self, dense: Sequence[Hit], bm25: Sequence[Hit], k: int) -> list[Hit]:
+        """The top ``k`` of the two lists fused, best first (ties by row)."""
+        fused: dict[int, float] = {}
+        for hits, weight in ((dense, self.dense_weight), (bm25, 1.0 - self.dense_weight)):
+            for hit, value in zip(hits, self._values(hits)):
+                fused[hit.row] = fused.get(hit.row, 0.0) + weight * value
+        return _ranked(Hit(row, score) for row, score in fused.items())[:k]
+
+    def _values(self, hits: Sequence[Hit]) -> list[float]:
+        if self.kind == "rrf":  # doubled: at w = 0.5, the scores of plain RRF
+            return [2.0 / (self.rrf_k + rank) for rank in range(1, len(hits) + 1)]
+        if not hits:
+            return []
+        high, low = max(hit.score for hit in hits), min(hit.score for hit in hits)
+        if high == low:
+            return [1.0] * len(hits)
+        return [(hit.score - low) / (high - low) for hit in hits]
+
+
 class HybridRetriever(Retriever):
-    """Reciprocal-rank fusion (Cormack et al., 2009) of a dense and a BM25 ranking."""
+    """A dense and a BM25 ranking of depth ``depth`` (or k), fused by ``fusion``."""
 
     name = "hybrid"
 
-    def __init__(self, dense: Retriever, bm25: Retriever, rrf_k: int = 60, depth: int = 100):
+    def __init__(
+        self, dense: Retriever, bm25: Retriever, fusion: Fusion = Fusion(), depth: int = 100
+    ):
         self.parts = (dense, bm25)
-        self.rrf_k = rrf_k
+        self.fusion = fusion
         self.depth = depth
 
+    def rankings(self, queries: Sequence[str], depth: int) -> list[tuple[list[Hit], list[Hit]]]:
+        """Each query's dense and BM25 lists, before fusion."""
+        dense, bm25 = (part.search(queries, depth) for part in self.parts)
+        return list(zip(dense, bm25))
+
     def search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
-        depth = max(k, self.depth)
-        rankings = [part.search(queries, depth) for part in self.parts]
-        results = []
-        for per_query in zip(*rankings):
-            fused: dict[int, float] = {}
-            for hits in per_query:
-                for rank, hit in enumerate(hits, start=1):
-                    fused[hit.row] = fused.get(hit.row, 0.0) + 1.0 / (self.rrf_k + rank)
-            results.append(_ranked(Hit(row, score) for row, score in fused.items())[:k])
-        return results
+        rankings = self.rankings(queries, max(k, self.depth))
+        return [self.fusion.fuse(dense, bm25, k) for dense, bm25 in rankings]
 
 
 def _ranked(hits) -> list[Hit]:

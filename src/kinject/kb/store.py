@@ -184,11 +184,12 @@ class KnowledgeBase:
             self._embedder = make_embedder(self.config.embedder)
         return self._embedder
 
-    def retriever(self, kind: str, rrf_k: int = 60):
-        """``dense``, ``bm25`` or ``hybrid`` over this snapshot's chunks."""
+    def retriever(self, kind: str, fusion=None):
+        """``dense``, ``bm25`` or ``hybrid`` over this snapshot's chunks (``fusion``: how
+        hybrid fuses the two, a :class:`kinject.kb.retrievers.Fusion`; default RRF)."""
         from kinject.kb.embedders import resolve_preset
         from kinject.kb.indexes import load_bm25_index, load_dense_index
-        from kinject.kb.retrievers import BM25Retriever, DenseRetriever, HybridRetriever
+        from kinject.kb.retrievers import BM25Retriever, DenseRetriever, Fusion, HybridRetriever
 
         if self.indexes_text_only and not self._noted:
             self._noted = True
@@ -210,7 +211,7 @@ class KnowledgeBase:
             return dense
         if kind == "hybrid":
             bm25 = BM25Retriever(load_bm25_index(self.snapshot), len(self.chunks))
-            return HybridRetriever(dense, bm25, rrf_k)
+            return HybridRetriever(dense, bm25, fusion or Fusion())
         raise KinjectError(f"unknown retriever '{kind}' (expected dense, bm25 or hybrid)")
 
 
