@@ -882,19 +882,23 @@ def kb_search(
         str, typer.Option(help="Hybrid: rrf (weighted reciprocal-rank fusion) or convex.")
     ] = "rrf",
     dense_weight: Annotated[float, typer.Option(help="Hybrid: the dense list's share.")] = 0.5,
+    rerank: Annotated[str | None, _RERANK_OPTION] = None,
+    rerank_depth: Annotated[int, _RERANK_DEPTH_OPTION] = 20,
 ) -> None:
     """Print the top-k chunks for a query, with scores.
 
     Example:
 
         kinject kb search kb/docs "how do I reset my password" -k 5 --retriever hybrid
+        kinject kb search kb/docs "reset password" --rerank cross-encoder/ms-marco-MiniLM-L-6-v2
     """
     from kinject.kb.report import search_table
     from kinject.kb.retrievers import Fusion
     from kinject.kb.store import KnowledgeBase
 
     kb = KnowledgeBase.open(kb_dir)
-    hits = kb.retriever(retriever, Fusion(fusion, dense_weight)).search([query], k)[0]
+    reranker = _reranker(rerank, rerank_depth)
+    hits = kb.retriever(retriever, Fusion(fusion, dense_weight), reranker).search([query], k)[0]
     _print(search_table(kb, query, hits))
 
 
@@ -925,6 +929,8 @@ def kb_eval(
     dense_weight: Annotated[
         float, typer.Option(help="Hybrid without --validation: the dense list's share.")
     ] = 0.5,
+    rerank: Annotated[str | None, _RERANK_OPTION] = None,
+    rerank_depth: Annotated[int, _RERANK_DEPTH_OPTION] = 20,
 ) -> None:
     """Retrieval quality: recall@1/5/20 and MRR@20 per retriever, with 95% CIs.
 
@@ -945,6 +951,7 @@ def kb_eval(
         out,
         fusion=given,
         validation=validation,
+        rerank=_reranker(rerank, rerank_depth),
     )
     if validation is not None:
         _print(fusion_grid_table(results.fusion_grid, f"hybrid's fusion on {validation.name}"))
@@ -957,6 +964,18 @@ def kb_eval(
             f"experiment: rag: {{retriever: hybrid, fusion: {chosen.kind}, dense_weight: "
             f"{chosen.dense_weight:g}}}"
         )
+
+
+_RERANK_OPTION = typer.Option(
+    help="A sentence-transformers CrossEncoder (folder or hub id) that reorders the top chunks."
+)
+_RERANK_DEPTH_OPTION = typer.Option(help="With --rerank: first-stage chunks it reads.")
+
+
+def _reranker(model: str | None, depth: int):
+    from kinject.kb.rerank import RerankConfig
+
+    return None if model is None else RerankConfig(model=model, depth=depth)
 
 
 def _print(renderable) -> None:

@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from kinject.errors import KinjectError
+from kinject.kb.rerank import RerankConfig
 from kinject.probes.facts import FactsConfig
 from kinject.section import Section
 
@@ -442,6 +443,9 @@ class RagConfig(Section):
         "min-max normalised scores (`kinject kb eval --validation` chooses).",
     )
     dense_weight: float = Field(0.5, ge=0, le=1, description="Hybrid: the dense list's share.")
+    rerank: RerankConfig | None = Field(
+        None, description="A cross-encoder that reorders the retriever's top chunks (off)."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> RagConfig:

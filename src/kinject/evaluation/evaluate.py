@@ -109,7 +109,10 @@ def retrieval_cache(rag: RagConfig) -> RetrievalCache:
     kb = KnowledgeBase.open(rag.kb)
     fusion = Fusion(rag.fusion, rag.dense_weight, rag.rrf_k)
     name = f"hybrid {fusion.describe()}" if rag.retriever == "hybrid" else rag.retriever
-    return RetrievalCache(kb, kb.retriever(rag.retriever, fusion), max(rag.k), name)
+    if rag.rerank is not None:
+        name += f" {rag.rerank.describe()}"
+    retriever = kb.retriever(rag.retriever, fusion, rag.rerank)
+    return RetrievalCache(kb, retriever, max(rag.k), name)
 
 
 def rag_arms(

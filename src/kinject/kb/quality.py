@@ -181,10 +181,12 @@ def evaluate_kb(
     show_progress: bool = True,
     fusion: Fusion | None = None,
     validation: str | Path | None = None,
+    rerank=None,
 ) -> QualityReport:
     """``kinject kb eval``: every retriever on the same questions, one table.  Hybrid fuses
     by ``fusion``, or, given ``validation`` questions, by the fusion chosen on them
-    (:func:`choose_fusion`)."""
+    (:func:`choose_fusion`); with ``rerank`` (a :class:`RerankConfig`), each retriever's top
+    chunks reordered by the cross-encoder."""
     from kinject.fileio import write_json
     from kinject.kb.store import KnowledgeBase
     from kinject.progress import progress_bar
@@ -212,7 +214,7 @@ def evaluate_kb(
             )
     rows = []
     for name in retrievers:
-        retriever = kb.retriever(name, fusion)
+        retriever = kb.retriever(name, fusion, rerank)
         with progress_bar(f"retrieval: {name}", len(queries), enabled=show_progress) as bar:
             rows.append(
                 evaluate_retriever(
@@ -220,7 +222,7 @@ def evaluate_kb(
                 )
             )
     for row in rows:
-        if row["retriever"] == "hybrid":
+        if row["retriever"].startswith("hybrid"):
             row["fusion"] = fusion.describe()
     note = f"{len(queries)} questions; {missing} name no document in the knowledge base"
     if out is not None:

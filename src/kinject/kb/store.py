@@ -184,9 +184,18 @@ class KnowledgeBase:
             self._embedder = make_embedder(self.config.embedder)
         return self._embedder
 
-    def retriever(self, kind: str, fusion=None):
+    def retriever(self, kind: str, fusion=None, rerank=None):
         """``dense``, ``bm25`` or ``hybrid`` over this snapshot's chunks (``fusion``: how
-        hybrid fuses the two, a :class:`kinject.kb.retrievers.Fusion`; default RRF)."""
+        hybrid fuses the two, a :class:`kinject.kb.retrievers.Fusion`; default RRF), its top
+        chunks reordered by a cross-encoder when ``rerank`` (a :class:`RerankConfig`) is given."""
+        first = self._first_stage(kind, fusion)
+        if rerank is None:
+            return first
+        from kinject.kb.rerank import RerankedRetriever
+
+        return RerankedRetriever(first, [chunk.indexed for chunk in self.chunks], rerank)
+
+    def _first_stage(self, kind: str, fusion):
         from kinject.kb.embedders import resolve_preset
         from kinject.kb.indexes import load_bm25_index, load_dense_index
         from kinject.kb.retrievers import BM25Retriever, DenseRetriever, Fusion, HybridRetriever
