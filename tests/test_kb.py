@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kinject.config import EmbedderConfig, IndexConfig, KBConfig
+from kinject.config import EmbedderConfig, IndexConfig, KBConfig, RagConfig
 from kinject.errors import DataError, KinjectError
 from kinject.kb.chunking import sentence_spans
 from kinject.kb.embedders import make_embedder
@@ -608,7 +608,8 @@ def test_hybrid_fuses_the_two_rankings_and_breaks_ties_by_row(tiny_kb):
     bm25 = [h.row for h in kb.retriever("bm25").search(query, 4)[0]]
     assert dense == [row["c"], row["a"], row["d"], row["b"]]  # c, then a
     assert bm25 == [row["a"], row["c"]]  # a, then c; b and d share no word with the query
-    hybrid = [(h.row, h.score) for h in kb.retriever("hybrid").search(query, 4)[0]]
+    plain_rrf = kb.retriever("hybrid", Fusion("rrf", 0.5))
+    hybrid = [(h.row, h.score) for h in plain_rrf.search(query, 4)[0]]
     assert hybrid == [  # a and c tie exactly (1/61 + 1/62): the lower row first
         (row["a"], 1 / 61 + 1 / 62),
         (row["c"], 1 / 61 + 1 / 62),
@@ -636,6 +637,10 @@ def test_hybrid_fuses_the_two_rankings_and_breaks_ties_by_row(tiny_kb):
     convex = fused("convex", 0.3)
     assert [r for r, _ in convex] == sorted(expected, key=lambda r: (-expected[r], r))
     assert all(score == pytest.approx(expected[r], abs=1e-9) for r, score in convex)
+    default = kb.retriever("hybrid").search(query, 4)[0]  # RagConfig's default is Fusion's
+    rag = RagConfig(kb=str(tiny_kb))
+    assert [(h.row, h.score) for h in default] == fused(rag.fusion, rag.dense_weight)
+    assert (rag.fusion, rag.dense_weight) == (Fusion().kind, Fusion().dense_weight)
     with pytest.raises(KinjectError, match="unknown fusion 'max'"):
         Fusion("max")
     with pytest.raises(KinjectError, match="dense_weight must be in"):

@@ -880,8 +880,8 @@ def kb_search(
     ] = "dense",
     fusion: Annotated[
         str, typer.Option(help="Hybrid: rrf (weighted reciprocal-rank fusion) or convex.")
-    ] = "rrf",
-    dense_weight: Annotated[float, typer.Option(help="Hybrid: the dense list's share.")] = 0.5,
+    ] = "convex",
+    dense_weight: Annotated[float, typer.Option(help="Hybrid: the dense list's share.")] = 0.4,
     rerank: Annotated[str | None, _RERANK_OPTION] = None,
     rerank_depth: Annotated[int, _RERANK_DEPTH_OPTION] = 20,
 ) -> None:
@@ -925,10 +925,10 @@ def kb_eval(
     ] = None,
     fusion: Annotated[
         str, typer.Option(help="Hybrid without --validation: rrf or convex.")
-    ] = "rrf",
+    ] = "convex",
     dense_weight: Annotated[
         float, typer.Option(help="Hybrid without --validation: the dense list's share.")
-    ] = 0.5,
+    ] = 0.4,
     rerank: Annotated[str | None, _RERANK_OPTION] = None,
     rerank_depth: Annotated[int, _RERANK_DEPTH_OPTION] = 20,
 ) -> None:

@@ -438,11 +438,11 @@ class RagConfig(Section):
     )
     rrf_k: int = Field(60, ge=1, description="Hybrid: reciprocal-rank fusion constant.")
     fusion: Literal["rrf", "convex"] = Field(
-        "rrf",
+        "convex",  # kinject.kb.retrievers.Fusion's defaults: chosen on SQuAD
         description="Hybrid: weighted reciprocal-rank fusion, or a convex combination of "
         "min-max normalised scores (`kinject kb eval --validation` chooses).",
     )
-    dense_weight: float = Field(0.5, ge=0, le=1, description="Hybrid: the dense list's share.")
+    dense_weight: float = Field(0.4, ge=0, le=1, description="Hybrid: the dense list's share.")
     rerank: RerankConfig | None = Field(
         None, description="A cross-encoder that reorders the retriever's top chunks (off)."
     )
