@@ -103,7 +103,9 @@ def check_retrieval_squad(output: str) -> None:
     assert "knowledge base: 12 paragraphs" in output
     # the comparison: each kinject retriever's recall over its counterpart's, as printed
     ratio_lines = [line for line in output.splitlines() if line.count("|") == 6]
-    ratios = {line.split("|")[1].strip(): line.split("|")[2:6] for line in ratio_lines}
+    ratios: dict[str, list[str]] = {}  # the whole set's (the held-out half's come after)
+    for line in ratio_lines:
+        ratios.setdefault(line.split("|")[1].strip(), line.split("|")[2:6])
     for ours, theirs in (("dense", dense), ("bm25", bm25)):
         against, at1, at5, at20 = (cell.strip() for cell in ratios[ours])
         assert against == theirs
@@ -122,6 +124,7 @@ def check_retrieval_squad(output: str) -> None:
     assert number(chosen[-1]) == max(number(cells[-1]) for cells in grid)
     kind, weight = chosen[0].split()[0], chosen[1]
     assert f"(hybrid: {kind} dense_weight={weight}" in output
+    assert len([line for line in ratio_lines if line.startswith("| hybrid |")]) == 2
 
 
 def check_reading_curriculum(output: str) -> None:

@@ -519,8 +519,10 @@ def test_html_headings_and_title(tmp_path):
     write(
         tmp_path / "kb" / "a.html",
         "<html><head><title>Harbour  Notes</title></head><body><h1>Harbour Notes</h1>"
+        "<ul><li><a href='#s'>Ships and boats</a></li><li>Ferries</li></ul>"  # contents
         "<p>Opened in 1802.</p><h2>Ships <small>and boats</small></h2><p>The Marigold.</p>"
-        "<section><h3>Ferries</h3><p>Hourly.</p></section><script><h2>no</h2></script></body>",
+        "<section><h3>Fer<b>ries</b></h3><p>Hourly.</p></section><script><h2>no</h2></script>"
+        "</body>",
     )
     write(
         tmp_path / "kb" / "b.htm", "<body><h2>Untitled page</h2><p>Text.</p><h3>Part</h3>x</body>"
@@ -531,6 +533,8 @@ def test_html_headings_and_title(tmp_path):
     page = documents["a.html"]
     assert page.title == "Harbour Notes"
     assert heading_lines(page) == [(1, "Harbour Notes"), (2, "Ships and boats"), (3, "Ferries")]
+    ships = page.headings[1].start  # the heading's own line, not the table of contents'
+    assert page.text[ships:].startswith("Ships and boats\n\nThe Marigold.")
     untitled = documents["b.htm"]  # no <title>: its first heading
     assert untitled.title == "Untitled page" and heading_lines(untitled) == [(3, "Part")]
 

@@ -804,10 +804,11 @@ def test_a_knowledge_base_from_before_index_text_searches_its_texts_and_says_so(
     write(corpus / "facts.jsonl", jsonl(FACTS))
     build_kb([corpus], tmp_path / "kb", KBConfig(index_text="text"), QUIET)
     snapshot = KnowledgeBase.open(tmp_path / "kb").snapshot
-    config = snapshot / "config.yaml"  # as a knowledge base of the version before wrote it
-    config.write_text(
-        "".join(line for line in config.read_text().splitlines(True) if "index_text" not in line)
-    )
+    build = json.loads((snapshot / "build.json").read_text())
+    del build["index_text"]  # as a knowledge base of the version before wrote it
+    (snapshot / "build.json").write_text(json.dumps(build))
+    config = snapshot / "config.yaml"  # its config, edited to claim titles: not believed
+    config.write_text(config.read_text().replace("index_text: text", "index_text: title+text"))
 
     old = KnowledgeBase.open(tmp_path / "kb")
     assert old.config.index_text == "text" and old.indexes_text_only
@@ -817,7 +818,10 @@ def test_a_knowledge_base_from_before_index_text_searches_its_texts_and_says_so(
     assert "indexes chunk texts alone" in note and "kinject kb build" in note
     change = update_documents(tmp_path / "kb", [corpus], QUIET)  # still text alone
     assert change.embedded == 0
-    assert all(chunk.heading == "" for chunk in KnowledgeBase.open(tmp_path / "kb").chunks)
+    updated = KnowledgeBase.open(tmp_path / "kb")
+    assert updated.indexes_text_only and all(chunk.heading == "" for chunk in updated.chunks)
+    updated.retriever("bm25")
+    assert "indexes chunk texts alone" in capsys.readouterr().err  # it still says so
 
 
 # --------------------------------------------------------------------------- reranking
@@ -873,3 +877,14 @@ def test_a_cross_encoder_reorders_the_first_stages_top_chunks(flat_kb, tiny_cros
     assert cache.retriever_name.startswith(f"dense rerank={tiny_cross_encoder} depth=6 files=")
     with pytest.raises(KinjectError, match="cannot load the reranker 'no/such-reranker'"):
         kb.retriever("bm25", rerank=RerankConfig(model="no/such-reranker")).search(QUERIES, 1)
+
+
+def test_a_long_title_is_cut_to_a_quarter_of_the_chunk_size(tmp_path):
+    title = " ".join(f"word{i}" for i in range(200))
+    row = {"id": "long", "title": title, "text": RIVERS + " " + VOLCANOES}
+    build_kb([write(tmp_path / "c.jsonl", jsonl([row]))], tmp_path / "kb", CONFIG, QUIET)
+    chunks = KnowledgeBase.open(tmp_path / "kb").chunks
+    chunker = make_chunker(CONFIG)
+    assert len(chunks) >= 3 and title.startswith(chunks[0].heading)
+    assert all(tokens_in(chunker, chunk.heading) <= 48 // 4 for chunk in chunks)
+    assert all(tokens_in(chunker, chunk.indexed) <= 48 + 1 for chunk in chunks)

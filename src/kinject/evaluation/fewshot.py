@@ -88,4 +88,4 @@ class NearestExamples(ExampleSelector):
         dense = DenseRetriever(index, self._embedder, prefix)
         if self.kind == "dense":
             return dense
-        return HybridRetriever(dense, bm25, Fusion(rrf_k=self.rrf_k))
+        return HybridRetriever(dense, bm25, Fusion("rrf", 0.5, self.rrf_k))  # plain RRF

@@ -132,7 +132,7 @@ class Chunker:
     def chunk(self, doc_id: str, text: str, reserve: int = 0) -> list[Chunk]:
         """``text``'s chunks; ``reserve``: tokens each chunk leaves free (for its heading
         line, when the retriever sees one: see :func:`heading_line`)."""
-        size = max(8, self.size - reserve)
+        size = max(min(8, self.size), self.size - reserve)
         overlap = min(self.overlap, size - 1)
         offsets = self._token_offsets(text)
         if not offsets:
@@ -164,6 +164,11 @@ class Chunker:
     def tokens(self, text: str) -> int:
         """How many tokens ``text`` is (no special tokens)."""
         return len(self._token_offsets(text))
+
+    def truncated(self, text: str, tokens: int) -> str:
+        """``text`` cut after its first ``tokens`` tokens (whitespace at the end trimmed)."""
+        offsets = self._token_offsets(text)
+        return text if len(offsets) <= tokens else text[: offsets[tokens - 1][1]].rstrip()
 
     def _token_offsets(self, text: str) -> list[tuple[int, int]]:
         encoding = self.tokenizer(

@@ -294,12 +294,13 @@ def html_to_text_and_headings(html: str) -> tuple[str, str | None, tuple[Heading
 
     soup = BeautifulSoup(html, _html_parser())
     text = clean_text(_join_html_pieces(_html_pieces(soup)))
-    found = [
-        (int(tag.name[1]), tag.get_text(" "))
+    found = [  # each heading's text as the page's text has it
+        (int(tag.name[1]), _join_html_pieces(_html_pieces(tag)))
         for tag in soup.find_all(_HTML_HEADINGS)
         if not any(parent.name in _HTML_DROP for parent in tag.parents)
     ]
-    return text, _html_title(soup), locate_headings(text, found)
+    headings = locate_headings(text, found, blank_before=True, blank_after=True)
+    return text, _html_title(soup), headings
 
 
 def squad_paragraph_id(title: str, index: int) -> str:
@@ -557,15 +558,25 @@ def markdown_headings(text: str) -> tuple[Heading, ...]:
     return tuple(headings)
 
 
-def locate_headings(text: str, found: Iterable[tuple[int, str]]) -> tuple[Heading, ...]:
+def locate_headings(
+    text: str,
+    found: Iterable[tuple[int, str]],
+    blank_before: bool = False,
+    blank_after: bool = False,
+) -> tuple[Heading, ...]:
     """``(level, heading)`` pairs, in document order, placed at the lines of ``text`` that
-    hold them (each after the one before); a heading with no line of its own is left out."""
+    hold them (each after the one before; ``blank_before`` / ``blank_after``: only a line
+    with a blank line or the text's start / end on that side, as a heading block has, so a
+    table of contents' line is passed over); a heading with no such line is left out."""
+    before = r"(?:\A|(?<=\n\n))" if blank_before else "^"
+    after = r"(?=\n\n|\Z)" if blank_after else "$"
     headings, position = [], 0
     for level, raw in found:
         name = _clean_title(raw)
         if not name:
             continue
-        match = re.compile(rf"^{re.escape(name)}$", re.MULTILINE).search(text, position)
+        pattern = re.compile(rf"{before}{re.escape(name)}{after}", re.MULTILINE)
+        match = pattern.search(text, position)
         if match is not None:
             headings.append(Heading(match.start(), level, name))
             position = match.end()
@@ -806,7 +817,7 @@ def _wiki_documents(file: _File, pages) -> Iterator[IngestedDocument]:
         text = clean_text(page.text)
         if text:  # nothing may be left of a page of control characters
             found = True
-            headings = locate_headings(text, page.headings)
+            headings = locate_headings(text, page.headings, blank_before=True)
             yield _document(file, page.id, text, _clean_title(page.title), headings)
     if not found:
         raise DataError(file.path, None, None, "no article pages with text")

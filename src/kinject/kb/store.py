@@ -101,8 +101,10 @@ class KnowledgeBase:
         self.folder = folder
         self.snapshot = snapshot
         self.config = load_config(KBConfig, snapshot / "config.yaml")
-        # built before chunks were indexed with titles and headings: it indexes text alone
-        self.indexes_text_only = "index_text" not in read_bytes(snapshot / "config.yaml").decode()
+        # built before chunks were indexed with titles and headings (build.json then names
+        # no index_text): its chunks are indexed by their text alone, whatever config.yaml says
+        build = json.loads((snapshot / "build.json").read_text(encoding="utf-8"))
+        self.indexes_text_only = "index_text" not in build
         if self.indexes_text_only:
             self.config = self.config.model_copy(update={"index_text": "text"})
         self.manifest = [row for _, row in read_jsonl(snapshot / "manifest.jsonl")]
@@ -204,9 +206,7 @@ class KnowledgeBase:
             self._noted = True
             print(
                 f"note: {self.folder} indexes chunk texts alone (built before titles and "
-                "headings were indexed); to index them, build it again with `kinject kb "
-                "build`, or `kinject kb update` it from its sources after setting "
-                "index_text: title+headings+text in its config",
+                "headings were indexed); to index them, build it again with `kinject kb build`",
                 file=sys.stderr,
             )
         if kind == "bm25":
@@ -483,13 +483,19 @@ class _Chunks:
             return reused
         if self._chunker is None:
             self._chunker = make_chunker(self.config)
-        index_text, title, headings = self.config.index_text, document.title, document.headings
+        chunker, index_text = self._chunker, self.config.index_text
+        title, headings = document.title, document.headings
+        cap = max(1, chunker.size // 4)  # a heading line longer than a quarter is cut
+
+        def line_at(start: int) -> str:
+            return chunker.truncated(heading_line(title, headings, start, index_text), cap)
+
         starts = [0, *(heading.start + 1 for heading in headings)]
-        lines = {heading_line(title, headings, start, index_text) for start in starts}
-        reserve = max((self._chunker.tokens(line) + 1 for line in lines if line), default=0)
+        lines = {line_at(start) for start in starts}
+        reserve = max((chunker.tokens(line) + 1 for line in lines if line), default=0)
         return [
-            replace(chunk, heading=heading_line(title, headings, chunk.start, index_text))
-            for chunk in self._chunker.chunk(document.id, text, reserve)
+            replace(chunk, heading=line_at(chunk.start))
+            for chunk in chunker.chunk(document.id, text, reserve)
         ]
 
 
@@ -641,6 +647,7 @@ def _write_snapshot(
     )
     from kinject.progress import progress_bar
 
+    legacy = previous is not None and previous.indexes_text_only  # stays so when updated
     folder.mkdir(parents=True, exist_ok=True)
     write_text(folder / "config.yaml", to_yaml(config))
     counts: dict[str, int] = {}
@@ -700,6 +707,7 @@ def _write_snapshot(
         folder / "build.json",
         {
             "documents": len(documents),
+            **({} if legacy else {"index_text": config.index_text}),
             "chunks": vectors.rows,
             "embedded": change.embedded,
             "reused": change.reused,

@@ -21,11 +21,13 @@ RECIPE_VERSION = 3  # bump when the pretraining text or loop changes meaning
 
 
 def base_model_dir(world: WorldConfig, model: TinyModelConfig, pretrain: PretrainConfig) -> Path:
+    from kinject.training.loop import with_bf16_resolved
+
     key = fingerprint(
         RECIPE_VERSION,
         world.model_dump(mode="json"),
         model.model_dump(mode="json"),
-        pretrain.model_dump(mode="json"),
+        with_bf16_resolved(pretrain.model_dump(mode="json")),
     )
     return cache_dir() / "base-models" / f"tiny-llama-{key}"
 

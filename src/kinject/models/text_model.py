@@ -23,12 +23,13 @@ TEXT_RECIPE_VERSION = 1  # bump when the documents or the loop change meaning
 
 def text_model_dir(setup: TextModelSetup) -> Path:
     from kinject.fileio import sha256_of
+    from kinject.training.loop import with_bf16_resolved
 
     key = fingerprint(
         TEXT_RECIPE_VERSION,
         sha256_of(_existing(setup.corpus)),
         setup.model.model_dump(mode="json"),
-        setup.pretrain.model_dump(mode="json"),
+        with_bf16_resolved(setup.pretrain.model_dump(mode="json")),
     )
     return cache_dir() / "base-models" / f"text-llama-{key}"
 

@@ -129,7 +129,9 @@ def training_identity(config: FinetuneConfig) -> dict:
         "checkpoint_every_s": True,
         "scoring": {"share_prefix", "memory_budget_gb"},
     }
-    return config.model_dump(mode="json", exclude=exclude)
+    from kinject.training.loop import with_bf16_resolved
+
+    return with_bf16_resolved(config.model_dump(mode="json", exclude=exclude))
 
 
 def input_identity(config: FinetuneConfig) -> dict:

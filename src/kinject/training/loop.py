@@ -90,7 +90,10 @@ def native_bf16(device_type: str) -> bool:
     import torch
 
     if device_type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
+        try:  # not the emulated bf16 of older GPUs (V100, T4)
+            return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+        except TypeError:  # a torch without the argument
+            return bool(torch.cuda.is_bf16_supported())
     if device_type == "cpu":
         probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
         return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
@@ -100,6 +103,17 @@ def native_bf16(device_type: str) -> bool:
 def resolve_bf16(setting: Bf16Setting, device_type: str) -> bool:
     """A config's ``bf16`` (true, false or ``"auto"``: where :func:`native_bf16`) as used."""
     return native_bf16(device_type) if setting == "auto" else bool(setting)
+
+
+def with_bf16_resolved(dump: dict) -> dict:
+    """A training config's dump for a cache key: ``bf16: auto`` replaced by what it means on
+    this machine's default device, so a model trained in bf16 and one trained in fp32 never
+    share a key (or a checkpoint to resume)."""
+    if dump.get("bf16") != "auto":
+        return dump
+    from kinject.models.loading import resolve_device
+
+    return {**dump, "bf16": {"auto": resolve_bf16("auto", resolve_device("auto"))}}
 
 
 @dataclass
