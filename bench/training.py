@@ -7,7 +7,8 @@
     python bench/training.py --models smollm2 --data squad --steps 4 --batch-size 8 --method lora
 
 Both variants train the same model, from the same weights, through kinject's one training
-loop (`kinject.training.loop.train`, bf16 autocast unless --fp32, constant learning rate),
+loop (`kinject.training.loop.train`, bf16 autocast where the device does bf16 in hardware,
+else fp32: --bf16 / --fp32 force it; constant learning rate),
 on the same real tokens in the same order:
 
   packed   kinject's continued-pretraining path: the documents of each epoch (TrainingSet,
@@ -32,10 +33,11 @@ smollm2-135m-instruct preset's converted folder); or NAME=DIR, any local causal 
 --method full trains every weight; --method lora a fresh rank-16 adapter on q/k/v/o_proj
 (kinject's prepare_model, as `kinject finetune` builds it).
 
-FLOP/s / bf16 peak: the real tokens per second times the FLOPs a token takes (forward
+FLOP/s / peak: the real tokens per second times the FLOPs a token takes (forward
 2 x parameters, the activations' gradients 2 x parameters, the trained weights' gradients 2 x
 trained parameters: 6N for full training, about 4N for LoRA; attention's own FLOPs left out),
-over the bf16 matmul peak measured first with the same thread count.
+over the matmul peak of the training's precision (bf16 with autocast, else fp32) measured
+first with the same thread count.
 
 Each variant runs in a fresh subprocess, so peak memories do not mix: on CPU the growth of
 the process's resident set during training over its size just before (optimizer state,
@@ -433,7 +435,7 @@ def _size(params: int) -> str:
 
 def table(rows: list[tuple[str, str, dict, dict]], clock: str, peak: float) -> str:
     """One row per variant; real tokens per second of ``clock`` (``wall`` or ``cpu``); the
-    FLOP/s those tokens take as a share of ``peak`` (the bf16 matmul peak); the packed /
+    FLOP/s those tokens take as a share of ``peak`` (the matmul peak); the packed /
     padded ratio of that rate on each packed row."""
 
     def rate(row: dict) -> float:
@@ -441,7 +443,7 @@ def table(rows: list[tuple[str, str, dict, dict]], clock: str, peak: float) -> s
 
     header = (
         "| model | params | method | data | documents | variant | steps | real tokens "
-        f"| padding | wall s | CPU s | real tokens/s ({clock}) | FLOP/s / bf16 peak | peak MiB "
+        f"| padding | wall s | CPU s | real tokens/s ({clock}) | FLOP/s / peak | peak MiB "
         "| packed / padded tokens/s |"
     )
     lines = [header, "|---" * 15 + "|"]
@@ -460,17 +462,19 @@ def table(rows: list[tuple[str, str, dict, dict]], clock: str, peak: float) -> s
     return "\n".join(lines)
 
 
-def bf16_peak(threads: int, device: str) -> float:
-    """The bf16 matmul peak (bench/scoring.py's) with the variants' thread count."""
+def matmul_peak(threads: int, device: str, bf16: bool) -> float:
+    """The matmul peak (bench/scoring.py's) in the training's precision, with the variants'
+    thread count."""
     import torch
 
+    dtype = "bfloat16" if bf16 else "float32"
     if device != "cpu":
-        return _scoring_helpers().matmul_peak("bfloat16", device)
+        return _scoring_helpers().matmul_peak(dtype, device)
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _scoring_helpers().matmul_peak("bfloat16")
+        return _scoring_helpers().matmul_peak(dtype)
     finally:
         torch.set_num_threads(before)
 
@@ -501,8 +505,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--bf16",
         dest="bf16",
         action="store_true",
-        default=True,
-        help="bf16 autocast (default, as kinject finetune)",
+        default=None,
+        help="bf16 autocast (default where the device does bf16 in hardware, as kinject "
+        "finetune's bf16: auto)",
     )
     precision.add_argument("--fp32", dest="bf16", action="store_false", help="no autocast")
     parser.add_argument(
@@ -572,9 +577,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         return cache["world"]
 
     from kinject.models.loading import resolve_device
+    from kinject.training.loop import resolve_bf16
 
     device = resolve_device(args.device)
-    peak = bf16_peak(args.threads, device)
+    if args.bf16 is None:
+        args.bf16 = resolve_bf16("auto", device)
+    peak = matmul_peak(args.threads, device, args.bf16)
     rows = []
     with tempfile.TemporaryDirectory(prefix="kinject-bench-training-") as folder:
         scratch = Path(folder)
@@ -619,7 +627,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"{rows[0][2]['peak_kind']} during training; the same real tokens in both variants "
         "(same sha256)"
     )
-    print(f"bf16 matmul peak ({args.threads or 'default'} threads): {peak / 1e9:.1f} GFLOP/s")
+    precision = "bf16" if args.bf16 else "fp32"
+    threads = args.threads or "default"
+    print(f"{precision} matmul peak ({threads} threads): {peak / 1e9:.1f} GFLOP/s")
     print(table(rows, clock, peak))
 
 
