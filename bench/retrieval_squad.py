@@ -12,6 +12,7 @@ and Snowball stems.  Prints both tables, kinject's recall as a share of the base
     python bench/retrieval_squad.py --index hnsw --out bench/results/squad.json
     python bench/retrieval_squad.py --smoke      # 12 paragraphs of 3 articles: seconds
     python bench/retrieval_squad.py --no-baseline   # kinject's retrievers alone
+    python bench/retrieval_squad.py --chunk-size 512 --no-fusion-grid  # paragraphs kept whole
 
 Then hybrid's fusion is chosen as ``kinject kb eval --validation`` chooses it: on the
 questions of half the articles (seeded), and scored on the other half's, beside dense and
@@ -147,6 +148,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--squad", type=Path, help="dev-v1.1.json (default: ../shared/data/…)")
     parser.add_argument("--index", default="flat", choices=["flat", "hnsw", "ivf"])
     parser.add_argument("--embedder", default="minilm", help="Preset, folder or hub id.")
+    parser.add_argument(
+        "--chunk-size",
+        type=int,
+        help="kb chunking.size in the embedder's tokens (default: kinject's, 256); 512 keeps "
+        "all but a few paragraphs whole",
+    )
     parser.add_argument("--out", type=Path, help="Also write the figures to this JSON file.")
     parser.add_argument("--smoke", action="store_true", help="12 paragraphs: seconds.")
     parser.add_argument("--no-baseline", action="store_true", help="kinject's retrievers only.")
@@ -164,7 +171,8 @@ def main(argv: list[str] | None = None) -> None:
     from kinject.kb.store import SourceOptions, build_kb
 
     squad = args.squad or find_squad()
-    config = KBConfig(index={"kind": args.index}, embedder={"model": args.embedder})
+    chunking = {} if args.chunk_size is None else {"chunking": {"size": args.chunk_size}}
+    config = KBConfig(index={"kind": args.index}, embedder={"model": args.embedder}, **chunking)
     console = Console()
     with tempfile.TemporaryDirectory() as tmp:
         if args.smoke:
