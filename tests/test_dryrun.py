@@ -179,7 +179,9 @@ def test_the_dry_run_refuses_what_the_run_would_refuse(tmp_path):
     result = dry_run(load_experiment(tmp_path / "e.yaml"))
     problems = {(c.kind, c.name): c.detail for c in result.problems}
     assert set(problems) == {("model", "m"), ("task", "t"), ("knowledge base", "rag.kb")}
-    assert problems[("model", "m")].endswith("missing-model: no such model folder")
+    assert problems[("model", "m")].endswith(
+        "missing-model' does not exist (a local path: not looked up on the hub)"
+    )
     assert problems[("task", "t")].endswith("0 dev examples, jsonl: 5-shot needs 5 dev examples")
     assert any(c.ok and c.detail.startswith("hub id org/model") for c in result.checks)
 

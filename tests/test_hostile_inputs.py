@@ -155,7 +155,7 @@ def config_case(
 
 MISSING = r": missing or not a non-empty string"
 TOO_LARGE = r": too large \({} MB > 20 MB; raise max_file_mb in the KB config\)"
-OUT_OF_RANGE = r", line 2, field 'answer': 4 is out of range for 4 choices"
+OUT_OF_RANGE = r", line 2, field 'answer': 4 is out of range for 4 choices \(0-based: 0 to 3\)"
 NO_UNIT = r", line 2, field 'id': 'nobody' names no training unit"
 
 CASES = [
@@ -271,7 +271,7 @@ CASES = [
     eval_case(
         "task-negative-answer",
         {"path": "tasks/mc-negative-answer.jsonl"},
-        ", line 1, field 'answer': -1 is out of range for 4 choices",
+        r", line 1, field 'answer': -1 is out of range for 4 choices \(0-based: 0 to 3\)",
     ),
     eval_case(
         "task-one-choice",
@@ -291,12 +291,13 @@ CASES = [
     eval_case(
         "task-answer-string",
         {"path": "tasks/mc-answer-string.jsonl"},
-        ", line 1, field 'answer': expected int, got str",
+        r", line 1, field 'answer': expected the 0-based index of the right choice \(0 for the "
+        r"first\), got the string 'A'; for choice A write 0",
     ),
     eval_case(
         "task-answer-bool",
         {"path": "tasks/mc-answer-bool.jsonl"},
-        ", line 1, field 'answer': expected int, got bool",
+        ", line 1, field 'answer': expected the 0-based index of the right choice, got True",
     ),
     eval_case(
         "task-choice-not-a-string",

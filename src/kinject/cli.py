@@ -147,7 +147,7 @@ def eval_command(
 
     eval_config = load_config(EvalConfig, config).with_paths_resolved(config.parent)
     run_dir = out or Path("runs") / config.stem
-    result = run_evaluation(eval_config, run_dir)
+    result = run_evaluation(eval_config, run_dir, warn=_warn)
     if not is_main_process():  # under `accelerate launch`, the first process reports
         return
     for table in rich_tables(result.metrics, result.select_k_on):
@@ -976,6 +976,10 @@ def _reranker(model: str | None, depth: int):
     from kinject.kb.rerank import RerankConfig
 
     return None if model is None else RerankConfig(model=model, depth=depth)
+
+
+def _warn(line: str) -> None:
+    typer.echo(f"warning: {line}", err=True)
 
 
 def _print(renderable) -> None:

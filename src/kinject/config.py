@@ -456,11 +456,25 @@ class RagConfig(Section):
         return self
 
 
+def local_model_path(written: str, base: Path) -> Path | None:
+    """A model path relative to the config file ``base`` made absolute, or None for a hub id
+    or preset.  A path that does not exist is local too, so never looked up on the hub, when
+    it cannot be a hub id (``./``, ``../``, ``~``, more than one ``/``) or its first folder
+    exists here: ``models/my-modle`` beside a ``models/`` folder is a typo, not a hub
+    repository."""
+    relative = Path(written).expanduser()
+    path = base / relative
+    local = written.startswith((".", "/", "~")) or written.count("/") > 1
+    if len(relative.parts) > 1 and (base / relative.parts[0]).is_dir():
+        local = True
+    return path.resolve() if path.exists() or local else None
+
+
 def _resolved_model(model: ModelSpec, base: Path) -> ModelSpec:
     """A model folder relative to the config file made absolute (a hub id stays as it is)."""
-    path = base / Path(model.path).expanduser()
-    if path.exists():
-        model = model.model_copy(update={"path": str(path.resolve())})
+    path = local_model_path(model.path, base)
+    if path is not None:
+        model = model.model_copy(update={"path": str(path)})
     if model.adapter is not None:
         adapter = (base / Path(model.adapter).expanduser()).resolve()
         model = model.model_copy(update={"adapter": str(adapter)})
@@ -500,7 +514,9 @@ class EvalConfig(Section):
         description=INSTRUCTIONS_DOC,
     )
     corpus: str | None = Field(
-        None, description="Corpus JSONL the oracle arm takes gold documents from."
+        None,
+        description="The oracle arm's gold documents: a corpus JSONL, a knowledge base, or the "
+        "files or folder it was built from (ids as `kinject kb build` gives them).",
     )
     rag: RagConfig | None = Field(None, description="The knowledge base and K grid of 'rag'.")
     shots: list[int] = Field(default_factory=lambda: [0], min_length=1)
@@ -522,7 +538,8 @@ class EvalConfig(Section):
         kinds = {spec.kind for spec in parse_arms(self.arms, self.instructions)}
         if "oracle" in kinds and self.corpus is None:
             raise ValueError(
-                "the oracle arm needs 'corpus' (a corpus JSONL with the gold documents)"
+                "the oracle arm needs 'corpus' (the gold documents: a corpus JSONL, a "
+                "knowledge base or a folder of documents)"
             )
         if "rag" in kinds and self.rag is None:
             raise ValueError("the rag arm needs a 'rag' section (at least rag.kb)")
@@ -1030,7 +1047,11 @@ class ExperimentConfig(Section):
         "by +<instruction>; a bare <instruction> is base with it (e.g. rag+rename).",
     )
     instructions: dict[str, str] = Field(default_factory=dict, description=INSTRUCTIONS_DOC)
-    corpus: str | None = Field(None, description="Corpus JSONL of the oracle arm.")
+    corpus: str | None = Field(
+        None,
+        description="The oracle arm's gold documents: a corpus JSONL, a knowledge base, or the "
+        "files or folder it was built from.",
+    )
     rag: RagConfig | None = None
     finetunes: dict[str, FinetuneRecipe] = Field(
         default_factory=dict, description="Named fine-tunings: arms '<name>' and '<name>+rag'."

@@ -16,9 +16,12 @@ a fine-tuned model's column reads ``ft-reg+rename``.  Arm names in configs follo
 
 from __future__ import annotations
 
+import hashlib
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from kinject.errors import KinjectError
 from kinject.tasks.items import MCItem
@@ -255,7 +258,13 @@ class OracleArm(Arm):
     def identity(self) -> dict:
         from kinject.evaluation.identity import file_identity
 
-        return self._with_instruction({"arm": self.name, "corpus": file_identity(self.corpus_path)})
+        if Path(self.corpus_path).is_dir():  # a knowledge base or a folder: by its documents
+            texts = json.dumps(sorted(self.corpus.items()), ensure_ascii=False)
+            digest = hashlib.sha256(texts.encode("utf-8")).hexdigest()
+            corpus = {"name": str(Path(self.corpus_path).resolve()), "documents": digest}
+        else:
+            corpus = file_identity(self.corpus_path)
+        return self._with_instruction({"arm": self.name, "corpus": corpus})
 
 
 class RetrievalCache:

@@ -20,6 +20,7 @@ what is left to score, writes the run folder and shows progress.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -93,12 +94,37 @@ def build_arms(config: EvalConfig) -> list[Arm]:
             arms.append(BaseArm(instruction))
         elif spec.kind == "oracle":
             if corpus is None:
-                corpus = {d.id: d.text for d in load_corpus_jsonl(config.corpus).values()}
+                corpus = load_gold_documents(config.corpus)
             arms.append(OracleArm(corpus, config.corpus, instruction))
         elif spec.kind == "rag":
             cache = cache or retrieval_cache(config.rag)
             arms.extend(rag_arms(config.rag, cache, instruction))
     return arms
+
+
+def load_gold_documents(path: str | Path) -> dict[str, str]:
+    """The oracle arm's documents, ``{id: text}``, from a corpus JSONL, a knowledge base (its
+    documents, and those it dropped as exact duplicates of one, under their own ids), or any
+    file or folder ``kinject kb build`` reads, under the ids it gives them (the path relative
+    to the folder: ``guides/install.md``)."""
+    from kinject.kb.store import POINTER, KnowledgeBase
+
+    path = Path(path)
+    if (path / POINTER).exists():
+        documents = KnowledgeBase.open(path).documents(with_duplicates=True)
+        return {document.id: document.text for document in documents}
+    if path.is_file() and path.suffix == ".jsonl":
+        return {document.id: document.text for document in load_corpus_jsonl(path).values()}
+    if not path.exists():
+        raise KinjectError(f"corpus {path}: no such file or folder")
+    from kinject.kb.ingest import ingest
+
+    report = ingest([path])
+    if not report.documents:
+        raise KinjectError(f"corpus {path}: no document with text in it")
+    texts = {document.id: document.text for document in report.documents}
+    texts |= {dropped: texts[kept] for dropped, kept in report.duplicates}
+    return texts
 
 
 def retrieval_cache(rag: RagConfig) -> RetrievalCache:
@@ -137,14 +163,21 @@ def build_selector(config: EvalConfig) -> ExampleSelector:
     return NearestExamples("dense", EmbedderConfig())
 
 
-def validate_plan(config: EvalConfig, tasks: list[Task], arms: list[Arm]) -> None:
-    """Everything that can be wrong with the inputs, found before a model is loaded."""
+def validate_plan(config: EvalConfig, tasks: list[Task], arms: list[Arm]) -> list[str]:
+    """Everything that can be wrong with the inputs, found before a model is loaded: an
+    error raises, and what may be a mistake comes back as warnings (one line each)."""
     names = [task.name for task in tasks]
     if len(set(names)) != len(names):
         raise KinjectError(f"two tasks share a name in {names}; give them distinct 'name's")
     if config.rag and config.rag.select_k_on and config.rag.select_k_on not in names:
         raise KinjectError(
             f"rag.select_k_on names task '{config.rag.select_k_on}', which is not one of {names}"
+        )
+    if config.rag and config.rag.select_k_on and names == [config.rag.select_k_on]:
+        raise KinjectError(
+            f"rag.select_k_on names task '{config.rag.select_k_on}', the only task: K is chosen "
+            "on it and no other task is left to score (base and oracle included); add the tasks "
+            "to test on, or drop select_k_on to score every K on this one"
         )
     for task in tasks:
         if not task.items:
@@ -159,6 +192,36 @@ def validate_plan(config: EvalConfig, tasks: list[Task], arms: list[Arm]) -> Non
             arm.prepare(task.items)
             for item in task.items:
                 arm.context_for(item)
+    rag = next((arm for arm in arms if isinstance(arm, RagArm)), None)
+    return [] if rag is None else unknown_gold_warnings(tasks, rag.cache.kb)
+
+
+def unknown_gold_warnings(tasks: list[Task], kb) -> list[str]:
+    """A line per task whose questions name, in ``doc_ids``, no document of ``kb``: their
+    retrieval recall would be 0 whatever was retrieved (often ids written without the
+    file's suffix)."""
+    import difflib
+
+    ids = {row["id"] for row in kb.manifest}
+    warnings = []
+    for task in tasks:
+        unknown = [
+            item
+            for item in task.items
+            if item.doc_ids and not any(doc_id in ids for doc_id in item.doc_ids)
+        ]
+        if not unknown:
+            continue
+        first = unknown[0].doc_ids[0]
+        close = difflib.get_close_matches(first, sorted(ids), n=1, cutoff=0.5)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        warnings.append(
+            f"task '{task.name}': {len(unknown)} of {len(task.items)} questions name in "
+            f"doc_ids no document of the knowledge base {kb.folder}, so their retrieval recall "
+            f"is 0; question '{unknown[0].id}' names '{first}'{hint}. `kinject kb search` "
+            "shows each chunk's document id"
+        )
+    return warnings
 
 
 def run_evaluation(
@@ -166,6 +229,7 @@ def run_evaluation(
     run_dir: str | Path,
     model_and_tokenizer=None,
     show_progress: bool = True,
+    warn: Callable[[str], None] | None = None,
 ) -> EvalResult:
     """Score every (task × arm × shots) cell not yet in ``run_dir`` and write the run files.
 
@@ -175,10 +239,11 @@ def run_evaluation(
     chosen on them).
 
     Under ``accelerate launch`` every process calls this and gets the same result; only
-    the main process writes.
+    the main process writes.  ``warn`` gets each warning about the inputs (one line, before
+    any model work).
     """
     run_dir = Path(run_dir)
-    processes(config.model.device)  # several processes: joined before a model is loaded
+    group = processes(config.model.device)  # several processes: joined before a model loads
     tasks = [load_task(spec) for spec in config.tasks]  # bad inputs fail before any model work
     if config.rag and config.rag.select_k_on and config.rag.select_k_sample:
         size = config.rag.select_k_sample
@@ -187,7 +252,10 @@ def run_evaluation(
             for task in tasks
         ]
     arms = build_arms(config)
-    validate_plan(config, tasks, arms)
+    warnings = validate_plan(config, tasks, arms)
+    if warn is not None and (group is None or group.main):
+        for line in warnings:
+            warn(line)
     session = _ScoringSession(config, run_dir, model_and_tokenizer, show_progress)
     select_on = config.rag.select_k_on if config.rag else None
     grid = [arm for arm in arms if arm.kind == "rag"] if select_on else []

@@ -171,7 +171,9 @@ def _check_model(model: ExperimentModel, result: DryRun) -> None:
         ok = (local / "config.json").is_file()
         detail = str(local) if ok else f"{local}: a folder without config.json"
     elif _looks_local(model.path):
-        ok, detail = False, f"{model.path}: no such model folder"
+        from kinject.models.loading import missing_folder_message
+
+        ok, detail = False, missing_folder_message(local)
     else:
         ok, detail = True, f"hub id {model.path} (downloaded on the first run, not now)"
     result.checks.append(Check("model", model.label, ok, detail))

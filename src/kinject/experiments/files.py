@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kinject.config import ExperimentConfig, parse_config
+from kinject.config import ExperimentConfig, local_model_path, parse_config
 from kinject.errors import KinjectError
 
 
@@ -96,8 +96,8 @@ def _resolve_paths(data: dict, base: Path) -> None:
     def model_path(section: dict) -> None:
         local = section.get("path")
         placeholder = not isinstance(local, str) or local.startswith("${")
-        if not placeholder and (base / Path(local).expanduser()).exists():  # else a hub id
-            section["path"] = file(local)
+        if not placeholder and (path := local_model_path(local, base)) is not None:
+            section["path"] = str(path)  # else a hub id or a preset
 
     for model in _list(data.get("models")):
         if isinstance(model, dict):

@@ -91,14 +91,14 @@ def check_inputs(config: ExperimentConfig) -> None:
     """The other files the run reads — each fine-tuning's training text, the oracle corpus,
     the knowledge base — opened now: a bad one fails before the run folder is made, not
     after the trainings before it."""
-    from kinject.corpus import load_corpus_jsonl
+    from kinject.evaluation.evaluate import load_gold_documents
     from kinject.kb.store import KnowledgeBase
     from kinject.training.data import TrainingSet
 
     for recipe in config.finetunes.values():
         TrainingSet(recipe.data)
     if config.corpus is not None:
-        load_corpus_jsonl(config.corpus)
+        load_gold_documents(config.corpus)
     if config.rag is not None:
         KnowledgeBase.open(config.rag.kb)
 
@@ -133,6 +133,13 @@ def run_experiment(
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text(run_dir / "experiment.yaml", to_yaml(config))
         write_json(run_dir / "env.json", env)
+    warned: set[str] = set()
+
+    def warn(line: str) -> None:  # once per run, though every model's evaluation checks
+        if line not in warned:
+            warned.add(line)
+            Console(stderr=True).print(f"warning: {line}", style="yellow", highlight=False)
+
     runs: list[ModelRun] = []
     stages = stage_count(config)
     stage = 0
@@ -153,7 +160,7 @@ def run_experiment(
                 if member.arms:
                     evaluation = eval_config(config, member)
                     folder = member.folder(run_dir)
-                    run_evaluation(evaluation, folder, show_progress=show_progress)
+                    run_evaluation(evaluation, folder, show_progress=show_progress, warn=warn)
     plan = {"runs": [_plan_row(run, run_dir) for run in runs]}
     if main:
         write_json(run_dir / "plan.json", plan)

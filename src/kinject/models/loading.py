@@ -71,7 +71,7 @@ def load_causal_lm(spec: ModelSpec):
     source = spec.path
     looks_local = source.startswith((".", "/", "~")) or Path(source).exists()
     if looks_local and not Path(source).expanduser().exists():
-        raise KinjectError(f"model folder '{source}' does not exist")
+        raise KinjectError(missing_folder_message(Path(source).expanduser()))
     if looks_local and not spec.allow_pickle:
         refuse_pickle_only(Path(source).expanduser(), "model folder", "model.safetensors")
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
@@ -103,6 +103,24 @@ def load_causal_lm(spec: ModelSpec):
     model.to(resolve_device(spec.device))
     model.eval()
     return model, tokenizer
+
+
+def missing_folder_message(path: Path) -> str:
+    """Why a local model folder cannot be loaded: it does not exist (named, with the closest
+    name in the nearest folder that does, as a typo is the usual cause)."""
+    import difflib
+
+    message = f"model folder '{path}' does not exist (a local path: not looked up on the hub)"
+    parent = path.parent
+    while not parent.is_dir() and parent != parent.parent:
+        parent = parent.parent
+    if parent.is_dir():
+        names = sorted(child.name for child in parent.iterdir() if child.is_dir())
+        wanted = path.relative_to(parent).parts[0]
+        close = difflib.get_close_matches(wanted, names, n=1, cutoff=0.5)
+        if close:
+            message += f"; did you mean {parent / close[0]}?"
+    return message
 
 
 def _remote_code_refused(source: str) -> KinjectError:

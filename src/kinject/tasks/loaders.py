@@ -34,6 +34,41 @@ def _doc_ids(obj: dict, path: Path, line: int) -> tuple[str, ...]:
     return tuple(doc_ids)
 
 
+def _answer_index(obj: dict, choices: list[str], path: Path, line: int) -> int:
+    """``answer``: the 0-based index of the right choice; a letter or a choice's text gets an
+    error that says which index it means."""
+    if "answer" not in obj:
+        raise DataError(path, line, "answer", "missing (the 0-based index of the right choice)")
+    answer = obj["answer"]
+    if isinstance(answer, str):
+        letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[: len(choices)]
+        if answer.strip().upper() in letters and len(answer.strip()) == 1:
+            meant = f"; for choice {answer.strip().upper()} write {letters.index(answer.strip().upper())}"
+        elif answer in choices:
+            meant = f"; for the choice '{answer}' write {choices.index(answer)}"
+        else:
+            meant = ""
+        raise DataError(
+            path,
+            line,
+            "answer",
+            f"expected the 0-based index of the right choice (0 for the first), got the string "
+            f"'{answer}'{meant}",
+        )
+    if isinstance(answer, bool) or not isinstance(answer, int):
+        raise DataError(
+            path, line, "answer", f"expected the 0-based index of the right choice, got {answer!r}"
+        )
+    if not 0 <= answer < len(choices):
+        raise DataError(
+            path,
+            line,
+            "answer",
+            f"{answer} is out of range for {len(choices)} choices (0-based: 0 to {len(choices) - 1})",
+        )
+    return answer
+
+
 def _check_unique(items: list[MCItem], path: Path, lines: list[int]) -> None:
     seen: dict[str, int] = {}
     for item, line in zip(items, lines):
@@ -83,11 +118,7 @@ def load_mc_jsonl(path: str | Path) -> list[MCItem]:
         for choice in choices:
             if not isinstance(choice, str):
                 raise DataError(path, line, "choices", "every choice must be a string")
-        answer = _require(obj, "answer", int, path, line)
-        if not 0 <= answer < len(choices):
-            raise DataError(
-                path, line, "answer", f"{answer} is out of range for {len(choices)} choices"
-            )
+        answer = _answer_index(obj, choices, path, line)
         subject = obj.get("subject")
         if subject is not None and not isinstance(subject, str):
             raise DataError(path, line, "subject", "expected a string")

@@ -1,0 +1,182 @@
+"""The own-data path as a newcomer walks it (issue 22): a folder of Markdown files, a knowledge
+base built from it, hand-written questions, `kinject eval` — through the real CLI, with the
+real MiniLM embedder and a tiny GPT-2 built from a config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from test_cli import kinject
+
+DOCS = {
+    "install.md": "# Installing Kestrel\n\nKestrel listens on port 8443 after installation. "
+    "The installer needs 2 GB of disk space.\n",
+    "billing.md": "# Billing\n\nThe billing service is maintained by Ada Quint. Invoices go out "
+    "on the first Monday of each month.\n",
+    "backups.md": "# Backups\n\nBackups run every night at 02:00 and are kept for 35 days in the "
+    "Oslo data centre.\n",
+    "team.md": "# The team\n\nThe Kestrel team has nine engineers. Its lead is Tomas Berg, who "
+    "joined in 2019.\n",
+    "release.md": "# Releases\n\nKestrel ships a release every six weeks; version 4.2 added "
+    "single sign-on.\n",
+}
+
+QUESTIONS = [
+    ("q1", "Which port does Kestrel listen on?", ["80", "8443", "22"], 1, "install.md"),
+    (
+        "q2",
+        "Who maintains the billing service?",
+        ["Tomas Berg", "Ada Quint", "Nobody"],
+        1,
+        "billing.md",
+    ),
+    ("q3", "How long are backups kept?", ["35 days", "7 days", "a year"], 0, "backups.md"),
+    ("q4", "Who leads the Kestrel team?", ["Ada Quint", "Tomas Berg", "Ola Nord"], 1, "team.md"),
+]
+
+
+def _question(qid, question, choices, answer, doc_id) -> dict:
+    return {
+        "id": qid,
+        "question": question,
+        "choices": choices,
+        "answer": answer,
+        "doc_ids": [doc_id],
+    }
+
+
+def _write_questions(path: Path, doc_id=lambda d: d, **override) -> None:
+    rows = [_question(*q[:4], doc_id(q[4])) | override for q in QUESTIONS]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def own_kb(tmp_path_factory) -> Path:
+    """A folder of five Markdown files and the knowledge base `kinject kb build` made of it."""
+    root = tmp_path_factory.mktemp("own")
+    docs = root / "docs"
+    docs.mkdir()
+    for name, text in DOCS.items():
+        (docs / name).write_text(text, encoding="utf-8")
+    result = kinject("kb", "build", "docs", "--out", "kb", cwd=root)
+    assert result.returncode == 0, result.stderr
+    return root
+
+
+def _eval_yaml(folder: Path, model: Path | str, corpus: str, **extra) -> Path:
+    rag = extra.pop("rag", "{kb: kb, k: [0, 1]}")
+    text = (
+        f"model: {{path: {model}}}\n"
+        "tasks: [{name: own, path: questions.jsonl}]\n"
+        f"arms: [base, oracle, rag]\ncorpus: {corpus}\nrag: {rag}\n"
+    )
+    text += "".join(f"{key}: {value}\n" for key, value in extra.items())
+    path = folder / "eval.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_gold_documents_of_a_folder_equal_those_of_its_kb_under_the_same_ids(own_kb):
+    from kinject.evaluation.evaluate import load_gold_documents
+
+    from_folder = load_gold_documents(own_kb / "docs")
+    assert set(from_folder) == set(DOCS)
+    assert "Kestrel listens on port 8443" in from_folder["install.md"]
+    assert load_gold_documents(own_kb / "kb") == from_folder
+    single = load_gold_documents(own_kb / "docs" / "install.md")
+    assert single == {"install.md": from_folder["install.md"]}
+
+
+@pytest.mark.parametrize("corpus", ["docs", "kb"])
+def test_the_oracle_reads_its_gold_documents_from_a_folder_or_a_kb(
+    own_kb, tiny_gpt2_dir, tmp_path, corpus
+):
+    work = tmp_path / "work"
+    work.mkdir()
+    for name in ("docs", "kb"):
+        (work / name).symlink_to(own_kb / name)
+    _write_questions(work / "questions.jsonl")
+    _eval_yaml(work, tiny_gpt2_dir, corpus)
+    result = kinject("eval", "--config", "eval.yaml", "--out", "run", cwd=work)
+    assert result.returncode == 0, result.stderr
+    assert "warning" not in result.stderr
+    cells = json.loads((work / "run" / "metrics.json").read_text())["cells"]
+    assert {(c["arm"], c["n"]) for c in cells} >= {("base", 4), ("oracle", 4)}
+    records = [json.loads(line) for line in (work / "run" / "records.jsonl").open()]
+    by_arm = {(r["arm"], r["question_id"]): r["loglikelihoods"] for r in records}
+    assert all(by_arm["oracle", q[0]] != by_arm["base", q[0]] for q in QUESTIONS)  # in context
+
+
+def test_doc_ids_that_name_no_document_of_the_kb_are_warned_of(own_kb, tiny_gpt2_dir, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "kb").symlink_to(own_kb / "kb")
+    _write_questions(work / "questions.jsonl", doc_id=lambda d: d.removesuffix(".md"))
+    (work / "eval.yaml").write_text(
+        f"model: {{path: {tiny_gpt2_dir}}}\ntasks: [{{name: own, path: questions.jsonl}}]\n"
+        "arms: [base, rag]\nrag: {kb: kb, k: [1]}\n",
+        encoding="utf-8",
+    )
+    result = kinject("eval", "--config", "eval.yaml", "--out", "run", cwd=work)
+    assert result.returncode == 0, result.stderr
+    warning = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1, result.stderr
+    assert (
+        "task 'own': 4 of 4 questions name in doc_ids no document of the knowledge base"
+        in (warning[0])
+    )
+    assert "question 'q1' names 'install' (did you mean 'install.md'?)" in warning[0]
+
+
+def test_select_k_on_the_only_task_is_refused_before_any_scoring(own_kb, tiny_gpt2_dir, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "kb").symlink_to(own_kb / "kb")
+    _write_questions(work / "questions.jsonl")
+    _eval_yaml(work, tiny_gpt2_dir, "kb", rag="{kb: kb, k: [0, 1], select_k_on: own}")
+    result = kinject("eval", "--config", "eval.yaml", "--out", "run", cwd=work)
+    assert result.returncode == 2
+    assert "rag.select_k_on names task 'own', the only task" in result.stderr
+    assert "add the tasks to test on" in result.stderr
+    assert not (work / "run").exists()
+
+
+def test_a_mistyped_local_model_folder_is_not_looked_up_on_the_hub(own_kb, tiny_gpt2_dir, tmp_path):
+    work = tmp_path / "work"
+    (work / "models").mkdir(parents=True)
+    (work / "models" / "my-model").symlink_to(tiny_gpt2_dir)
+    (work / "kb").symlink_to(own_kb / "kb")
+    _write_questions(work / "questions.jsonl")
+    _eval_yaml(work, "models/my-modle", "kb")
+    offline = {"HF_HUB_OFFLINE": "0", "HF_HUB_ETAG_TIMEOUT": "1"}
+    result = kinject("eval", "--config", "eval.yaml", "--out", "run", cwd=work, env_extra=offline)
+    assert result.returncode == 2, result.stderr
+    expected = f"model folder '{work / 'models' / 'my-modle'}' does not exist"
+    assert expected in result.stderr
+    assert f"did you mean {work / 'models' / 'my-model'}?" in result.stderr
+    assert not (work / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "answer, message",
+    [
+        ("B", "got the string 'B'; for choice B write 1"),
+        ("8443", "got the string '8443'; for the choice '8443' write 1"),
+        (3, "3 is out of range for 3 choices (0-based: 0 to 2)"),
+    ],
+)
+def test_an_answer_that_is_not_a_0_based_index_says_which_index_it_means(
+    tmp_path, tiny_gpt2_dir, answer, message
+):
+    row = _question(*QUESTIONS[0]) | {"answer": answer}
+    (tmp_path / "questions.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
+    (tmp_path / "eval.yaml").write_text(
+        f"model: {{path: {tiny_gpt2_dir}}}\ntasks: [{{path: questions.jsonl}}]\n", encoding="utf-8"
+    )
+    result = kinject("eval", "--config", "eval.yaml", "--out", "run", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "questions.jsonl, line 1, field 'answer': " in result.stderr
+    assert message in result.stderr
