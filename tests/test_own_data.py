@@ -5,6 +5,9 @@ real MiniLM embedder and a tiny GPT-2 built from a config."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -110,6 +113,48 @@ def test_the_oracle_reads_its_gold_documents_from_a_folder_or_a_kb(
     assert all(by_arm["oracle", q[0]] != by_arm["base", q[0]] for q in QUESTIONS)  # in context
 
 
+def test_report_of_an_eval_folder_holds_its_table_and_plot_and_goes_where_asked(
+    own_kb, tiny_gpt2_dir, tmp_path
+):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "kb").symlink_to(own_kb / "kb")
+    _write_questions(work / "questions.jsonl")
+    _eval_yaml(work, tiny_gpt2_dir, "kb", rag="{kb: kb, k: [0, 1, 2, 3]}")
+    assert kinject("eval", "--config", "eval.yaml", "--out", "run", cwd=work).returncode == 0
+    before = sorted(p.name for p in (work / "run").iterdir())
+    result = kinject("report", "run", "--out", "reports/own", cwd=work)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (work / "run").iterdir()) == before  # nothing written there
+    page = (work / "reports" / "own" / "report.html").read_text(encoding="utf-8")
+    assert '<figure class="plot" id="fig-accuracy">' in page
+    table = (work / "run" / "table.md").read_text(encoding="utf-8")
+    first_row = next(line for line in table.splitlines() if line.startswith("| own |"))
+    for cell in first_row.strip("|").split("|")[2:]:
+        assert cell.strip() in page  # every cell of the eval's table, as kinject table has it
+    svg = (work / "reports" / "own" / "report_files" / "fig-accuracy.svg").read_text()
+    accuracies = [
+        c["acc"] for c in json.loads((work / "run" / "metrics.json").read_text())["cells"]
+    ]
+    for acc in accuracies:  # each bar's value is written on it, 0.000 included
+        assert f">{acc:.3f}<" in svg
+    env = {key: value for key, value in os.environ.items() if key != "COLUMNS"}
+    piped = subprocess.run(  # stdout a pipe, as in a CI log or `| tee log`: no table is cut
+        [sys.executable, "-m", "kinject", "table", "run"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "…" not in piped.stdout
+    assert max(len(line) for line in piped.stdout.splitlines()) > 80
+    assert all(f"{acc:.3f}" in piped.stdout for acc in accuracies)
+    markdown = (work / "reports" / "own" / "report.md").read_text(encoding="utf-8")
+    assert "![fig-accuracy](report_files/fig-accuracy.svg)" in markdown
+    assert first_row in markdown
+
+
 def test_doc_ids_that_name_no_document_of_the_kb_are_warned_of(own_kb, tiny_gpt2_dir, tmp_path):
     work = tmp_path / "work"
     work.mkdir()
@@ -180,3 +225,24 @@ def test_an_answer_that_is_not_a_0_based_index_says_which_index_it_means(
     assert result.returncode == 2
     assert "questions.jsonl, line 1, field 'answer': " in result.stderr
     assert message in result.stderr
+
+
+def test_ctrl_c_says_what_is_kept_and_the_rerun_says_it_resumes(own_kb, tiny_gpt2_dir, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "kb").symlink_to(own_kb / "kb")
+    _write_questions(work / "questions.jsonl")
+    _eval_yaml(work, tiny_gpt2_dir, "kb", rag="{kb: kb, k: [0, 1, 2]}")
+    args = ("eval", "--config", "eval.yaml", "--out", "run")
+    # SIGINT, as Ctrl-C sends it, once the second cell is stored
+    stopped = kinject(*args, cwd=work, env_extra={"KINJECT_INTERRUPT_AT": "cell.stored:2"})
+    assert stopped.returncode == 130
+    assert "Traceback" not in stopped.stderr
+    assert "interrupted: what had finished is kept" in stopped.stderr
+    assert "the same command again resumes" in stopped.stderr
+    assert len(list((work / "run" / "cells").glob("*.jsonl"))) == 2
+    resumed = kinject(*args, cwd=work)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming in run: 2 of 5 cells already scored, 3 to score" in resumed.stderr
+    again = kinject(*args, cwd=work)
+    assert "resuming" not in again.stderr  # nothing left to score: nothing to say

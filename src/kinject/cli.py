@@ -58,6 +58,13 @@ def user_errors(function):
         except KinjectError as error:
             typer.echo(f"error: {error}", err=True)
             raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo(
+                "interrupted: what had finished is kept (scored cells, trained models, "
+                "caches); the same command again resumes from there",
+                err=True,
+            )
+            raise typer.Exit(130) from None
 
     return wrapper
 
@@ -336,18 +343,27 @@ def table(run_dir: Annotated[Path, typer.Argument(help="A run folder.")]) -> Non
 
 @app.command()
 @user_errors
-def report(run_dir: Annotated[Path, typer.Argument(help="A `kinject run` folder.")]) -> None:
+def report(
+    run_dir: Annotated[
+        Path, typer.Argument(help="A `kinject run`, `kinject demo` or `kinject eval` folder.")
+    ],
+    out: Annotated[
+        Path | None, typer.Option(help="The folder to write into (default: RUN_DIR).")
+    ] = None,
+) -> None:
     """Write report.html (one self-contained file, plots inside) and report.md.
 
-    Made from metrics.json, costs.json and records.jsonl alone: no model, no task files.
+    Made from the run folder's files alone (metrics.json, costs.json, records.jsonl): no
+    model, no task files.  An eval folder's report holds its table and its accuracy plot.
 
     Example:
 
         kinject report runs/demo
+        kinject report runs/my-eval --out reports/my-eval
     """
     from kinject.experiments.report import write_report
 
-    html, markdown = write_report(run_dir)
+    html, markdown = write_report(run_dir, out)
     typer.echo(f"wrote {html} and {markdown}")
 
 
@@ -983,9 +999,9 @@ def _warn(line: str) -> None:
 
 
 def _print(renderable) -> None:
-    from rich.console import Console
+    from kinject.progress import output_console
 
-    Console().print(renderable)
+    output_console().print(renderable)
 
 
 def main() -> None:

@@ -443,12 +443,11 @@ def run_demo(
     """The tiny model's experiment into ``out``, then the real pretrained model's into
     ``out/<its label>``; each prints its tables as it ends.  Returns the run folder, the cells
     of both (each names its model in ``base_model``) and the checks."""
-    from rich.console import Console
-
     from kinject.experiments.runner import run_experiment
+    from kinject.progress import output_console
     from kinject.training.loop import is_main_process
 
-    console = Console()
+    console = output_console()
     config = load_demo_config(config_path, quick)
     run_dir = out or Path("runs") / ("demo-quick" if quick else "demo")
     started = time.perf_counter()

@@ -12,6 +12,9 @@ this module is imported, decide what happens there:
     runs, as when the machine loses power or the out-of-memory killer strikes.  Example:
     ``KINJECT_KILL_AT='write@*/run/metrics.json:1'`` dies inside the first atomic write of a
     run's metrics.json, after the temporary file is written and synced, before the rename.
+``KINJECT_INTERRUPT_AT=point[@glob]:n[,...]``
+    the same, but the process sends itself SIGINT, as Ctrl-C at a terminal does: Python
+    raises KeyboardInterrupt there, and ``finally`` blocks and the CLI's handler run.
 ``KINJECT_TRACE=FILE``
     append one line ``point detail`` to FILE each time a point is reached (before a kill
     at it), so a test can count forward passes, optimizer steps and stored cells.
@@ -44,10 +47,11 @@ from dataclasses import dataclass
 from kinject.errors import KinjectError
 
 KILL_VARIABLE = "KINJECT_KILL_AT"
+INTERRUPT_VARIABLE = "KINJECT_INTERRUPT_AT"
 TRACE_VARIABLE = "KINJECT_TRACE"
 POINTS = ("kb.spooled", "embed.batch", "write", "train.step", "score.batch", "cell.stored")
 
-_ACTIVE = bool(os.environ.get(KILL_VARIABLE) or os.environ.get(TRACE_VARIABLE))
+_ACTIVE = any(os.environ.get(v) for v in (KILL_VARIABLE, INTERRUPT_VARIABLE, TRACE_VARIABLE))
 
 
 @dataclass
@@ -56,6 +60,7 @@ class _Kill:
     pattern: str | None  # fnmatch glob on the detail; None: any detail
     n: int  # die on the n-th matching arrival
     seen: int = 0
+    sends: int = signal.SIGKILL  # SIGINT: interrupted, as by Ctrl-C
 
 
 _kills: list[_Kill] | None = None  # parsed on first use, so a bad value is a clear error
@@ -74,6 +79,7 @@ def _arrive(point: str, detail: str) -> None:
     global _kills
     if _kills is None:
         _kills = parse_kill_spec(os.environ.get(KILL_VARIABLE, ""))
+        _kills += parse_kill_spec(os.environ.get(INTERRUPT_VARIABLE, ""), INTERRUPT_VARIABLE)
     trace = os.environ.get(TRACE_VARIABLE)
     if trace:
         _append_line(trace, f"{point} {detail}".rstrip() + "\n")
@@ -84,7 +90,7 @@ def _arrive(point: str, detail: str) -> None:
             continue
         kill.seen += 1
         if kill.seen == kill.n:
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), kill.sends)
 
 
 def _append_line(path: str, line: str) -> None:
@@ -96,16 +102,18 @@ def _append_line(path: str, line: str) -> None:
         os.close(fd)
 
 
-def parse_kill_spec(spec: str) -> list[_Kill]:
-    """``point[@glob]:n`` items, comma-separated; a bad item is a KinjectError naming it."""
+def parse_kill_spec(spec: str, variable: str = KILL_VARIABLE) -> list[_Kill]:
+    """``point[@glob]:n`` items, comma-separated; a bad item is a KinjectError naming it.
+    Of ``KINJECT_INTERRUPT_AT`` (``variable``), each sends SIGINT instead of SIGKILL."""
+    sent = signal.SIGINT if variable == INTERRUPT_VARIABLE else signal.SIGKILL
     kills = []
     for item in filter(None, (part.strip() for part in spec.split(","))):
         target, sep, count = item.rpartition(":")
         point, at, pattern = target.partition("@")
         if not sep or not count.isdigit() or int(count) < 1 or point not in POINTS:
             raise KinjectError(
-                f"{KILL_VARIABLE}: '{item}' is not point[@glob]:n with n >= 1 and point one "
+                f"{variable}: '{item}' is not point[@glob]:n with n >= 1 and point one "
                 f"of {', '.join(POINTS)}"
             )
-        kills.append(_Kill(point, pattern if at else None, int(count)))
+        kills.append(_Kill(point, pattern if at else None, int(count), sends=sent))
     return kills

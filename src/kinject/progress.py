@@ -1,7 +1,9 @@
-"""Progress bars (rich) for anything that takes more than a few seconds."""
+"""Progress bars (rich) for anything that takes more than a few seconds, and the console
+commands print their tables to."""
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -55,3 +57,17 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
     ) as progress:
         task = progress.add_task(description, total=total, info="")
         yield _Bar(progress, task)
+
+
+WIDE = 1000  # columns of a console that writes to a file or a pipe: no table is cut
+
+
+def output_console(stderr: bool = False, quiet: bool = False):
+    """A rich console for what a command prints: the terminal's width at a terminal; written
+    to a file, a pipe or a CI log, wide enough that every table prints whole (rich would cut
+    it to 80 columns: ``ft-r…``, ``0.9…``)."""
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    wide = not stream.isatty() and "COLUMNS" not in os.environ
+    return Console(file=stream, quiet=quiet, width=WIDE if wide else None)

@@ -415,6 +415,14 @@ class _ScoringSession:
         pending = [plan[i] for i in left]
         if not pending:
             return
+        if self.show_progress and len(pending) < len(plan):
+            from kinject.progress import output_console
+
+            output_console(stderr=True).print(
+                f"resuming in {self.run_dir}: {len(plan) - len(pending)} of {len(plan)} cells "
+                f"already scored, {len(pending)} to score",
+                highlight=False,
+            )
         self._model()  # fails before any file is written
         total = sum(
             1 if p.task.is_open else len(item.choices) for p in pending for item in p.task.items

@@ -82,20 +82,29 @@ class Run:
     results: Results
 
 
-def write_report(run_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``report.html`` and ``report.md`` (plots in ``report_files/``); return both paths."""
+def write_report(run_dir: str | Path, out: str | Path | None = None) -> tuple[Path, Path]:
+    """Write ``report.html`` and ``report.md`` (plots in ``report_files/``) into ``out``
+    (default: the run folder); return both paths.  A `kinject run` or `kinject demo` folder
+    gets the experiment's report, a `kinject eval` folder its own (its table and accuracy)."""
     run_dir = Path(run_dir)
-    run = load_run(run_dir)
-    plots = make_plots(run)
-    files = run_dir / FILES_DIR
+    out = Path(out) if out is not None else run_dir
+    if not (run_dir / "plan.json").exists() and (run_dir / "config.yaml").is_file():
+        title, plots, tables = eval_page(run_dir)
+        html_page = render_page(title, plots, tables)
+        markdown_page = render_page_markdown(title, plots, tables)
+    else:
+        run = load_run(run_dir)
+        plots = make_plots(run)
+        html_page, markdown_page = render_html(run, plots), render_markdown(run, plots)
+    files = out / FILES_DIR
     for stale in sorted(files.glob("*.svg")) if files.is_dir() else []:
         if stale.stem not in {plot.id for plot in plots}:
             stale.unlink()
     for plot in plots:
         write_text(files / f"{plot.id}.svg", plot.svg)
-    html_path, md_path = run_dir / "report.html", run_dir / "report.md"
-    write_text(md_path, render_markdown(run, plots))
-    write_text(html_path, render_html(run, plots))
+    html_path, md_path = out / "report.html", out / "report.md"
+    write_text(md_path, markdown_page)
+    write_text(html_path, html_page)
     return html_path, md_path
 
 
@@ -617,12 +626,81 @@ th{background:#f3f3f3}td.num{text-align:right}
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 
 
+def eval_page(run_dir: Path) -> tuple[str, list[Plot], str]:
+    """A `kinject eval` folder's page: its title (the model), its accuracy plot and its
+    table (Markdown, as ``kinject table`` prints it), from its files alone."""
+    from kinject.config import EvalConfig, load_config
+    from kinject.evaluation.report import markdown_table
+
+    for name in REQUIRED:
+        if not (run_dir / name).is_file():
+            raise KinjectError(
+                f"{run_dir} has no {name}: the report needs a finished `kinject eval` folder"
+            )
+    config = load_config(EvalConfig, run_dir / "config.yaml")
+    cells = _read_json(run_dir / "metrics.json").get("cells") or []
+    select_k_on = config.rag.select_k_on if config.rag else None
+    title = f"{run_dir.name}: {Path(config.model.path).name}"
+    plot = plot_eval_accuracy([m for m in cells if m["split"] != select_k_on], select_k_on)
+    return title, [plot] if plot else [], markdown_table(cells, select_k_on)
+
+
+@_plotting
+def plot_eval_accuracy(cells: list[dict], select_k_on: str | None) -> Plot | None:
+    """A `kinject eval` folder's accuracy: a bar per arm (rag: per K) on each task and number
+    of shots, with its 95% CI and its value written on it (so 0.000 is a bar, not a gap)."""
+    if not cells:
+        return None
+
+    def column(m: dict) -> str:
+        return f"{m['arm']} K={m['k']}" if uses_rag(m["arm"]) and m["k"] else m["arm"]
+
+    columns = list(dict.fromkeys(column(m) for m in cells))
+    rows = list(dict.fromkeys((m["split"], m["shots"]) for m in cells))
+    fig = _figure(max(6.0, min(16.0, 0.9 * len(rows) * len(columns) + 3)), 4.0)
+    ax = fig.subplots()
+    width = 0.8 / len(columns)
+    for j, name in enumerate(columns):
+        placed = [
+            (i + (j - (len(columns) - 1) / 2) * width, m)
+            for i, row in enumerate(rows)
+            for m in cells
+            if (m["split"], m["shots"]) == row and column(m) == name
+        ]
+        bars = ax.bar(
+            [x for x, _ in placed],
+            [m["acc"] for _, m in placed],
+            width,
+            yerr=_errors([m for _, m in placed]),
+            capsize=2,
+            label=_legend(name),
+        )
+        ax.bar_label(bars, [f"{m['acc']:.3f}" for _, m in placed], padding=2, fontsize=7)
+    ax.set_xticks(range(len(rows)), [f"{split}\n{shots}-shot" for split, shots in rows])
+    ax.set(ylim=(0, 1.12), ylabel="accuracy")
+    ax.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
+    where = f"; rag at the K chosen on '{select_k_on}'" if select_k_on else ""
+    caption = (
+        "Accuracy by arm on each task and number of shots, with 95% bootstrap CIs (open "
+        f"questions: exact match){where}."
+    )
+    return Plot("fig-accuracy", "Accuracy by arm", caption, _svg(fig))
+
+
 def _e(value) -> str:
     return html.escape(str(value), quote=True)
 
 
 def render_html(run: Run, plots: list[Plot]) -> str:
     title = run.metrics.get("experiment") or "experiment"
+    samples = _samples_html(run)
+    return render_page(title, plots, markdown(run.metrics, run.costs), samples)
+
+
+def render_page(title: str, plots: list[Plot], tables: str, samples: str = "") -> str:
+    """The report page: the title, the plots by section, the tables (Markdown, its own
+    title line dropped: the page's <h1> is the title) and the sample questions' section."""
     sections = list(dict.fromkeys(plot.section for plot in plots))
     parts = [
         "<!DOCTYPE html>",
@@ -631,19 +709,21 @@ def render_html(run: Run, plots: list[Plot]) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{_e(title)}</title><style>{CSS}</style></head><body>",
         f"<h1>{_e(title)}</h1>",
-        _nav(sections),
+        _nav(sections, bool(samples)),
     ]
     for number, section in enumerate(sections, start=1):
         parts.append(f'<section id="section-{number}"><h2>{_e(section)}</h2>')
         parts += [_figure_html(plot) for plot in plots if plot.section == section]
         parts.append("</section>")
-    parts += [_tables_html(run), _samples_html(run), "</body></html>", ""]
+    parts += [_tables_html(tables), samples, "</body></html>", ""]
     return "\n".join(parts)
 
 
-def _nav(sections: list[str]) -> str:
+def _nav(sections: list[str], samples: bool) -> str:
     links = [f'<a href="#section-{n}">{_e(s)}</a>' for n, s in enumerate(sections, start=1)]
-    links += ['<a href="#tables">Tables</a>', '<a href="#samples">Sample questions</a>']
+    links.append('<a href="#tables">Tables</a>')
+    if samples:
+        links.append('<a href="#samples">Sample questions</a>')
     return "<nav>" + "".join(links) + "</nav>"
 
 
@@ -671,8 +751,7 @@ def inline_svg(svg: str, prefix: str) -> str:
     ).strip()
 
 
-def _tables_html(run: Run) -> str:
-    text = markdown(run.metrics, run.costs)
+def _tables_html(text: str) -> str:
     if text.startswith("# "):
         text = text.split("\n", 1)[1] if "\n" in text else ""  # the title is the page's <h1>
     return f'<section id="tables"><h2>Tables</h2>\n{markdown_html(text, shift=1)}\n</section>'
@@ -808,14 +887,23 @@ def _correct(sample: dict) -> str:
 
 def render_markdown(run: Run, plots: list[Plot]) -> str:
     """The tables of ``table.md`` with the plots linked from ``report_files/`` after the title."""
-    text = markdown(run.metrics, run.costs)
+    title = run.metrics.get("experiment") or "experiment"
+    return render_page_markdown(title, plots, markdown(run.metrics, run.costs))
+
+
+def render_page_markdown(title: str, plots: list[Plot], text: str) -> str:
+    """``text`` (Markdown tables) under ``title``, the plots linked from ``report_files/``
+    before them."""
     rest = text.partition("\n")[2] if text.startswith("# ") else text
-    lines = [f"# {_md_text(run.metrics.get('experiment') or 'experiment')}", ""]
+    lines = [f"# {_md_text(title)}", ""]
     for section in dict.fromkeys(plot.section for plot in plots):
         lines += [f"## {_md_text(section)}", ""]
         for plot in (p for p in plots if p.section == section):
             lines += [f"![{plot.id}]({FILES_DIR}/{plot.id}.svg)", "", _md_text(plot.caption), ""]
-    return "\n".join(lines) + rest.lstrip("\n") + ("" if rest.endswith("\n") else "\n")
+    rest = rest.lstrip("\n")
+    if plots and not rest.startswith("#"):
+        rest = "\n" + rest  # a table after a caption needs a blank line before it
+    return "\n".join(lines) + rest + ("" if rest.endswith("\n") else "\n")
 
 
 def _md_text(text: str) -> str:

@@ -106,18 +106,17 @@ def check_inputs(config: ExperimentConfig) -> None:
 def run_experiment(
     config: ExperimentConfig, run_dir: str | Path, show_progress: bool = True, console=None
 ) -> ExperimentResult:
-    from rich.console import Console
-
     from kinject.evaluation.environment import environment
     from kinject.evaluation.evaluate import load_task, run_evaluation
     from kinject.experiments.setup import resolve_setup
     from kinject.experiments.tabulate import tabulate_experiment
+    from kinject.progress import output_console
 
     group = processes(config.models[0].device)  # joined before any model is loaded
     main = group is None or group.main
-    console = console or Console()
+    console = console or output_console()
     if not main:
-        console, show_progress = Console(quiet=True), False
+        console, show_progress = output_console(quiet=True), False
     run_dir = Path(run_dir)
     config = on_main(lambda: resolve_setup(config, show_progress, console))
     for spec in all_task_specs(config):
@@ -138,7 +137,7 @@ def run_experiment(
     def warn(line: str) -> None:  # once per run, though every model's evaluation checks
         if line not in warned:
             warned.add(line)
-            Console(stderr=True).print(f"warning: {line}", style="yellow", highlight=False)
+            output_console(stderr=True).print(f"warning: {line}", style="yellow", highlight=False)
 
     runs: list[ModelRun] = []
     stages = stage_count(config)
