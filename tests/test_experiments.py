@@ -682,7 +682,7 @@ def test_table_csvs_match_metrics_and_the_markdown_layouts(quick_experiment_run)
     text = (quick_experiment_run / "table.md").read_text(encoding="utf-8")
     assert text.startswith("# quick grid on the synthetic world\n")
     header, *body = markdown_rows(markdown_section(text, "## Table 1 layout: tiny"))
-    assert header == ["task", "shots", "base", "+RAG", "FT", "FT+RAG"]
+    assert header == ["task", "shots", "base", "+RAG", "FT (ft-par)", "FT+RAG (ft-par)"]
     assert [(r[0], r[1]) for r in body] == [
         (task, str(shots)) for task in ("known", "new", "new_open") for shots in (0, 1)
     ]
@@ -691,6 +691,8 @@ def test_table_csvs_match_metrics_and_the_markdown_layouts(quick_experiment_run)
         assert row[4].startswith(f"{acc:.3f} [")
         acc = cells[(row[0], int(row[1]), "ft-par+rag")]["acc"]
         assert row[5].startswith(f"{acc:.3f} [")
+        for column, model in ((3, "base"), (5, "ft-par")):  # the K chosen, K=0 included
+            assert row[column].endswith(f" k{metrics['selected_k'][model][row[1]]}")
     header, *body = markdown_rows(markdown_section(text, "## Table 2 layout"))
     assert header == ["model", "task", "shots", "base", "+RAG", "ft-reg", "ft-par", "ft-par+RAG"]
 
@@ -753,7 +755,7 @@ def test_two_base_models_get_their_own_columns_fine_tunings_and_tables(tmp_path,
     text = (run_dir / "table.md").read_text(encoding="utf-8")
     for model in ("a", "b"):
         header, *body = markdown_rows(markdown_section(text, f"## Table 1 layout: {model}"))
-        assert header == ["task", "shots", "base", "+RAG", "FT", "FT+RAG"]
+        assert header == ["task", "shots", "base", "+RAG", "FT (ft-reg)", "FT+RAG (ft-reg)"]
         for row in body:  # FT is this model's ft-reg; no rag arm was asked for
             acc = cells[(model, "ft-reg", row[0], int(row[1]))]["acc"]
             assert row[4].startswith(f"{acc:.3f} [") and row[3] == row[5] == "–"

@@ -588,8 +588,8 @@ def test_instruction_arms_are_their_own_columns_in_metrics_tables_and_tests(
         "| ft-reg+RAG+rename |" in table
     )
     assert (
-        "| task | shots | base | +RAG | FT | FT+RAG | rename | +RAG+rename | FT+rename "
-        "| FT+RAG+rename |" in table
+        "| task | shots | base | +RAG | FT (ft-reg) | FT+RAG (ft-reg) | rename | +RAG+rename "
+        "| FT+rename (ft-reg) | FT+RAG+rename (ft-reg) |" in table
     )
     k_grid = table.split("## RAG: accuracy by K on 'validation'")[1].splitlines()
     assert (

@@ -344,10 +344,10 @@ def test_open_run_folder_metrics_table_and_retabulation(open_run):
     assert "| base | closed | 0 | 0 | 2 |" in table
     open_part = table[table.index("Open questions") :]
     assert (
-        "| base | right | 0 | 0 | 4 | 1.000 [1.000, 1.000] | 1.000 [1.000, 1.000] | "
-        "1.000 [1.000, 1.000] | 0.000 | 0.917 | 0.000 | 0.917 |" in open_part
+        "| base | right | 0 | 0 | 4 | 1.000 [1.000–1.000] | 1.000 [1.000–1.000] | "
+        "1.000 [1.000–1.000] | 0.000 | 0.917 | 0.000 | 0.917 |" in open_part
     )
-    assert "| oracle | wrong | 0 | 0 | 4 | 0.000 [0.000, 0.000] |" in open_part
+    assert "| oracle | wrong | 0 | 0 | 4 | 0.000 [.000–.000] |" in open_part
     assert "closed" not in open_part
 
     saved = {name: (run / name).read_bytes() for name in ("metrics.json", "table.md")}

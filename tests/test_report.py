@@ -98,7 +98,7 @@ def test_report_is_one_self_contained_page_with_every_plot_and_table(report_run)
     assert md_tables == 9  # with each fine-tuning's learning rate, epoch and runner-up
     assert "<h3>Learning rate and epoch</h3>" in page
     assert page.count("<table") == md_tables + 3  # samples of known, new, new_open
-    assert "<th>FT+RAG</th>" in page and "<th>ms / question</th>" in page
+    assert "<th>FT+RAG (ft-par)</th>" in page and "<th>ms / question</th>" in page
     assert '<section id="tables">' in page and '<section id="samples">' in page
     assert "Helsinki" in page  # a sample question's correct answer
     assert re.search(r'<td class="(right|wrong)">[^<]+ [✓✗]</td>', page)

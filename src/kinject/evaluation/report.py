@@ -15,12 +15,12 @@ from kinject.evaluation.runner import column_name
 
 
 def _fmt(metric: dict, key: str = "acc") -> str:
-    low, high = metric[f"{key}_ci"]
-    return f"{metric[key]:.3f} [{low:.3f}, {high:.3f}]"
+    return short_ci(metric[key], metric[f"{key}_ci"])
 
 
 def short_ci(value: float, ci: Sequence[float]) -> str:
-    """The terminal's narrow form of a figure and its interval: 0.947 [.927–.963]."""
+    """A share in [0, 1] and its interval, as every table shows them: 0.947 [.927–.963]
+    (differences, which may be negative, keep the form [−0.120, +0.030])."""
     low, high = (f"{bound:.3f}".removeprefix("0") for bound in ci)
     return f"{value:.3f} [{low}–{high}]"
 

@@ -107,8 +107,9 @@ class Results:
         if m is None:
             return "–"
         text = short_ci(m["acc"], m["acc_ci"]) + self.mark(base_model, column, split, shots)
-        if arm_kind(m["arm"]) == "rag" and m["k"]:
-            text += f" k{m['k']}"
+        if arm_kind(m["arm"]) == "rag":
+            ks = [seed["k"] for seed in m.get("seeds", [])]
+            text += " k" + (",".join(map(str, ks)) if len(set(ks)) > 1 else str(m["k"]))
         return text
 
     def mark(self, base_model: str, column: str, split: str, shots: int) -> str:
@@ -150,7 +151,10 @@ def table1(results: Results) -> tuple[list[str], dict[str, list[list[str]]], lis
     for column in results.with_instructions(columns):
         plain, instruction = results.instructed[column]
         names[column] = instruction if plain == "base" else f"{names[plain]}+{instruction}"
+        if plain in (ft, f"{ft}+rag"):
+            names[column] += f" ({ft})"
         columns.append(column)
+    names.update({ft: f"FT ({ft})", f"{ft}+rag": f"FT+RAG ({ft})"})  # which fine-tuning
     header = ["task", "shots", *[names.get(c, c) for c in columns]]
     bodies = {
         model: [
@@ -485,7 +489,8 @@ def markdown(metrics: dict, costs: dict) -> str:
     note = (
         "Accuracy [95% bootstrap CI]; * p < 0.05, ** p < 0.01 (exact McNemar test against the "
         "same model's base column, on the same questions); rag at the K chosen on "
-        f"'{results.validation}' (k shown)."
+        f"'{results.validation}' (k1: K=1; k0: K=0 was chosen, so the cell is the closed-book "
+        "model's; k0,1,0: the K each seed's model chose)."
     )
     if seed_rows(results)[1]:
         note += (
