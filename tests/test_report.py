@@ -3,6 +3,7 @@ made from a real `kinject run` folder's three result files alone."""
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -16,6 +17,7 @@ import pytest
 
 from kinject.errors import KinjectError
 from kinject.experiments.report import FILES_DIR, write_report
+from kinject.experiments.tables import Results, column_header
 
 RESULT_FILES = ("metrics.json", "costs.json", "records.jsonl")
 FIGURES = {
@@ -278,3 +280,32 @@ def test_report_renders_in_headless_chromium_and_runs_no_script(report_run, tmp_
     assert len(ids) == len(FIGURES) and _figure_ids(dom) == ids
     assert dom.count("<svg") == len(FIGURES)
     assert dom.count("<table") == 12 and '<section id="samples">' in dom  # 9 tables + 3 samples
+
+
+def _text_of(svg: str) -> list[str]:
+    """The text elements of a plot's SVG, as drawn (matplotlib writes each as <text>)."""
+    return [html.unescape(t) for t in re.findall(r"<text[^>]*>([^<]*)</text>", svg)]
+
+
+def test_plots_read_right_when_labels_coincide_cells_are_0_or_training_is_one_step(report_run):
+    files = report_run / "report_files"
+    metrics = json.loads((report_run / "metrics.json").read_text(encoding="utf-8"))
+    results = Results(metrics, json.loads((report_run / "costs.json").read_text()))
+    # cost vs accuracy: every column labelled exactly once, though it has a point per task
+    cost = _text_of((files / "fig-cost.svg").read_text(encoding="utf-8"))
+    labels = [name for text in cost for name in text.split(", ")]
+    headers = {column_header(column) for column in results.columns}
+    assert sorted(n for n in labels if n in headers) == sorted(headers)
+    # accuracy: a cell at 0.000 is a labelled bar, not an empty slot
+    zeros = [m for m in results.cells.values() if m["acc"] == 0]
+    assert zeros  # the quick run's open questions: exact match 0
+    accuracy = _text_of((files / "fig-accuracy.svg").read_text(encoding="utf-8"))
+    assert accuracy.count("0") == len(zeros)
+    # a fine-tuning that logged one step shows that step, not a one-point curve
+    one_step = [
+        label for label, row in metrics["finetuning"].items() if len(row["loss_curve"]) == 1
+    ]
+    assert one_step
+    for label in one_step:
+        svg = (files / f"fig-training-{label}.svg").read_text(encoding="utf-8")
+        assert "one logged step" in _text_of(svg)

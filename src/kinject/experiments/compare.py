@@ -9,7 +9,7 @@ from pathlib import Path
 
 from kinject.errors import KinjectError
 from kinject.evaluation.report import short_ci
-from kinject.experiments.tables import Results, _header
+from kinject.experiments.tables import Results, column_header
 
 
 def load_results(run_dir: Path) -> Results:
@@ -35,7 +35,7 @@ def comparison_rows(run_dirs: Sequence[Path]) -> tuple[list[str], list[list[str]
     for name, (_, results) in zip(names, loaded):
         for model in results.base_models:
             for column in results.columns:
-                line = [name, model, _header(column)]
+                line = [name, model, column_header(column)]
                 for split, shots in groups:
                     metric = results.cells.get((model, column, split, shots))
                     line.append(short_ci(metric["acc"], metric["acc_ci"]) if metric else "–")

@@ -39,7 +39,7 @@ from kinject.evaluation.arms import arm_kind, uses_rag
 from kinject.experiments.tables import (
     UPDATED_TITLE,
     Results,
-    _header,
+    column_header,
     generic_column,
     markdown,
     training_label,
@@ -202,7 +202,7 @@ def _errors(cells: list[dict]) -> list[list[float]]:
 
 
 def _label(results: Results, base_model: str, column: str) -> str:
-    header = _header(column)
+    header = column_header(column)
     return f"{base_model} {header}" if len(results.base_models) > 1 else header
 
 
@@ -240,14 +240,17 @@ def _accuracy_bars(ax, results: Results, model: str) -> None:
             if (model, column, split, shots) in results.cells
         ]
         cells = [m for _, m in placed]
-        ax.bar(
+        bars = ax.bar(
             [x for x, _ in placed],
             [m["acc"] for m in cells],
             width,
             yerr=_errors(cells),
             capsize=2,
-            label=_legend(_header(column)),
+            label=_legend(column_header(column)),
         )
+        # a bar of height 0 would be an empty slot, read as a missing cell: it is labelled
+        zeros = ["0" if m["acc"] < 0.0005 else "" for m in cells]
+        ax.bar_label(bars, zeros, padding=1, fontsize=6)
         seeded = [(x, s["acc"]) for x, m in placed for s in m.get("seeds", [])]
         if seeded:  # each training seed's accuracy on its column's bar
             ax.plot(*zip(*seeded), linestyle="none", marker=".", color="0.15", markersize=3)
@@ -260,7 +263,8 @@ def _accuracy_bars(ax, results: Results, model: str) -> None:
         if chances:
             ax.hlines(chances[0], i - 0.45, i + 0.45, colors="0.3", linestyles=":")
     ax.set_xticks(range(len(results.rows)), [f"{s}\n{n}-shot" for s, n in results.rows])
-    ax.set(ylim=(0, 1), ylabel="accuracy", title=model)
+    ax.set(ylim=(0, 1.06), ylabel="accuracy", title=model)  # room for the caps at 1.0
+    ax.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
 
 
@@ -298,7 +302,7 @@ def plot_updated(run: Run) -> Plot | None:
             capsize=2,
             label="previous value",
         )
-        ax.set_xticks(list(xs), [_header(c) for c, _ in cells], rotation=30, ha="right")
+        ax.set_xticks(list(xs), [column_header(c) for c, _ in cells], rotation=30, ha="right")
         title = f"{split}, {shots}-shot" + (f" ({model})" if len(results.base_models) > 1 else "")
         ax.set(ylim=(0, 1), ylabel="share of questions", title=title)
     for ax in axes[len(rows) :]:
@@ -416,12 +420,24 @@ def _training_plot(label: str, row: dict) -> Plot:
     fig = _figure(11.0, 3.4)
     loss_ax, val_loss_ax, val_acc_ax = fig.subplots(1, 3)
     curve = row.get("loss_curve") or []
-    loss_ax.plot(
-        [p["step"] for p in curve],
-        [p["loss"] for p in curve],
-        marker="." if len(curve) < 50 else None,
-    )
     loss_ax.set(xlabel="step", ylabel="training loss", title="training loss (chosen LR)")
+    if len(curve) < 2:  # one logged step is no curve: say what there is
+        loss_ax.set(xticks=[], yticks=[])
+        only = f"step {curve[0]['step']}: loss {curve[0]['loss']:.3f}" if curve else "none"
+        loss_ax.text(
+            0.5,
+            0.5,
+            f"one logged step\n{only}",
+            ha="center",
+            va="center",
+            transform=loss_ax.transAxes,
+        )
+    else:
+        loss_ax.plot(
+            [p["step"] for p in curve],
+            [p["loss"] for p in curve],
+            marker="." if len(curve) < 50 else None,
+        )
     _validation_curves(val_loss_ax, val_acc_ax, row)
     fig.suptitle(label)
     caption = (
@@ -571,6 +587,7 @@ def plot_cost(run: Run) -> Plot | None:
         return None
     fig = _figure(8.0, 4.5)
     ax = fig.add_subplot()
+    highest: dict[tuple, tuple[float, float]] = {}  # column -> its highest point
     for split, marker in zip(splits, "osD^v<>pPX*h" * len(splits)):
         shots = min(n for s, n in results.rows if s == split)
         cells = [
@@ -585,20 +602,24 @@ def plot_cost(run: Run) -> Plot | None:
             label=_legend(f"{split} {shots}-shot"),
         )
         for x, (k, m) in zip(xs, cells):
-            ax.annotate(
-                _label(results, k[0], k[1]),
-                (x, m["acc"]),
-                textcoords="offset points",
-                xytext=(4, 3),
-                fontsize="x-small",
-            )
+            if k[:2] not in highest or m["acc"] > highest[k[:2]][1]:
+                highest[k[:2]] = (x, m["acc"])
+    for (x, acc), names in _coincident(highest, results).items():
+        ax.annotate(
+            ", ".join(names),  # a label per column, at its highest point; shared on one spot
+            (x, acc),
+            textcoords="offset points",
+            xytext=(4, 3),
+            fontsize="x-small",
+        )
     _log_x(ax, [max(v, 1e-3) for v in seconds.values()])
     ax.set(
         xlabel="compute seconds: training (every LR tried) + index build + scoring",
         ylabel="accuracy",
-        ylim=(0, 1),
+        ylim=(0, 1.1),  # a point at 1.0 and its label stay inside the axes
         title="Cost vs accuracy",
     )
+    ax.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
     ax.legend(fontsize="small")
     caption = (
         "Accuracy on each test task (at its fewest shots) against what the column cost in "
@@ -606,6 +627,27 @@ def plot_cost(run: Run) -> Plot | None:
         "retrieval index, and scoring every test question at every number of shots."
     )
     return Plot("fig-cost", "Cost vs accuracy", caption, _svg(fig))
+
+
+def _coincident(points: dict[tuple, tuple[float, float]], results: Results) -> dict:
+    """The cost plot's labels: ``{spot: [column label, ...]}``, the columns whose points
+    (``{(base model, column): (seconds, accuracy)}``) fall on the same spot (seconds within
+    5%, accuracy within 0.03) under one label, so that no two are drawn over each other
+    (``ft-regbase``)."""
+    import math
+
+    spots: dict[tuple, list[str]] = {}
+    for (model, column), (x, acc) in points.items():
+        near = next(
+            (
+                spot
+                for spot in spots
+                if abs(math.log(spot[0] / x)) < 0.05 and abs(spot[1] - acc) < 0.03
+            ),
+            (x, acc),
+        )
+        spots.setdefault(near, []).append(_label(results, model, column))
+    return spots
 
 
 # -- HTML ---------------------------------------------------------------------------------

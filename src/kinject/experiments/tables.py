@@ -50,7 +50,7 @@ def _plain_column(metric: dict, models: dict) -> str:
     return generic_column({**metric, "arm": arm_kind(metric["arm"])}, models)
 
 
-def _header(column: str) -> str:
+def column_header(column: str) -> str:
     """A column's heading: rag is +RAG (the paper's), ft-par+RAG, +RAG+rename."""
     if column in ("base", "oracle"):
         return column
@@ -179,7 +179,7 @@ def table2(results: Results) -> tuple[list[str], list[list[str]], list[str]]:
         for split, shots in results.rows
         if tasks is None or split in tasks
     ]
-    return ["model", "task", "shots", *[_header(c) for c in columns]], body, columns
+    return ["model", "task", "shots", *[column_header(c) for c in columns]], body, columns
 
 
 UPDATED_TITLE = "Updated facts: new value vs previous value"
@@ -224,7 +224,7 @@ def updated_rows(results: Results) -> tuple[list[str], list[list[str]]]:
             has = m is not None and "previous_rate" in m
             old.append(short_ci(m["previous_rate"], m["previous_rate_ci"]) if has else "–")
         body += [new, old]
-    header = ["model", "task", "shots", "answer", *[_header(c) for c in columns]]
+    header = ["model", "task", "shots", "answer", *[column_header(c) for c in columns]]
     return header, body
 
 
@@ -291,7 +291,7 @@ def cost_rows(results: Results) -> tuple[list[str], list[list[str]]]:
             body.append(
                 [
                     model,
-                    _header(column),
+                    column_header(column),
                     f"{train['train_tokens']:,}" if train else "–",
                     f"{train['train_seconds']:.1f}" if train else "–",
                     f"{train['peak_memory_mb']:.0f}" if train else "–",
@@ -383,7 +383,7 @@ def seed_rows(results: Results) -> tuple[list[str], list[list[str]]]:
         body.append(
             [
                 model,
-                _header(column),
+                column_header(column),
                 split,
                 str(shots),
                 " ".join(f"{s['acc']:.3f}" for s in m["seeds"]),
@@ -421,7 +421,7 @@ def difference_rows(results: Results) -> tuple[list[str], list[list[str]]]:
                 c["base_model"],
                 c["split"],
                 str(c["shots"]),
-                f"{_header(a)} − {_header(b)}",
+                f"{column_header(a)} − {column_header(b)}",
                 f"{difference:+.3f} [{low:+.3f}, {high:+.3f}]",
                 f"{c['p_value']:.3g}",
                 per_seed,
