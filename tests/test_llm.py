@@ -11,10 +11,10 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from kinject.config import LLMConfig
 from kinject.errors import KinjectError
@@ -321,8 +321,70 @@ def test_local_chat_answers_through_the_same_contract(tiny_gpt2_dir, tmp_path, o
     templated = make_chat(config.model_copy(update={"local_path": str(with_template)}))
     assert templated.prompt(HELLO) == "<user>Say hello.<assistant>"
     assert isinstance(templated.chat(HELLO), str)
+    # a random model writes no JSON by itself; written to the schema, its reply parses
+    assert isinstance(templated.chat_json(HELLO, Greeting).greeting, str)
+
+
+class Choice(BaseModel):
+    label: Literal["yes", "no"]
+    rank: int = Field(ge=1, le=3)
+
+
+class Quiz(BaseModel):
+    question: str
+    options: list[str] = Field(json_schema_extra={"minItems": 3, "maxItems": 3})
+    picks: list[int] = Field(
+        json_schema_extra={
+            "items": {"type": "integer", "minimum": 1, "maximum": 3},
+            "maxItems": 3,
+            "uniqueItems": True,
+        }
+    )
+    choice: Choice
+
+
+def test_a_local_reply_is_written_to_its_schema_whatever_the_model(tiny_gpt2_dir, one_torch_thread):
+    from kinject.llm.guided import GuidedJSON, UnsupportedSchema
+
+    chat = make_chat(LLMConfig(local_path=str(tiny_gpt2_dir), temperature=0, cache=False))
+    reply = chat.chat(HELLO, schema=Quiz)
+    quiz = Quiz.model_validate_json(reply)  # a random GPT-2: valid JSON of this shape
+    assert len(quiz.options) == 3 and all("\n" not in option for option in quiz.options)
+    assert sorted(quiz.picks) == [1, 2, 3]  # uniqueItems: each allowed value once
+    assert quiz.choice.label in ("yes", "no") and 1 <= quiz.choice.rank <= 3
+    assert reply == chat.chat(HELLO, schema=Quiz)  # greedy: the same reply again
+    # a choice is the allowed value the model finds likeliest: the model's own log-likelihood
+    writer = GuidedJSON(chat.model, chat.tokenizer, {"enum": ["alpha", "beta", "gamma"]})
+    prompt = chat.prompt(HELLO)
+    scores = {}
+    for value in ("alpha", "beta", "gamma"):
+        scores[value] = _continuation_logprob(chat, prompt, json.dumps(value))
+    assert writer.write(prompt) == json.dumps(max(scores, key=scores.get))
+    with pytest.raises(UnsupportedSchema, match="minimum and maximum"):
+        GuidedJSON(chat.model, chat.tokenizer, {"type": "integer"})
+    # a schema it cannot write is generated freely, and validated as before
+    free = make_chat(
+        LLMConfig(local_path=str(tiny_gpt2_dir), max_tokens=4, temperature=0, cache=False)
+    )
+    free.json_retries = 0
     with pytest.raises(KinjectError, match="no valid JSON reply"):
-        templated.chat(HELLO, schema=Greeting)  # a random model writes no JSON
+        free.chat(HELLO, schema=Unbounded)
+
+
+class Unbounded(BaseModel):
+    count: int  # no bounds: not a choice kinject can list
+
+
+def _continuation_logprob(chat, prompt: str, continuation: str) -> float:
+    import torch
+
+    prefix = chat.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    whole = chat.tokenizer(prompt + continuation, add_special_tokens=False)["input_ids"]
+    assert whole[: len(prefix)] == prefix  # the prompt tokenizes the same alone
+    with torch.no_grad():
+        logits = chat.model(input_ids=torch.tensor([whole])).logits[0].float()
+    logprobs = torch.log_softmax(logits, dim=-1)
+    return float(sum(logprobs[i - 1, whole[i]] for i in range(len(prefix), len(whole))))
 
 
 def test_a_key_with_a_line_break_is_refused_without_showing_it(monkeypatch, tmp_path):

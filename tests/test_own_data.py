@@ -270,3 +270,31 @@ def test_a_model_that_does_not_read_its_context_is_named(base, oracle, warned):
         assert lines[0].startswith("task 'own', 0-shot: the oracle arm (the gold document in")
         assert "this model does not answer from the text before the question" in lines[0]
         assert "smollm2-135m-instruct" in lines[0]
+
+
+def test_a_local_model_writes_its_questions_to_the_schema(own_kb, tiny_gpt2_dir, tmp_path):
+    """Issue 22, item 12: a small local model asked for free-form JSON wrote nothing in 6
+    minutes; written to the reply's schema, every reply parses (a random GPT-2's content
+    then fails kinject's checks, which is what they are for)."""
+    result = kinject(
+        "questions",
+        "generate",
+        str(own_kb / "kb"),
+        "--local-path",
+        str(tiny_gpt2_dir),
+        "--per-chunk",
+        "1",
+        "--keep",
+        "1",
+        "--min-chars",
+        "20",
+        "--out",
+        "q.jsonl",
+        cwd=tmp_path,
+    )
+    assert "no valid JSON reply" not in result.stderr  # every reply parsed
+    # each of the five chunks gave its one question, and kinject's checks said what was wrong
+    assert result.returncode == 2
+    assert f"error: no question passed validation ({{'empty question': {len(DOCS)}}})" in (
+        result.stderr
+    )

@@ -63,8 +63,10 @@ _META_OPTION = re.compile(
 
 class DraftQuestion(BaseModel):
     question: str
-    options: list[str]
-    answer: str | int
+    # the schema asks for what the prompt asks (4 options, a letter), which is what a local
+    # model is made to write (kinject.llm.guided); validation stays as lenient as check()
+    options: list[str] = Field(json_schema_extra={"minItems": 4, "maxItems": 4})
+    answer: str | int = Field(json_schema_extra={"enum": list("ABCD")})
 
 
 class DraftQuestions(BaseModel):
@@ -73,12 +75,23 @@ class DraftQuestions(BaseModel):
     questions: list[DraftQuestion] = Field(min_length=1)
 
 
+def draft_schema(count: int) -> type[DraftQuestions]:
+    """The reply to the question prompt, asking for ``count`` questions (more are accepted)."""
+
+    class Draft(DraftQuestions):
+        model_config = {"title": "DraftQuestions"}
+
+        questions: list[DraftQuestion] = Field(min_length=1, json_schema_extra={"maxItems": count})
+
+    return Draft
+
+
 def selection_schema(count: int, keep: int) -> type[BaseModel]:
     """The reply to the selection prompt: ``keep`` distinct numbers in 1..count."""
 
     class Selection(BaseModel):
         selected: list[Annotated[int, Field(ge=1, le=count)]] = Field(
-            min_length=keep, max_length=keep
+            min_length=keep, max_length=keep, json_schema_extra={"uniqueItems": True}
         )
 
         @field_validator("selected")
@@ -204,7 +217,8 @@ def questions_for_text(
     question's number in the reply (1-based), "question", "choices", "answer"}]}``.
     """
     prompt = prompts.render("questions", text=text, n=options.per_chunk)
-    drafts = chat.chat_json([{"role": "user", "content": prompt}], DraftQuestions, seed=seed)
+    schema = draft_schema(options.per_chunk)
+    drafts = chat.chat_json([{"role": "user", "content": prompt}], schema, seed=seed)
     valid, dropped = [], Counter()
     for number, draft in enumerate(drafts.questions, start=1):
         question, reason = check(draft, text, options.min_support)

@@ -345,8 +345,10 @@ def _reply_text(payload: bytes, url: str, key: str | None) -> str:
 class LocalChat(ChatModel):
     """A local causal LM through transformers: its chat template if the tokenizer has one, else
     ``role: content`` blocks ending in ``assistant:``.  Greedy at temperature 0, else sampled
-    with ``torch.manual_seed(seed)``.  JSON replies are validated (and re-asked) as for an
-    endpoint; nothing constrains the decoding."""
+    with ``torch.manual_seed(seed)``.  A JSON reply is written to its schema
+    (:mod:`kinject.llm.guided`: kinject writes the structure, the model the values, greedily),
+    so even a small model's reply parses; it is then validated (and re-asked) as an
+    endpoint's.  A schema that module cannot write is generated freely."""
 
     def __init__(self, config: LLMConfig):
         if config.local_path is None:
@@ -382,7 +384,16 @@ class LocalChat(ChatModel):
     ) -> str:
         import torch
 
+        from kinject.llm.guided import GuidedJSON, UnsupportedSchema
+
         text = self.prompt(messages)
+        if json_schema is not None:
+            try:
+                guided = GuidedJSON(self.model, self.tokenizer, json_schema)
+            except UnsupportedSchema:
+                pass
+            else:
+                return guided.write(text)
         encoded = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)
         device = next(self.model.parameters()).device
         inputs = {k: v.to(device) for k, v in encoded.items()}
