@@ -310,3 +310,25 @@ def test_an_edited_prompt_must_keep_every_placeholder(tmp_path):
     (folder / "select.txt").write_text("Pick $keep of $count:\n$questions\nabout $text costing $")
     with pytest.raises(KinjectError, match="a '\\$' that is not a placeholder"):
         load_prompts(folder)
+
+
+@pytest.mark.parametrize(
+    "question, options, reason",
+    [
+        ("A", ["Orm", "Tarsk", "Velka", "Halden"], "empty question"),  # no content word
+        ("What is the passage about?", ["A", "B", "C", "D"], "option is a letter"),
+        (
+            "Where does the Velka rise?",
+            ["Lake Morna", "B.", "Tull", "Halden"],
+            "option is a letter",
+        ),
+        ("Where does the Velka rise?", ["Lake Morna", "Orm", "Tull", "Halden"], None),
+    ],
+)
+def test_a_question_that_copies_the_reply_form_is_dropped(question, options, reason):
+    """What SmolLM2-135M-Instruct wrote on SQuAD articles, written to the schema (docs/llm-datasets.md)."""
+    from kinject.datasets.questions import DraftQuestion, check
+
+    draft = DraftQuestion(question=question, options=options, answer="A")
+    kept, why = check(draft, DOCUMENTS["velka"], 0.5)
+    assert why == reason and (kept is None) == (reason is not None)

@@ -8,7 +8,10 @@ Per chunk of at least ``min_chars`` characters::
 
 Validation (a question failing a check is dropped and counted under that reason):
 
+- ``empty question``: the question has no content word (see below) once trimmed;
 - ``options``: exactly 4 options, each non-empty after trimming;
+- ``option is a letter``: an option is a lone letter or digit ("A", "2"), as a small model
+  writes when it copies the reply's form instead of answering;
 - ``duplicate options``: the 4 options are distinct after normalisation (lower case, runs of
   non-letters/digits as one space) — so the correct option is not also a distractor;
 - ``refers to other options``: no option such as "all of the above", "none of the above" or
@@ -188,10 +191,12 @@ def check(draft: DraftQuestion, text: str, min_support: float) -> tuple[dict | N
     """``(question, None)`` when valid, else ``(None, reason)``."""
     options = [option.strip() for option in draft.options]
     question = draft.question.strip()
-    if not question:
+    if not content_words(question):
         return None, "empty question"
     if len(options) != 4 or not all(options):
         return None, "options"
+    if any(re.fullmatch(r"[a-z0-9]", normalise(option)) for option in options):
+        return None, "option is a letter"
     if len({normalise(option) for option in options}) != 4:
         return None, "duplicate options"
     if any(_META_OPTION.search(option) for option in options):
