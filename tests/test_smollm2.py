@@ -201,3 +201,59 @@ def test_probes_facts_keeps_the_facts_smollm2_knows(smollm2, tmp_path, tmp_path_
     assert candidates["capital-france"]["known"] and candidates["author-hamlet"]["known"]
     counts = manifest["counts"]
     assert counts["known"] + counts["updated"] == manifest["known"] and counts["new"] == 12
+
+
+QUICKSTART = Path(__file__).parent / "fixtures" / "quickstart"
+
+
+def _squad_articles_as_markdown(folder: Path, titles: tuple[str, ...], paragraphs: int) -> None:
+    squad = json.loads((MMLU_DIR.parent / "squad_v1.1_dev" / "dev-v1.1.json").read_text())
+    for article in squad["data"]:
+        if article["title"] in titles:
+            body = "\n\n".join(p["context"] for p in article["paragraphs"][:paragraphs])
+            title = article["title"].replace("_", " ")
+            (folder / f"{article['title']}.md").write_text(f"# {title}\n\n{body}\n")
+
+
+def test_the_readme_quickstart_on_real_text(smollm2, tmp_path_factory, tmp_path):
+    """The README's "your own documents" commands, as written: two SQuAD articles as Markdown
+    files, ten questions written by hand about them, SmolLM2 the reader."""
+    import os
+    import subprocess
+    import sys
+
+    if not (MMLU_DIR.parent / "squad_v1.1_dev").is_dir():
+        pytest.skip("shared SQuAD data not present")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    _squad_articles_as_markdown(docs, ("Apollo_program", "1973_oil_crisis"), 6)
+    (tmp_path / "questions.jsonl").write_bytes((QUICKSTART / "questions.jsonl").read_bytes())
+    (tmp_path / "eval.yaml").write_text(
+        "model: {path: smollm2-135m-instruct}\n"
+        "tasks: [{name: mine, path: questions.jsonl}]\n"
+        "arms: [base, oracle, rag]\n"
+        "corpus: docs\n"
+        "rag: {kb: kb, k: [1, 3]}\n"
+    )
+    env = {**os.environ, "KINJECT_CACHE_DIR": str(tmp_path_factory.getbasetemp() / "kinject-cache")}
+    for command in (
+        ["kb", "build", "docs", "--out", "kb"],
+        ["eval", "--config", "eval.yaml", "--out", "runs/mine"],
+        ["report", "runs/mine"],
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "kinject", *command],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "warning" not in done.stderr
+    cells = json.loads((tmp_path / "runs" / "mine" / "metrics.json").read_text())["cells"]
+    acc = {(c["arm"], c["k"]): c["acc"] for c in cells}
+    assert acc[("base", 0)] <= 0.4  # it does not know these facts (measured: 0.200)
+    assert acc[("rag", 1)] >= acc[("base", 0)] + 0.3  # it reads them (measured: 0.700)
+    assert acc[("oracle", 0)] >= acc[("base", 0)] + 0.3
+    assert (tmp_path / "runs" / "mine" / "report.html").stat().st_size > 10_000
