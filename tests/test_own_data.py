@@ -56,6 +56,16 @@ def _write_questions(path: Path, doc_id=lambda d: d, **override) -> None:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
 
 
+def _workspace(tmp_path: Path, own_kb: Path, links=("kb",), **questions) -> Path:
+    """A fresh working folder: links to the fixture's ``links`` and the questions file."""
+    work = tmp_path / "work"
+    work.mkdir()
+    for name in links:
+        (work / name).symlink_to(own_kb / name)
+    _write_questions(work / "questions.jsonl", **questions)
+    return work
+
+
 @pytest.fixture(scope="module")
 def own_kb(tmp_path_factory) -> Path:
     """A folder of five Markdown files and the knowledge base `kinject kb build` made of it."""
@@ -97,11 +107,7 @@ def test_gold_documents_of_a_folder_equal_those_of_its_kb_under_the_same_ids(own
 def test_the_oracle_reads_its_gold_documents_from_a_folder_or_a_kb(
     own_kb, tiny_gpt2_dir, tmp_path, corpus
 ):
-    work = tmp_path / "work"
-    work.mkdir()
-    for name in ("docs", "kb"):
-        (work / name).symlink_to(own_kb / name)
-    _write_questions(work / "questions.jsonl")
+    work = _workspace(tmp_path, own_kb, ("docs", "kb"))
     _eval_yaml(work, tiny_gpt2_dir, corpus)
     result = kinject("eval", "--config", "eval.yaml", "--out", "run", cwd=work)
     assert result.returncode == 0, result.stderr
@@ -116,10 +122,7 @@ def test_the_oracle_reads_its_gold_documents_from_a_folder_or_a_kb(
 def test_report_of_an_eval_folder_holds_its_table_and_plot_and_goes_where_asked(
     own_kb, tiny_gpt2_dir, tmp_path
 ):
-    work = tmp_path / "work"
-    work.mkdir()
-    (work / "kb").symlink_to(own_kb / "kb")
-    _write_questions(work / "questions.jsonl")
+    work = _workspace(tmp_path, own_kb)
     _eval_yaml(work, tiny_gpt2_dir, "kb", rag="{kb: kb, k: [0, 1, 2, 3]}")
     assert kinject("eval", "--config", "eval.yaml", "--out", "run", cwd=work).returncode == 0
     before = sorted(p.name for p in (work / "run").iterdir())
@@ -156,10 +159,7 @@ def test_report_of_an_eval_folder_holds_its_table_and_plot_and_goes_where_asked(
 
 
 def test_doc_ids_that_name_no_document_of_the_kb_are_warned_of(own_kb, tiny_gpt2_dir, tmp_path):
-    work = tmp_path / "work"
-    work.mkdir()
-    (work / "kb").symlink_to(own_kb / "kb")
-    _write_questions(work / "questions.jsonl", doc_id=lambda d: d.removesuffix(".md"))
+    work = _workspace(tmp_path, own_kb, doc_id=lambda d: d.removesuffix(".md"))
     (work / "eval.yaml").write_text(
         f"model: {{path: {tiny_gpt2_dir}}}\ntasks: [{{name: own, path: questions.jsonl}}]\n"
         "arms: [base, rag]\nrag: {kb: kb, k: [1]}\n",
@@ -177,10 +177,7 @@ def test_doc_ids_that_name_no_document_of_the_kb_are_warned_of(own_kb, tiny_gpt2
 
 
 def test_select_k_on_the_only_task_is_refused_before_any_scoring(own_kb, tiny_gpt2_dir, tmp_path):
-    work = tmp_path / "work"
-    work.mkdir()
-    (work / "kb").symlink_to(own_kb / "kb")
-    _write_questions(work / "questions.jsonl")
+    work = _workspace(tmp_path, own_kb)
     _eval_yaml(work, tiny_gpt2_dir, "kb", rag="{kb: kb, k: [0, 1], select_k_on: own}")
     result = kinject("eval", "--config", "eval.yaml", "--out", "run", cwd=work)
     assert result.returncode == 2
@@ -190,11 +187,9 @@ def test_select_k_on_the_only_task_is_refused_before_any_scoring(own_kb, tiny_gp
 
 
 def test_a_mistyped_local_model_folder_is_not_looked_up_on_the_hub(own_kb, tiny_gpt2_dir, tmp_path):
-    work = tmp_path / "work"
-    (work / "models").mkdir(parents=True)
+    work = _workspace(tmp_path, own_kb)
+    (work / "models").mkdir()
     (work / "models" / "my-model").symlink_to(tiny_gpt2_dir)
-    (work / "kb").symlink_to(own_kb / "kb")
-    _write_questions(work / "questions.jsonl")
     _eval_yaml(work, "models/my-modle", "kb")
     offline = {"HF_HUB_OFFLINE": "0", "HF_HUB_ETAG_TIMEOUT": "1"}
     result = kinject("eval", "--config", "eval.yaml", "--out", "run", cwd=work, env_extra=offline)
@@ -228,10 +223,7 @@ def test_an_answer_that_is_not_a_0_based_index_says_which_index_it_means(
 
 
 def test_ctrl_c_says_what_is_kept_and_the_rerun_says_it_resumes(own_kb, tiny_gpt2_dir, tmp_path):
-    work = tmp_path / "work"
-    work.mkdir()
-    (work / "kb").symlink_to(own_kb / "kb")
-    _write_questions(work / "questions.jsonl")
+    work = _workspace(tmp_path, own_kb)
     _eval_yaml(work, tiny_gpt2_dir, "kb", rag="{kb: kb, k: [0, 1, 2]}")
     args = ("eval", "--config", "eval.yaml", "--out", "run")
     # SIGINT, as Ctrl-C sends it, once the second cell is stored

