@@ -4,6 +4,7 @@ real MiniLM embedder and a tiny GPT-2 built from a config."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -285,8 +286,8 @@ def test_a_local_model_writes_its_questions_to_the_schema(own_kb, tiny_gpt2_dir,
         cwd=tmp_path,
     )
     assert "no valid JSON reply" not in result.stderr  # every reply parsed
-    # each of the five chunks gave its one question, and kinject's checks said what was wrong
+    # a random model's questions are nonsense: kinject's checks drop them and say why
     assert result.returncode == 2
-    assert f"error: no question passed validation ({{'empty question': {len(DOCS)}}})" in (
-        result.stderr
-    )
+    assert "error: no question passed validation ({" in result.stderr
+    counts = ast.literal_eval(result.stderr.split("passed validation (", 1)[1].split(")")[0])
+    assert sum(counts.values()) == len(DOCS)  # one question from each of the five chunks

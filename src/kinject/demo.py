@@ -498,7 +498,9 @@ def _print_tables(console, metrics: dict, folder: Path, label: str) -> None:
     from kinject.experiments.tables import UPDATED_NOTE, rich_tables, updated_rich
 
     costs = json.loads((folder / "costs.json").read_text(encoding="utf-8"))
-    console.rule(f"{label}: {folder}")
+    from rich.rule import Rule
+
+    console.print(Rule(f"{label}: {folder}"), width=min(console.width, 100))
     for table in rich_tables(metrics, costs):
         console.print(table)
     updated = updated_rich(metrics, costs)

@@ -10,8 +10,8 @@ Validation (a question failing a check is dropped and counted under that reason)
 
 - ``empty question``: the question has no content word (see below) once trimmed;
 - ``options``: exactly 4 options, each non-empty after trimming;
-- ``option is a letter``: an option is a lone letter or digit ("A", "2"), as a small model
-  writes when it copies the reply's form instead of answering;
+- ``option is a letter``: an option is a lone letter ("A", "b."), as a small model writes
+  when it copies the reply's form instead of answering (a lone digit is a fine option);
 - ``duplicate options``: the 4 options are distinct after normalisation (lower case, runs of
   non-letters/digits as one space) — so the correct option is not also a distractor;
 - ``refers to other options``: no option such as "all of the above", "none of the above" or
@@ -195,7 +195,7 @@ def check(draft: DraftQuestion, text: str, min_support: float) -> tuple[dict | N
         return None, "empty question"
     if len(options) != 4 or not all(options):
         return None, "options"
-    if any(re.fullmatch(r"[a-z0-9]", normalise(option)) for option in options):
+    if any(re.fullmatch(r"[a-z]", normalise(option)) for option in options):
         return None, "option is a letter"
     if len({normalise(option) for option in options}) != 4:
         return None, "duplicate options"

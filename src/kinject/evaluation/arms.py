@@ -241,6 +241,7 @@ class OracleArm(Arm):
         self.corpus = corpus
         self.corpus_path = corpus_path
         self.instruction = instruction
+        self._corpus_identity: dict | None = None
 
     def context_for(self, item: MCItem) -> Context | None:
         if not item.doc_ids:
@@ -249,22 +250,27 @@ class OracleArm(Arm):
             )
         missing = [doc_id for doc_id in item.doc_ids if doc_id not in self.corpus]
         if missing:
+            import difflib
+
+            close = difflib.get_close_matches(missing[0], sorted(self.corpus), n=1, cutoff=0.5)
             raise KinjectError(
                 f"question '{item.id}' names document '{missing[0]}', which is not in "
-                f"{self.corpus_path}"
+                f"{self.corpus_path}" + (f" (did you mean '{close[0]}'?)" if close else "")
             )
         return Context(CONTEXT_SEPARATOR.join(self.corpus[doc_id] for doc_id in item.doc_ids))
 
     def identity(self) -> dict:
         from kinject.evaluation.identity import file_identity
 
-        if Path(self.corpus_path).is_dir():  # a knowledge base or a folder: by its documents
-            texts = json.dumps(sorted(self.corpus.items()), ensure_ascii=False)
-            digest = hashlib.sha256(texts.encode("utf-8")).hexdigest()
-            corpus = {"name": str(Path(self.corpus_path).resolve()), "documents": digest}
-        else:
-            corpus = file_identity(self.corpus_path)
-        return self._with_instruction({"arm": self.name, "corpus": corpus})
+        if self._corpus_identity is None:
+            if Path(self.corpus_path).is_dir():  # a knowledge base or a folder: its documents
+                texts = json.dumps(sorted(self.corpus.items()), ensure_ascii=False)
+                digest = hashlib.sha256(texts.encode("utf-8")).hexdigest()
+                path = str(Path(self.corpus_path).resolve())
+                self._corpus_identity = {"name": path, "documents": digest}
+            else:
+                self._corpus_identity = file_identity(self.corpus_path)
+        return self._with_instruction({"arm": self.name, "corpus": self._corpus_identity})
 
 
 class RetrievalCache:

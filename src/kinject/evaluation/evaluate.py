@@ -279,16 +279,20 @@ def run_evaluation(
     session.score(test)
     metrics = on_main(lambda: tabulate(run_dir, plan + test, config))
     if warn is not None and (group is None or group.main):
-        for line in reading_warnings(metrics):
+        for line in reading_warnings(metrics, suggest=config.model.path != SUGGESTED_READER):
             warn(line)
     return EvalResult(run_dir, metrics, select_on)
 
 
-def reading_warnings(metrics: list[dict]) -> list[str]:
+SUGGESTED_READER = "smollm2-135m-instruct"  # the preset a model that does not read is pointed to
+
+
+def reading_warnings(metrics: list[dict], suggest: bool = True) -> list[str]:
     """A line per (model, task, shots) where the oracle arm, the gold document in context,
-    is no better than closed book though closed book has room to gain: the model does not
-    answer from text put before the question, so no retrieval can help it (the tiny model,
-    pretrained on the synthetic world alone, on ordinary English)."""
+    is no better than closed book though closed book is far from right (below 0.6): the
+    model does not answer from text put before the question, so no retrieval can help it
+    (the tiny model, pretrained on the synthetic world alone, on ordinary English).
+    ``suggest``: name a model that reads."""
     cells = {
         (m.get("model", "base"), m["arm"], m["split"], m["shots"]): m
         for m in metrics
@@ -297,7 +301,7 @@ def reading_warnings(metrics: list[dict]) -> list[str]:
     warnings = []
     for (model, arm, split, shots), oracle in cells.items():
         base = cells.get((model, "base", split, shots))
-        if arm != "oracle" or base is None or base["acc"] >= 0.9:
+        if arm != "oracle" or base is None or base["acc"] >= 0.6:
             continue
         if oracle["acc"] <= base["acc"] + 0.05 and oracle["acc_ci"][0] <= base["acc"]:
             who = "" if model == "base" else f" of model '{model}'"
@@ -305,8 +309,13 @@ def reading_warnings(metrics: list[dict]) -> list[str]:
                 f"task '{split}', {shots}-shot{who}: the oracle arm (the gold document in "
                 f"context) scores {oracle['acc']:.3f}, no better than closed book "
                 f"({base['acc']:.3f}), so this model does not answer from the text before the "
-                "question and retrieval cannot help it; a model that reads English, such as "
-                "the preset smollm2-135m-instruct, measures retrieval (docs/real-model.md)"
+                "question and retrieval cannot help it"
+                + (
+                    f"; a model that reads English, such as the preset {SUGGESTED_READER}, "
+                    "measures retrieval (docs/real-model.md)"
+                    if suggest
+                    else ""
+                )
             )
     return warnings
 

@@ -115,7 +115,8 @@ def load_run(run_dir: Path) -> Run:
     for name in REQUIRED:
         if not (run_dir / name).is_file():
             raise KinjectError(
-                f"{run_dir} has no {name}: the report needs a finished `kinject run` folder"
+                f"{run_dir} has no {name}: the report needs a finished `kinject run` or "
+                "`kinject demo` folder"
             )
     metrics = _read_json(run_dir / "metrics.json")
     costs = _read_json(run_dir / "costs.json")
@@ -423,11 +424,15 @@ def _training_plot(label: str, row: dict) -> Plot:
     loss_ax.set(xlabel="step", ylabel="training loss", title="training loss (chosen LR)")
     if len(curve) < 2:  # one logged step is no curve: say what there is
         loss_ax.set(xticks=[], yticks=[])
-        only = f"step {curve[0]['step']}: loss {curve[0]['loss']:.3f}" if curve else "none"
+        said = (
+            f"one logged step\nstep {curve[0]['step']}: loss {curve[0]['loss']:.3f}"
+            if curve
+            else "no logged step"
+        )
         loss_ax.text(
             0.5,
             0.5,
-            f"one logged step\n{only}",
+            said,
             ha="center",
             va="center",
             transform=loss_ax.transAxes,
@@ -695,7 +700,7 @@ def plot_eval_accuracy(cells: list[dict], select_k_on: str | None) -> Plot | Non
         return None
 
     def column(m: dict) -> str:
-        return f"{m['arm']} K={m['k']}" if uses_rag(m["arm"]) and m["k"] else m["arm"]
+        return f"{m['arm']} K={m['k']}" if uses_rag(m["arm"]) else m["arm"]
 
     columns = list(dict.fromkeys(column(m) for m in cells))
     rows = list(dict.fromkeys((m["split"], m["shots"]) for m in cells))

@@ -154,7 +154,8 @@ def table1(results: Results) -> tuple[list[str], dict[str, list[list[str]]], lis
         if plain in (ft, f"{ft}+rag"):
             names[column] += f" ({ft})"
         columns.append(column)
-    names.update({ft: f"FT ({ft})", f"{ft}+rag": f"FT+RAG ({ft})"})  # which fine-tuning
+    if ft:
+        names.update({ft: f"FT ({ft})", f"{ft}+rag": f"FT+RAG ({ft})"})  # which fine-tuning
     header = ["task", "shots", *[names.get(c, c) for c in columns]]
     bodies = {
         model: [

@@ -369,6 +369,7 @@ class LocalChat(ChatModel):
             "path": str(Path(c.local_path).resolve()) if c.local_path else None,
             "temperature": c.temperature,
             "max_tokens": c.max_tokens,
+            "json": "guided-1",  # how JSON replies are written (kinject.llm.guided)
         }
 
     def prompt(self, messages: list[Message]) -> str:
@@ -389,7 +390,8 @@ class LocalChat(ChatModel):
         text = self.prompt(messages)
         if json_schema is not None:
             try:
-                guided = GuidedJSON(self.model, self.tokenizer, json_schema)
+                budget = min(self.config.max_tokens, 96)  # tokens per string value
+                guided = GuidedJSON(self.model, self.tokenizer, json_schema, budget)
             except UnsupportedSchema:
                 pass
             else:

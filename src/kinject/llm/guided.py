@@ -14,9 +14,10 @@ text so far:
 So every reply parses and has the schema's shape, whatever the model; whether its content is
 any good is left to the caller's validation.  Supported: objects (every property, in the
 schema's order), strings, the choices above, ``anyOf`` (its first supported branch; a
-property's own ``enum`` wins), ``$ref`` to ``$defs``, arrays of ``maxItems`` items (else
-``minItems``, else one).  Anything else raises :class:`UnsupportedSchema`, and the caller
-generates freely.
+property's own ``enum`` wins), ``$ref`` to ``$defs`` (not recursive), arrays with
+``maxItems`` (that many items are written).  Anything else (an array of unsaid length, such
+as the paraphrase reply's) raises :class:`UnsupportedSchema`, and the caller generates
+freely.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ class GuidedJSON:
                 self._value(sub)
             self.text += "}"
         elif schema.get("type") == "array":
-            count = schema.get("maxItems", schema.get("minItems", 1))
+            count = schema["maxItems"]
             items = schema.get("items", {})
             chosen: list[Any] = []
             self.text += "["
@@ -69,17 +70,14 @@ class GuidedJSON:
                 self.text += "" if number == 0 else ", "
                 left = _choices(_resolved(items, self.root), self.root)
                 if left is not None and schema.get("uniqueItems"):
-                    chosen.append(self._choose([c for c in left if c not in chosen] or left))
+                    chosen.append(self._choose([c for c in left if c not in chosen]))
                 else:
                     self._value(items)
             self.text += "]"
         elif schema.get("type") == "string":
             self._string()
         else:
-            first = next(iter(_branches(schema)), None)
-            if first is None:
-                raise UnsupportedSchema(f"cannot write {schema}")
-            self._value(first)
+            self._value(_first_supported(schema, self.root))
 
     def _string(self) -> None:
         import torch
@@ -99,34 +97,32 @@ class GuidedJSON:
         new = self.tokenizer.decode(
             output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True
         )
-        value = new.split('"')[0].split("\n")[0].strip()
-        self.text += json.dumps(value, ensure_ascii=False)[1:]  # escaped, closing quote
+        self.text += json.dumps(string_value(new), ensure_ascii=False)[1:]  # closing quote
 
     def _choose(self, choices: list[Any]) -> Any:
         """The choice whose JSON text is likeliest after the text so far; written."""
         import torch
 
-        prefix = self._encode(self.text)["input_ids"][0]
+        prefix = self._ids(self.text)
+        wholes = [self._ids(self.text + json.dumps(c, ensure_ascii=False)) for c in choices]
+        # every choice scored from the same token on: the first that any choice's text changes
+        # (a choice can merge with the prompt's last token)
+        shared = min(_common_prefix(prefix, whole) for whole in wholes)
+        shared = max(1, min(shared, len(prefix)))
         best, best_score = choices[0], float("-inf")
-        for choice in choices:
-            whole = self._encode(self.text + json.dumps(choice))["input_ids"][0]
-            shared = 0
-            while shared < min(len(prefix), len(whole)) and prefix[shared] == whole[shared]:
-                shared += 1
-            shared = max(1, min(shared, len(prefix)))
+        for choice, whole in zip(choices, wholes):
+            ids = torch.tensor([whole], device=self._device())
             with torch.no_grad():
-                logits = self.model(input_ids=whole[None].to(self._device())).logits[0]
+                logits = self.model(input_ids=ids).logits[0, shared - 1 : len(whole) - 1]
             logprobs = torch.log_softmax(logits.float(), dim=-1)
-            targets = whole[shared:]
-            score = (
-                logprobs[shared - 1 : len(whole) - 1]
-                .gather(1, targets[:, None].to(logprobs.device))
-                .sum()
-            )
-            if float(score) > best_score:
-                best, best_score = choice, float(score)
-        self.text += json.dumps(best)
+            score = float(logprobs.gather(1, ids[0, shared:, None]).sum())
+            if score > best_score:
+                best, best_score = choice, score
+        self.text += json.dumps(best, ensure_ascii=False)
         return best
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _encode(self, text: str) -> dict:
         encoded = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)
@@ -134,6 +130,35 @@ class GuidedJSON:
 
     def _device(self):
         return next(self.model.parameters()).device
+
+
+def string_value(generated: str) -> str:
+    """A string's value from what the model wrote after its opening quote: up to the first
+    quote or line break (a quote the model escaped ends it too: its backslash is dropped),
+    with its JSON escapes decoded where they are valid."""
+    raw = generated.split('"')[0].split("\n")[0].strip().removesuffix("\\")
+    try:
+        return json.loads(f'"{raw}"').strip()
+    except json.JSONDecodeError:
+        return raw
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def _first_supported(schema: dict, root: dict, seen: tuple = ()) -> dict:
+    """The first branch of an ``anyOf`` this module can write."""
+    for branch in _branches(schema):
+        try:
+            check_supported(branch, root, seen)
+        except UnsupportedSchema:
+            continue
+        return branch
+    raise UnsupportedSchema(f"cannot write a value of schema {schema}")
 
 
 def _resolved(schema: dict, root: dict) -> dict:
@@ -164,19 +189,27 @@ def _choices(schema: dict, root: dict) -> list[Any] | None:
     return None
 
 
-def check_supported(schema: dict, root: dict) -> None:
-    """Raise :class:`UnsupportedSchema` unless :class:`GuidedJSON` can write ``schema``."""
+def check_supported(schema: dict, root: dict, seen: tuple = ()) -> None:
+    """Raise :class:`UnsupportedSchema` unless :class:`GuidedJSON` can write ``schema``
+    (a recursive schema is not written: it has no end)."""
+    if "$ref" in schema:
+        if schema["$ref"] in seen:
+            raise UnsupportedSchema(f"recursive schema at {schema['$ref']}")
+        seen = (*seen, schema["$ref"])
     schema = _resolved(schema, root)
     if _choices(schema, root) is not None:
         return
     kind = schema.get("type")
     if kind == "object":
         for sub in schema.get("properties", {}).values():
-            check_supported(sub, root)
+            check_supported(sub, root, seen)
     elif kind == "array":
-        check_supported(schema.get("items", {}), root)
+        if "maxItems" not in schema:  # how many to write is the schema's to say
+            raise UnsupportedSchema("an array needs maxItems")
+        items = schema.get("items", {})
+        choices = _choices(_resolved(items, root), root)
+        if schema.get("uniqueItems") and choices is not None and schema["maxItems"] > len(choices):
+            raise UnsupportedSchema("more unique items asked for than there are values")
+        check_supported(items, root, seen)
     elif kind != "string":
-        branches = _branches(schema)
-        if not branches:
-            raise UnsupportedSchema(f"cannot write a value of schema {schema}")
-        check_supported(branches[0], root)
+        _first_supported(schema, root, seen)

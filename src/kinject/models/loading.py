@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from kinject.config import ModelSpec
+from kinject.config import ModelSpec, local_model_path
 from kinject.errors import KinjectError
 from kinject.models.gguf import materialized
 
@@ -69,9 +69,10 @@ def load_causal_lm(spec: ModelSpec):
     quiet_transformers()
     spec = materialized(spec)
     source = spec.path
-    looks_local = source.startswith((".", "/", "~")) or Path(source).exists()
-    if looks_local and not Path(source).expanduser().exists():
-        raise KinjectError(missing_folder_message(Path(source).expanduser()))
+    local = local_model_path(source, Path.cwd())  # None: a hub id
+    looks_local = local is not None
+    if local is not None and not local.exists():
+        raise KinjectError(missing_folder_message(local))
     if looks_local and not spec.allow_pickle:
         refuse_pickle_only(Path(source).expanduser(), "model folder", "model.safetensors")
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
