@@ -288,8 +288,8 @@ SUGGESTED_READER = "smollm2-135m-instruct"  # the preset a model that does not r
 
 
 def reading_warnings(metrics: list[dict], suggest: bool = True) -> list[str]:
-    """A line per (model, task, shots) where the oracle arm, the gold document in context,
-    is no better than closed book though closed book is far from right (below 0.6): the
+    """A line per model whose oracle arm, the gold document in context, is no better than
+    closed book on some (task, shots) where closed book is far from right (below 0.6): the
     model does not answer from text put before the question, so no retrieval can help it
     (the tiny model, pretrained on the synthetic world alone, on ordinary English).
     ``suggest``: name a model that reads."""
@@ -298,25 +298,29 @@ def reading_warnings(metrics: list[dict], suggest: bool = True) -> list[str]:
         for m in metrics
         if not m.get("open") and m.get("selected") is not False
     }
-    warnings = []
+    found: dict[str, list[str]] = {}
     for (model, arm, split, shots), oracle in cells.items():
         base = cells.get((model, "base", split, shots))
         if arm != "oracle" or base is None or base["acc"] >= 0.6:
             continue
         if oracle["acc"] <= base["acc"] + 0.05 and oracle["acc_ci"][0] <= base["acc"]:
-            who = "" if model == "base" else f" of model '{model}'"
-            warnings.append(
-                f"task '{split}', {shots}-shot{who}: the oracle arm (the gold document in "
-                f"context) scores {oracle['acc']:.3f}, no better than closed book "
-                f"({base['acc']:.3f}), so this model does not answer from the text before the "
-                "question and retrieval cannot help it"
-                + (
-                    f"; a model that reads English, such as the preset {SUGGESTED_READER}, "
-                    "measures retrieval (docs/real-model.md)"
-                    if suggest
-                    else ""
-                )
+            found.setdefault(model, []).append(
+                f"'{split}' {shots}-shot ({oracle['acc']:.3f} against {base['acc']:.3f})"
             )
+    warnings = []
+    for model, where in found.items():
+        who = "" if model == "base" else f" of model '{model}'"
+        warnings.append(
+            f"the oracle arm{who} (the gold document in context) is no better than closed "
+            f"book on {', '.join(where)}: this model does not answer from the text before "
+            "the question, so retrieval cannot help it"
+            + (
+                f"; a model that reads English, such as the preset {SUGGESTED_READER}, "
+                "measures retrieval on your documents (docs/real-model.md)"
+                if suggest
+                else ""
+            )
+        )
     return warnings
 
 

@@ -104,7 +104,11 @@ def check_inputs(config: ExperimentConfig) -> None:
 
 
 def run_experiment(
-    config: ExperimentConfig, run_dir: str | Path, show_progress: bool = True, console=None
+    config: ExperimentConfig,
+    run_dir: str | Path,
+    show_progress: bool = True,
+    console=None,
+    warnings: bool = True,
 ) -> ExperimentResult:
     from kinject.evaluation.environment import environment
     from kinject.evaluation.evaluate import load_task, run_evaluation
@@ -135,7 +139,7 @@ def run_experiment(
     warned: set[str] = set()
 
     def warn(line: str) -> None:  # once per run, though every model's evaluation checks
-        if line not in warned:
+        if warnings and line not in warned:
             warned.add(line)
             output_console(stderr=True).print(f"warning: {line}", style="yellow", highlight=False)
 
