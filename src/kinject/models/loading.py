@@ -70,10 +70,9 @@ def load_causal_lm(spec: ModelSpec):
     spec = materialized(spec)
     source = spec.path
     local = local_model_path(source, Path.cwd())  # None: a hub id
-    looks_local = local is not None
     if local is not None and not local.exists():
         raise KinjectError(missing_folder_message(local))
-    if looks_local and not spec.allow_pickle:
+    if local is not None and not spec.allow_pickle:
         refuse_pickle_only(Path(source).expanduser(), "model folder", "model.safetensors")
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
         spec.dtype
