@@ -34,6 +34,32 @@ def test_every_command_has_help_with_an_example(tmp_path, command):
         assert "Example" in result.stdout
 
 
+def _command_paths(group, prefix=()):
+    for name, command in sorted(group.commands.items()):
+        if hasattr(command, "commands"):
+            yield from _command_paths(command, (*prefix, name))
+        else:
+            yield (*prefix, name)
+
+
+def test_every_command_answers_dash_h_with_an_example_and_the_version_prints():
+    import typer.main
+    from typer.testing import CliRunner
+
+    from kinject import __version__
+    from kinject.cli import app
+
+    paths = list(_command_paths(typer.main.get_command(app)))
+    assert ("probes", "rename") in paths and ("kb", "build") in paths and len(paths) >= 20
+    runner = CliRunner()
+    for path in [(), *paths]:
+        result = runner.invoke(app, [*path, "-h"], terminal_width=100)
+        assert result.exit_code == 0, (path, result.output)
+        assert "Example" in result.output, f"'kinject {' '.join(path)} -h' shows no example"
+    version = runner.invoke(app, ["--version"])
+    assert version.exit_code == 0 and version.output.startswith(f"kinject {__version__} (")
+
+
 def test_help_does_not_import_torch(tmp_path):
     code = "import sys; from kinject.cli import app; print('torch' in sys.modules)"
     result = subprocess.run(

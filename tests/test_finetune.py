@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import signal
 import subprocess
@@ -252,13 +253,16 @@ def test_selection_breaks_accuracy_ties_by_loss_then_grid_order(tmp_path):
     for lr, rows in figures.items():
         rows = [{"epoch": e, "acc": a, "loss": loss} for e, (a, loss) in enumerate(rows, 1)]
         best = min(rows, key=lambda r: (-r["acc"], r["loss"], r["epoch"]))
-        folder = tmp_path / f"lr-{lr:g}"
+        folder = tmp_path / "run" / "candidates" / f"lr-{lr:g}"
         write_rows(folder / "validation.jsonl", rows)
         (folder / "best.json").write_text(json.dumps(best))
+        done = {"learning_rate": lr, "last_epoch_loss": 9.0 if lr == 1e-2 else 2.0}
+        (folder / "done.json").write_text(json.dumps({**done, "vocab_size": 1000}))
         candidates.append((lr, folder))
     chosen = _select(candidates)
     assert (chosen["learning_rate"], chosen["epoch"], chosen["validation_loss"]) == (3e-3, 1, 11.0)
     assert len(chosen["scored"]) == 6
+    assert [line.split(":")[0] for line in chosen["warnings"]] == ["run (lr 0.01)"]
 
 
 def test_without_validation_the_last_epoch_of_the_first_learning_rate_is_chosen(
@@ -365,6 +369,8 @@ def test_a_killed_finetune_resumes_to_the_same_run(world, base_model, tmp_path):
     )
     assert second.returncode == 0, second.stderr
     assert "chosen: lr" in second.stdout
+    step = json.loads((run / "candidates" / "lr-0.03" / "done.json").read_text())["resumed_from"]
+    assert f"fine-tuning, lr 0.03: resuming from its checkpoint at step {step} of" in second.stderr
     assert finished.stat().st_mtime_ns == finished_at  # a finished candidate is kept
     resumed = json.loads((run / "candidates" / "lr-0.03" / "done.json").read_text())
     assert resumed["resumed_from"] > 0
@@ -482,6 +488,32 @@ def test_allow_contamination_on_the_command_line_trains_and_records_it(
     assert report["allowed"] is True
     assert question_id in [c["id"] for c in report["contaminated"]]
     assert (out / "model" / "config.json").exists()
+
+
+def test_a_training_that_ends_above_the_uniform_guess_loss_is_named(world, base_model, tmp_path):
+    from typer.testing import CliRunner
+
+    from kinject.cli import app
+
+    config_file = tmp_path / "ft.yaml"
+    config_file.write_text(json.dumps(settings(world, base_model, learning_rate=[3.0], epochs=1)))
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, ["finetune", "--config", str(config_file), "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    done = json.loads(next((run / "candidates").glob("*/done.json")).read_text())
+    vocab = done["vocab_size"]
+    assert vocab == len(json.loads((base_model / "tokenizer.json").read_text())["model"]["vocab"])
+    assert done["last_epoch_loss"] > 2 * math.log(vocab)
+    warning = f"above ln({vocab}) = {math.log(vocab):.2f}, the loss of a uniform guess"
+    assert "warning: run (lr 3): the last epoch's training loss is" in result.stderr
+    assert warning in result.stderr
+    assert json.loads((run / "selection.json").read_text())["warnings"]
+
+
+def test_a_training_that_learns_has_no_loss_warning(full_run):
+    done = json.loads(next((full_run.run_dir / "candidates").glob("*/done.json")).read_text())
+    assert done["last_epoch_loss"] < math.log(done["vocab_size"])
+    assert full_run.selection["warnings"] == []
 
 
 # --- training data --------------------------------------------------------------------------

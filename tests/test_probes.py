@@ -362,6 +362,39 @@ def test_corpus_jsonl_documents_keep_their_ids(tmp_path, play):
     ]
 
 
+def test_documents_mentions_keeps_only_documents_naming_a_renamed_entity(tmp_path, play):
+    _, templates = play
+    corpus = tmp_path / "kb.jsonl"
+    docs = [
+        {"id": "d1", "text": "ROMEO:\nI love Juliet."},
+        {"id": "d2", "text": "The nurse and Tybalt quarrel. Romeos everywhere."},
+        {"id": "d3", "text": "Petruchio came from Verona."},
+        {"id": "d4", "text": "Kate is a wife."},
+    ]
+    corpus.write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
+    out = tmp_path / "out"
+    args = ["probes", "rename", str(corpus), "--map", "Romeo=Bob", "--map", "Petruchio=Carl"]
+    args += ["--templates", str(templates), "--out", str(out), "--documents", "mentions"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "renamed.jsonl: 2 corpus records" in result.output
+    assert [row["id"] for row in rows(out / "renamed.jsonl")] == ["d1", "d3"]
+    assert [row["text"] for row in rows(out / "original.jsonl")] == [
+        "ROMEO:\nI love Juliet.",
+        "Petruchio came from Verona.",
+    ]
+    manifest = json.loads((out / "probes.json").read_text())
+    assert manifest["corpus"]["documents"] == 4 and manifest["kept"]["documents"] == 2
+    assert manifest["documents"] == "mentions"
+    every = build_rename_probes(
+        corpus, ["Romeo=Bob", "Petruchio=Carl"], templates, tmp_path / "all"
+    )
+    assert len(rows(tmp_path / "all" / "renamed.jsonl")) == 4
+    assert every.manifest["fingerprint"] != manifest["fingerprint"]
+    bad = CliRunner().invoke(app, [*args[:-1], "some"])
+    assert bad.exit_code == 2 and "key 'documents'" in bad.output and "'mentions'" in bad.output
+
+
 def _templates_with(tmp_path: Path, probe: dict, entity: str = "Romeo", section="entities"):
     data = {"entities": {"Romeo": [TEMPLATES["entities"]["Romeo"][0]]}}
     data.setdefault(section, {}).setdefault(entity, []).append(probe)

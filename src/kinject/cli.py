@@ -16,11 +16,11 @@ import typer
 
 app = typer.Typer(
     name="kinject",
-    help="Knowledge injection lab: measure RAG vs fine-tuning on your model, corpus and questions.",
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode="markdown",
     pretty_exceptions_show_locals=False,  # a crash must not print locals (keys, texts)
+    context_settings={"help_option_names": ["-h", "--help"]},  # every subcommand inherits it
 )
 world_app = typer.Typer(
     help="The synthetic knowledge world (the embedded default dataset).", no_args_is_help=True
@@ -44,6 +44,31 @@ probes_app = typer.Typer(
     help="Probes: renamed-entity corpora and the questions that test them.", no_args_is_help=True
 )
 app.add_typer(probes_app, name="probes")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from kinject import __version__
+
+        typer.echo(f"kinject {__version__} (Python {sys.version.split()[0]})")
+        raise typer.Exit()
+
+
+@app.callback()
+def kinject_options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version; exit."
+        ),
+    ] = False,
+) -> None:
+    """Knowledge injection lab: measure RAG vs fine-tuning on your model, corpus and questions.
+
+    Example:
+
+        kinject demo --out runs/demo
+    """
 
 
 def user_errors(function):
@@ -219,6 +244,8 @@ def finetune(
     if chosen["validation_acc"] is not None:
         figures += f", validation accuracy {chosen['validation_acc']:.3f}"
     typer.echo(f"chosen: {figures}")
+    for line in chosen.get("warnings", []):
+        typer.echo(f"warning: {line}", err=True)
     where = result.model.adapter or result.model.path
     typer.echo(f"fine-tuned model: {where}\nrun folder: {run_dir}")
 
@@ -441,6 +468,10 @@ def probes_rename(
     doc_chars: Annotated[
         int | None, typer.Option(help="Plain text: characters per document at most [2000].")
     ] = None,
+    documents: Annotated[
+        str,
+        typer.Option(help="Keep 'all' documents, or only the 'mentions' of a renamed name."),
+    ] = "all",
 ) -> None:
     """Rename entities in a corpus (Romeo -> Bob, ROMEO -> BOB, romeo -> bob) and write cloze
     and multiple-choice probes about them, once with each name, plus the unrenamed corpus.
@@ -462,6 +493,7 @@ def probes_rename(
         "map": rename,
         "templates": str(templates),
         "seed": seed,
+        "documents": documents,
     }
     if doc_chars is not None:
         fields["doc_chars"] = doc_chars

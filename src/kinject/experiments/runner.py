@@ -159,6 +159,8 @@ def run_experiment(
                 run.spec = model.spec()
                 members = [run]
             for member in members:
+                for line in (member.training or {}).get("warnings", []):
+                    warn(line)
                 runs.append(member)
                 if member.arms:
                     evaluation = eval_config(config, member)
@@ -373,6 +375,7 @@ def ensure_finetuned(
         "validation_acc": selection["validation_acc"],
         "folder": str(folder),
         "cached": cached,
+        "warnings": selection.get("warnings", []),  # a run finished before they existed: none
     }
     return model, training
 

@@ -11,6 +11,7 @@ Juliet.  From a corpus, a rename map (``Romeo -> Bob``) and probe templates this
   (``RoMeO``): ``probes.json`` counts every such word left (``untouched``);
 * the same documents not renamed, with the same ids (plain text: consecutive blank-line
   separated passages, a few thousand characters each, never across two blank lines);
+  ``documents: mentions`` keeps only the documents that mention a renamed name, in both;
 * probes about each renamed entity, of three kinds: *quotes* (a line of the corpus cut
   before its answer: does the model remember the renamed line — the form?), *cloze* texts
   and *questions* in words the corpus does not use (does it know the renamed entity's
@@ -522,7 +523,11 @@ def build_from_config(config: RenameConfig, out_dir: str | Path) -> RenameResult
     rmap = RenameMap(config.map)
     probe_file = load_templates(template_path)
     original = read_documents(corpus, config.doc_chars)
+    read_count, read_chars = len(original), sum(len(doc["text"]) for doc in original)
     renamed, replacements = _rename_documents(original, rmap, corpus)
+    if config.documents == "mentions":
+        kept = [i for i, (old, new) in enumerate(zip(original, renamed)) if old != new]
+        original, renamed = [original[i] for i in kept], [renamed[i] for i in kept]
 
     unknown = [entity for entity in probe_file.entities if entity not in config.map]
     if unknown:
@@ -575,11 +580,16 @@ def build_from_config(config: RenameConfig, out_dir: str | Path) -> RenameResult
         "fingerprint": rename_fingerprint(config),
         "seed": config.seed,
         "doc_chars": config.doc_chars,
+        "documents": config.documents,
         "corpus": {
             "path": str(corpus.resolve()),
             "sha256": _sha256(corpus),
-            "documents": len(original),
-            "characters": sum(len(doc["text"]) for doc in original),
+            "documents": read_count,
+            "characters": read_chars,
+        },
+        "kept": {
+            "documents": len(renamed),
+            "characters": sum(len(doc["text"]) for doc in renamed),
         },
         "templates": {"path": str(template_path.resolve()), "sha256": _sha256(template_path)},
         "map": config.map,
@@ -664,6 +674,8 @@ def rename_fingerprint(config: RenameConfig) -> str:
         "seed": config.seed,
         "doc_chars": config.doc_chars,
     }
+    if config.documents != "all":  # the default leaves earlier folders' fingerprints as they were
+        decided["documents"] = config.documents
     return hashlib.sha256(json.dumps(decided, sort_keys=True).encode()).hexdigest()[:16]
 
 

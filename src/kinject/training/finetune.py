@@ -320,12 +320,17 @@ def _train_candidate(config, training, validation, lr, folder: Path, show_progre
         return
     write_jsonl(folder / "training_log.jsonl", result.log)
     write_jsonl(folder / "validation.jsonl", result.validation)
+    last_epoch = [
+        row["loss"] for row in result.log if row["step"] > schedule.steps - steps_per_epoch
+    ]
     write_json(
         folder / "done.json",
         {
             **result.summary(),
             "learning_rate": lr,
             "steps_per_epoch": steps_per_epoch,
+            "last_epoch_loss": round(sum(last_epoch) / len(last_epoch), 5) if last_epoch else None,
+            "vocab_size": int(model.get_output_embeddings().weight.shape[0]),
             **_peak_memory(model),
         },
     )
@@ -487,7 +492,23 @@ def _select(candidates: list[tuple[float, Path]]) -> dict:
         "validation_acc": best.get("acc"),
         "validation_loss": best.get("loss"),
         "scored": scored,
+        "warnings": [line for _, folder in candidates if (line := _loss_warning(folder))],
     }
+
+
+def _loss_warning(folder: Path) -> str | None:
+    """A line when the candidate's last epoch trained at a loss above ln(vocabulary), the loss
+    of a uniform guess over every token: whatever it learned, it was not this text."""
+    done = json.loads((folder / "done.json").read_text(encoding="utf-8"))
+    loss, vocab = done.get("last_epoch_loss"), done.get("vocab_size")
+    if loss is None or vocab is None or loss <= math.log(vocab):
+        return None
+    return (
+        f"{folder.parent.parent.name} (lr {done['learning_rate']:g}): the last epoch's training "
+        f"loss is {loss:.2f}, above ln({vocab}) = {math.log(vocab):.2f}, the loss of a uniform "
+        "guess over the vocabulary: the model did not learn this text (a learning rate too "
+        "high, or text its tokenizer and pretraining do not fit)"
+    )
 
 
 def _publish(config: FinetuneConfig, run_dir: Path, chosen: Path) -> None:

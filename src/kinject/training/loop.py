@@ -299,6 +299,14 @@ def train(
     checkpoint = checkpoint_dir / "checkpoint.pt" if checkpoint_dir else None
     progress = _load_checkpoint(checkpoint, model, optimizer)
     resumed_from = progress.step
+    if resumed_from and main:
+        from kinject.progress import output_console
+
+        output_console(stderr=True).print(
+            f"{description}: resuming from its checkpoint at step {resumed_from} of "
+            f"{schedule.steps} ({checkpoint})",
+            highlight=False,
+        )
     model.train()
     began, last_save = time.perf_counter() - progress.seconds, time.perf_counter()
     running = progress.running
