@@ -101,13 +101,16 @@ def test_report_is_one_self_contained_page_with_every_plot_and_table(report_run)
     assert "<h3>Learning rate and epoch</h3>" in page
     assert page.count("<table") == md_tables + 3  # samples of known, new, new_open
     assert "<th>FT+RAG (ft-par)</th>" in page and "<th>ms / question</th>" in page
+    verdict = page.index('<section id="verdict">')
+    assert page.index("<h1>") < verdict < page.index("<figure") < page.index('id="tables"')
+    assert "<h2>Verdict</h2>" in page and "<ul><li><strong>known</strong>, 0-shot" in page
     assert '<section id="tables">' in page and '<section id="samples">' in page
     assert "Helsinki" in page  # a sample question's correct answer
     assert re.search(r'<td class="(right|wrong)">[^<]+ [✓✗]</td>', page)
 
 
 def test_report_markdown_links_the_plots_and_holds_the_tables(report_run):
-    from kinject.experiments.tables import markdown
+    from kinject.experiments.tables import markdown_sections
 
     text = (report_run / "report.md").read_text(encoding="utf-8")
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
@@ -118,7 +121,12 @@ def test_report_markdown_links_the_plots_and_holds_the_tables(report_run):
         assert "<svg" in svg and "<metadata" not in svg  # no date, no matplotlib version
     metrics = json.loads((report_run / "metrics.json").read_text(encoding="utf-8"))
     costs = json.loads((report_run / "costs.json").read_text(encoding="utf-8"))
-    assert markdown(metrics, costs).partition("\n")[2].strip() in text
+    sections = markdown_sections(metrics, costs)
+    for _, lines in sections:
+        assert "\n".join(lines).strip() in text
+    assert [name for name, _ in sections][:3] == ["verdict", "table1", "table2"]
+    verdict, table2 = text.index("## Verdict"), text.index("## Table 2 layout")
+    assert verdict < table2 < text.index("![") < text.index("## Table 1 layout")
 
 
 def test_report_is_byte_identical_when_written_again(report_run, tmp_path):
@@ -207,7 +215,7 @@ def test_report_leaves_out_plots_without_data(report_run, tmp_path):
     html_path, md_path = write_report(run)
     page = html_path.read_text(encoding="utf-8")
     assert _figure_ids(page) == {"fig-accuracy", "fig-cost"}
-    assert page.count("<section") == 4  # two plots, the tables, the samples
+    assert page.count("<section") == 5  # the verdict, two plots, the tables, the samples
     assert sorted(p.name for p in (run / FILES_DIR).iterdir()) == [
         "fig-accuracy.svg",
         "fig-cost.svg",
@@ -309,3 +317,88 @@ def test_plots_read_right_when_labels_coincide_cells_are_0_or_training_is_one_st
     for label in one_step:
         svg = (files / f"fig-training-{label}.svg").read_text(encoding="utf-8")
         assert "one logged step" in _text_of(svg)
+
+
+def _cell(column: str, acc: float, ci: tuple[float, float], split: str = "new") -> dict:
+    arm = "rag" if column.endswith("rag") else "oracle" if column == "oracle" else "base"
+    model = "m" if column in ("base", "rag", "oracle") else f"m-{column.split('+')[0]}"
+    return {
+        "model": model,
+        "base_model": "m",
+        "arm": arm,
+        "column": column,
+        "split": split,
+        "shots": 0,
+        "k": 1 if arm == "rag" else 0,
+        "n": 100,
+        "acc": acc,
+        "acc_ci": list(ci),
+    }
+
+
+def _comparison(a: str, b: str, difference: float, ci: tuple[float, float], split: str = "new"):
+    return {
+        "base_model": "m",
+        "split": split,
+        "shots": 0,
+        "a": a,
+        "b": b,
+        "difference": difference,
+        "difference_ci": list(ci),
+        "p_value": 0.5,
+        "a_only": 1,
+        "b_only": 1,
+    }
+
+
+def test_the_verdict_names_a_best_column_only_where_every_interval_excludes_zero():
+    from kinject.experiments.tables import Results, verdict_lines
+
+    models = {
+        "m": {"finetune": None, "base_model": "m", "sweep": None},
+        "m-ft": {"finetune": "ft", "base_model": "m", "sweep": None},
+    }
+    cells = [
+        _cell("base", 0.25, (0.17, 0.34)),
+        _cell("rag", 0.90, (0.84, 0.95)),
+        _cell("ft", 0.40, (0.30, 0.50)),
+        _cell("oracle", 0.97, (0.93, 1.0)),
+        _cell("base", 0.80, (0.72, 0.88), "known"),
+        _cell("rag", 0.78, (0.70, 0.86), "known"),
+        _cell("ft", 0.83, (0.75, 0.90), "known"),
+    ]
+    comparisons = [
+        _comparison("base", "rag", -0.65, (-0.74, -0.56)),
+        _comparison("rag", "ft", 0.50, (0.39, 0.61)),
+        _comparison("base", "ft", -0.15, (-0.26, -0.05)),
+        _comparison("base", "rag", 0.02, (-0.03, 0.07), "known"),
+        _comparison("ft", "base", 0.03, (-0.02, 0.08), "known"),
+        _comparison("ft", "rag", 0.05, (0.01, 0.10), "known"),
+    ]
+    training = {"m-ft": {"seeds": 3, "candidates": 3, "train_seconds": 125.0}}
+    scoring = [
+        {
+            "model": "m",
+            "base_model": "m",
+            "arm": "rag",
+            "split": "new",
+            "seconds": 0.5,
+            "questions": 100,
+            "requests": 400,
+        }
+    ]
+    metrics = {"models": models, "cells": cells, "comparisons": comparisons}
+    costs = {
+        "training": training,
+        "cells": scoring,
+        "index": {"embed_seconds": 2.0, "index_seconds": 0.25},
+    }
+    lines = verdict_lines(Results(metrics, costs))
+    assert lines == [
+        "- **new**, 0-shot: **+RAG** is best, 0.900 [.840–.950], ahead of ft by +0.500 "
+        "[+0.390, +0.610]. Base: 0.250. Oracle: 0.970. Cost: an index built in 2.2 s, 5 ms "
+        "per question scored.",
+        "- **known**, 0-shot: no column is shown best. ft scores highest, 0.830 [.750–.900], "
+        "but its lead over base has an interval that includes 0. Base: 0.800. Cost: 125 s of "
+        "training (3 seeds).",
+    ]

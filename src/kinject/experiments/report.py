@@ -39,10 +39,11 @@ from kinject.evaluation.arms import arm_kind, uses_rag
 from kinject.experiments.tables import (
     UPDATED_TITLE,
     Results,
+    column_costs,
     column_header,
-    generic_column,
-    markdown,
-    training_label,
+    index_seconds,
+    markdown_sections,
+    paper_shaped,
     updated_columns,
 )
 from kinject.fileio import read_jsonl, write_text
@@ -549,23 +550,12 @@ def plot_forgetting(run: Run) -> Plot | None:
 def column_seconds(run: Run) -> dict[tuple, float]:
     """(base model, column) -> training (every LR candidate) + index build + scoring seconds
     of the test tasks."""
-    results = run.results
-    total: dict[tuple, float] = {}
-    for cell in run.costs.get("cells", []):
-        if cell["split"] == results.validation:
+    total = {}
+    for key, cost in column_costs(run.results).items():
+        if not cost["questions"]:
             continue
-        column = generic_column({"model": cell["model"], "arm": cell["arm"]}, results.models)
-        key = (cell["base_model"], column)
-        total[key] = total.get(key, 0.0) + cell["seconds"]
-    training = run.costs.get("training") or {}
-    index = run.costs.get("index") or {}
-    build = index.get("embed_seconds", 0.0) + index.get("index_seconds", 0.0)
-    for (model, column), seconds in total.items():
-        ft = column.split("+")[0] if column not in ("base", "rag", "oracle") else None
-        label = training_label(results.models, model, ft) if ft else None
-        seconds += training.get(label, {}).get("train_seconds", 0.0) if label else 0.0
-        seconds += build if uses_rag(column) else 0.0
-        total[(model, column)] = seconds
+        seconds = cost["seconds"] + (index_seconds(cost["index"]) or 0.0)
+        total[key] = seconds + (cost["training"] or {}).get("train_seconds", 0.0)
     return total
 
 
@@ -742,12 +732,26 @@ def _e(value) -> str:
 def render_html(run: Run, plots: list[Plot]) -> str:
     title = run.metrics.get("experiment") or "experiment"
     samples = _samples_html(run)
-    return render_page(title, plots, markdown(run.metrics, run.costs), samples)
+    lead, rest = _lead_and_rest(run)
+    return render_page(title, plots, rest, samples, lead=lead)
 
 
-def render_page(title: str, plots: list[Plot], tables: str, samples: str = "") -> str:
-    """The report page: the title, the plots by section, the tables (Markdown, its own
-    title line dropped: the page's <h1> is the title) and the sample questions' section."""
+def _lead_and_rest(run: Run) -> tuple[str, str]:
+    """The tables' Markdown in two: what the page opens with (the verdict, and the paper's
+    Table 2 beside it when the run has the paper's columns), and the rest."""
+    sections = markdown_sections(run.metrics, run.costs)
+    first = {"verdict", "table2"} if paper_shaped(run.metrics, run.costs) else {"verdict"}
+    lead = [line for name, lines in sections if name in first for line in lines]
+    rest = [line for name, lines in sections if name not in first for line in lines]
+    return "\n".join(lead), "\n".join(rest)
+
+
+def render_page(
+    title: str, plots: list[Plot], tables: str, samples: str = "", lead: str = ""
+) -> str:
+    """The report page: the title, ``lead`` (Markdown: the verdict), the plots by section,
+    the tables (Markdown, its own title line dropped: the page's <h1> is the title) and the
+    sample questions' section."""
     sections = list(dict.fromkeys(plot.section for plot in plots))
     parts = [
         "<!DOCTYPE html>",
@@ -756,6 +760,10 @@ def render_page(title: str, plots: list[Plot], tables: str, samples: str = "") -
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{_e(title)}</title><style>{CSS}</style></head><body>",
         f"<h1>{_e(title)}</h1>",
+    ]
+    if lead:
+        parts.append(f'<section id="verdict">\n{markdown_html(lead)}\n</section>')
+    parts += [
         _nav(sections, bool(samples)),
     ]
     for number, section in enumerate(sections, start=1):
@@ -822,9 +830,17 @@ def markdown_html(text: str, shift: int = 0) -> str:
             and _RULE.match(lines[1])
         ):
             out.append(_table_html(lines))
+        elif lines and all(line.startswith("- ") for line in lines):
+            items = "".join(f"<li>{_strong(_e(html.unescape(line[2:])))}</li>" for line in lines)
+            out.append(f"<ul>{items}</ul>")
         elif lines:
             out.append(f"<p>{_e(' '.join(lines))}</p>")
     return "\n".join(out)
+
+
+def _strong(escaped: str) -> str:
+    """A list item's ``**bold**`` (in the verdict) as <strong>; the text is escaped already."""
+    return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", escaped)
 
 
 def _cells(line: str) -> list[str]:
@@ -933,16 +949,20 @@ def _correct(sample: dict) -> str:
 
 
 def render_markdown(run: Run, plots: list[Plot]) -> str:
-    """The tables of ``table.md`` with the plots linked from ``report_files/`` after the title."""
+    """The tables of ``table.md`` with the plots linked from ``report_files/`` after the
+    verdict."""
     title = run.metrics.get("experiment") or "experiment"
-    return render_page_markdown(title, plots, markdown(run.metrics, run.costs))
+    lead, rest = _lead_and_rest(run)
+    return render_page_markdown(title, plots, rest, lead=lead)
 
 
-def render_page_markdown(title: str, plots: list[Plot], text: str) -> str:
-    """``text`` (Markdown tables) under ``title``, the plots linked from ``report_files/``
-    before them."""
+def render_page_markdown(title: str, plots: list[Plot], text: str, lead: str = "") -> str:
+    """``lead`` (the verdict) and then ``text`` (Markdown tables) under ``title``, the plots
+    linked from ``report_files/`` between them."""
     rest = text.partition("\n")[2] if text.startswith("# ") else text
     lines = [f"# {_md_text(title)}", ""]
+    if lead:
+        lines += [lead.strip("\n"), ""]
     for section in dict.fromkeys(plot.section for plot in plots):
         lines += [f"## {_md_text(section)}", ""]
         for plot in (p for p in plots if p.section == section):

@@ -5,12 +5,14 @@ FT, FT+RAG.  Table 2 (current events): a row per (model, task, shots); columns b
 then every fine-tuning closed book and with RAG.  Arms with an instruction follow these, each
 its own column (``rename``, ``+RAG+rename``, ``ft-reg+rename``; in Table 1 ``FT+rename``).
 A figure is accuracy [95% CI]; * marks p < 0.05 and ** p < 0.01 in the exact McNemar test
-against the same model's base column.  Beside them, what each column cost.
+against the same model's base column.  Beside them, what each column cost, and above them the verdict: per task, which column is
+best where the intervals say so.
 """
 
 from __future__ import annotations
 
 import csv
+import html
 import io
 from collections.abc import Sequence
 from pathlib import Path
@@ -266,46 +268,67 @@ def updated_rich(metrics: dict, costs: dict):
     return _rich(UPDATED_TITLE + " [95% CI]", header, body) if body else None
 
 
-def cost_rows(results: Results) -> tuple[list[str], list[list[str]]]:
-    """What each column cost: training (every LR candidate), the index, scoring per question."""
+def column_costs(results: Results) -> dict[tuple, dict]:
+    """(base model, column) -> what the column cost: ``training`` (that fine-tuning's every
+    learning-rate candidate and seed, or None), ``index`` (the knowledge base's build, for
+    columns that retrieve, or None), and the scoring of its test cells: ``seconds``,
+    ``questions``, ``requests`` and ``reused`` (requests an earlier cell had scored)."""
     training = results.costs.get("training", {})
     index = results.costs.get("index")
-    latency: dict[tuple, list[float]] = {}
+    scoring: dict[tuple, list[float]] = {}
     for c in results.costs.get("cells", []):
         if c["split"] == results.validation:
             continue
         fake = {"model": c["model"], "arm": c["arm"]}
         key = (c["base_model"], generic_column(fake, results.models))
-        total = latency.setdefault(key, [0.0, 0, 0, 0])
+        total = scoring.setdefault(key, [0.0, 0, 0, 0])
         total[0] += c["seconds"]
         total[1] += c["questions"]
         total[2] += c.get("requests", 0)
         total[3] += c.get("reused", 0)
-    body = []
+    costs = {}
     for model in results.base_models:
         for column in results.columns:
             ft = column.split("+")[0] if column not in ("base", "rag", "oracle") else None
             label = training_label(results.models, model, ft) if ft else None
-            train = training.get(label, {}) if label else {}
-            uses_index = uses_rag(column)
-            seconds, questions, requests, reused = latency.get((model, column), (0.0, 0, 0, 0))
-            body.append(
-                [
-                    model,
-                    column_header(column),
-                    f"{train['train_tokens']:,}" if train else "–",
-                    f"{train['train_seconds']:.1f}" if train else "–",
-                    f"{train['peak_memory_mb']:.0f}" if train else "–",
-                    f"{index['embed_seconds'] + index['index_seconds']:.2f}"
-                    if uses_index and index and "embed_seconds" in index
-                    else "–",
-                    f"{index['index_bytes'] / 1e6:.2f}"
-                    if uses_index and index and "index_bytes" in index
-                    else "–",
-                    f"{1000 * seconds / questions:.1f}" if questions else "–",
-                    f"{reused / requests:.0%}" if requests else "–",
-                ]
-            )
+            seconds, questions, requests, reused = scoring.get((model, column), (0.0, 0, 0, 0))
+            costs[(model, column)] = {
+                "training": training.get(label) if label else None,
+                "index": index if uses_rag(column) and index else None,
+                "seconds": seconds,
+                "questions": questions,
+                "requests": requests,
+                "reused": reused,
+            }
+    return costs
+
+
+def index_seconds(index: dict | None) -> float | None:
+    """The knowledge base's build: embedding and FAISS index seconds."""
+    if not index or "embed_seconds" not in index:
+        return None
+    return index["embed_seconds"] + index["index_seconds"]
+
+
+def cost_rows(results: Results) -> tuple[list[str], list[list[str]]]:
+    """What each column cost: training (every LR candidate), the index, scoring per question."""
+    body = []
+    for (model, column), cost in column_costs(results).items():
+        train, index = cost["training"] or {}, cost["index"] or {}
+        build = index_seconds(index)
+        body.append(
+            [
+                model,
+                column_header(column),
+                f"{train['train_tokens']:,}" if train else "–",
+                f"{train['train_seconds']:.1f}" if train else "–",
+                f"{train['peak_memory_mb']:.0f}" if train else "–",
+                f"{build:.2f}" if build is not None else "–",
+                f"{index['index_bytes'] / 1e6:.2f}" if "index_bytes" in index else "–",
+                f"{1000 * cost['seconds'] / cost['questions']:.1f}" if cost["questions"] else "–",
+                f"{cost['reused'] / cost['requests']:.0%}" if cost["requests"] else "–",
+            ]
+        )
     header = [
         "model",
         "column",
@@ -483,10 +506,148 @@ def sweep_rows(sweep: dict) -> tuple[list[str], list[list[str]]]:
     return header + [f"{split} {shots}-shot" for split, shots in cells], body
 
 
+# -- the verdict: on each population, which column is best, in plain words ---------------------
+#
+# A column is called best only when the 95% interval of its difference from every other column
+# on the same questions excludes 0.  The interval is the paired bootstrap of metrics.json's
+# comparisons, which resamples seeds as well as questions wherever a column was trained with
+# several seeds: a lead that another training seed could undo is not a verdict.  The oracle
+# reads each question's gold document: the ceiling the others are measured against.
+
+VERDICT_NOTE = (
+    "Per task and shot count, the column with the highest accuracy (exact match on open "
+    "questions). It is called best only where the 95% interval of its difference from every "
+    "other column excludes 0 (a paired bootstrap over the same questions, and over the "
+    "training seeds where a column was trained with several); otherwise the columns it cannot "
+    "be told from are named. The oracle, which reads each question's gold document, is the "
+    "ceiling, not a contender. Costs: training (every seed and learning rate), the index "
+    "build, and scoring time per question."
+)
+
+
+def verdict_lines(results: Results) -> list[str]:
+    """One Markdown bullet per (base model, task, shots) with at least two contenders."""
+    lines = []
+    several = len(results.base_models) > 1
+    costs = column_costs(results)
+    for model in results.base_models:
+        for split, shots in results.rows:
+            cells = {
+                column: results.cells[(model, column, split, shots)]
+                for column in results.columns
+                if column != "oracle" and (model, column, split, shots) in results.cells
+            }
+            if len(cells) < 2:
+                continue
+            where = f"**{_name(split)}**, {shots}-shot" + (f" ({_name(model)})" if several else "")
+            text = _population(results, model, split, shots, cells)
+            cost = _cost_words(costs.get((model, _best(cells))))
+            lines.append(f"- {where}: {text}" + (f" Cost: {cost}." if cost else ""))
+    return lines
+
+
+def _best(cells: dict[str, dict]) -> str:
+    """The highest accuracy; a tie goes to the column shown first (base before the others)."""
+    return max(cells, key=lambda column: (cells[column]["acc"], -list(cells).index(column)))
+
+
+def _population(results: Results, model: str, split: str, shots: int, cells: dict) -> str:
+    best = _best(cells)
+    lead = {
+        other: _difference(results, model, split, shots, best, other)
+        for other in cells
+        if other != best
+    }  # a comparison missing (metrics.json edited by hand) separates nothing
+    unseparated = [other for other, lead_ in lead.items() if lead_ is None or lead_[1] <= 0]
+    figure = short_ci(cells[best]["acc"], cells[best]["acc_ci"])
+    if len({cell["acc"] for cell in cells.values()}) == 1:
+        text = f"every column scores {cells[best]['acc']:.3f}; none is shown best."
+    elif unseparated:
+        names = _names(sorted(unseparated, key=lambda c: -cells[c]["acc"]))
+        text = (
+            f"no column is shown best. {_header(best)} scores highest, {figure}, but "
+            f"its lead over {names} has an interval that includes 0."
+        )
+    else:
+        runner_up = max(lead, key=lambda c: cells[c]["acc"])
+        difference, low, high = lead[runner_up]
+        text = (
+            f"**{_header(best)}** is best, {figure}, ahead of "
+            f"{_header(runner_up)} by {difference:+.3f} [{low:+.3f}, {high:+.3f}]."
+        )
+    if best != "base" and "base" in cells:
+        text += f" Base: {cells['base']['acc']:.3f}."
+    oracle = results.cells.get((model, "oracle", split, shots))
+    if oracle is not None:
+        text += f" Oracle: {oracle['acc']:.3f}."
+    return text
+
+
+def _difference(
+    results: Results, model: str, split: str, shots: int, a: str, b: str
+) -> tuple[float, float, float] | None:
+    """a − b and its 95% interval, from the run's paired comparison of the two columns."""
+    for c in results.metrics["comparisons"]:
+        if (c["base_model"], c["split"], c["shots"]) != (model, split, shots):
+            continue
+        low, high = c["difference_ci"]
+        if (c["a"], c["b"]) == (a, b):
+            return c["difference"], low, high
+        if (c["a"], c["b"]) == (b, a):
+            return -c["difference"], -high, -low
+    return None
+
+
+def _name(text: str) -> str:
+    """A name from the user's config in a verdict line: its HTML as text, on one line."""
+    return html.escape(text, quote=False).replace("\n", " ")
+
+
+def _header(column: str) -> str:
+    return _name(column_header(column))
+
+
+def _names(columns: list[str]) -> str:
+    names = [_header(column) for column in columns]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _cost_words(cost: dict | None) -> str:
+    if cost is None:
+        return ""
+    parts = []
+    training = cost["training"]
+    if training:
+        seeds = training.get("seeds", 1)
+        runs = f"{seeds} seed{'s' if seeds != 1 else ''}"
+        if training.get("candidates", seeds) != seeds:
+            runs += f", {training['candidates']} trainings"
+        seconds = training["train_seconds"]
+        parts.append(f"{seconds:,.{1 if seconds < 10 else 0}f} s of training ({runs})")
+    build = index_seconds(cost["index"])
+    if build is not None:
+        parts.append(f"an index built in {build:.1f} s")
+    if cost["questions"]:
+        parts.append(f"{1000 * cost['seconds'] / cost['questions']:.0f} ms per question scored")
+    return ", ".join(parts)
+
+
 def markdown(metrics: dict, costs: dict) -> str:
-    results = Results(metrics, costs)
+    """``table.md``: the title, then every section of :func:`markdown_sections`."""
     title = metrics.get("experiment", "experiment")
-    lines = [f"# {title}", ""]
+    sections = markdown_sections(metrics, costs)
+    return "\n".join([f"# {title}", "", *(line for _, lines in sections for line in lines)])
+
+
+def markdown_sections(metrics: dict, costs: dict) -> list[tuple[str, list[str]]]:
+    """The tables as (name, Markdown lines) in their order: ``verdict``, ``table1``,
+    ``table2``, then the seeds, differences, selection, costs, forgetting, sweeps, the K grid
+    and every cell (a section a run has nothing for is left out)."""
+    results = Results(metrics, costs)
+    sections: list[tuple[str, list[str]]] = []
+    verdict = verdict_lines(results)
+    if verdict:
+        sections.append(("verdict", ["## Verdict", "", VERDICT_NOTE, "", *verdict, ""]))
     note = (
         "Accuracy [95% bootstrap CI]; * p < 0.05, ** p < 0.01 (exact McNemar test against the "
         "same model's base column, on the same questions); rag at the K chosen on "
@@ -500,39 +661,57 @@ def markdown(metrics: dict, costs: dict) -> str:
             "questions (see Training seeds)."
         )
     header, bodies, _ = table1(results)
+    lines = []
     for model, body in bodies.items():
         lines += [f"## Table 1 layout: {model}", "", note, "", *_markdown(header, body), ""]
+    sections.append(("table1", lines))
     header, body, _ = table2(results)
-    lines += ["## Table 2 layout", "", *_markdown(header, body), ""]
+    sections.append(("table2", ["## Table 2 layout", "", *_markdown(header, body), ""]))
     updated = updated_rows(results)
     if updated[1]:
-        lines += [f"## {UPDATED_TITLE}", "", UPDATED_NOTE, "", *_markdown(*updated), ""]
+        lines = [f"## {UPDATED_TITLE}", "", UPDATED_NOTE, "", *_markdown(*updated), ""]
+        sections.append(("updated", lines))
     seeds = seed_rows(results)
     if seeds[1]:
-        lines += ["## Training seeds", "", SEEDS_NOTE, "", *_markdown(*seeds), ""]
+        sections.append(
+            ("seeds", ["## Training seeds", "", SEEDS_NOTE, "", *_markdown(*seeds), ""])
+        )
     differences = difference_rows(results)
     if differences[1]:
-        lines += ["## Differences over seeds", "", DIFFERENCES_NOTE, "", *_markdown(*differences)]
-        lines += [""]
+        lines = ["## Differences over seeds", "", DIFFERENCES_NOTE, "", *_markdown(*differences)]
+        sections.append(("differences", [*lines, ""]))
     selection = selection_rows(metrics)
     if selection[1]:
-        lines += ["## Learning rate and epoch", "", SELECTION_NOTE, "", *_markdown(*selection)]
-        lines += [""]
-    lines += ["## Costs", "", cost_note(results), "", *_markdown(*cost_rows(results)), ""]
+        lines = ["## Learning rate and epoch", "", SELECTION_NOTE, "", *_markdown(*selection)]
+        sections.append(("selection", [*lines, ""]))
+    lines = ["## Costs", "", cost_note(results), "", *_markdown(*cost_rows(results)), ""]
+    sections.append(("costs", lines))
     forgetting = forgetting_rows(results)
     if forgetting[1]:
-        lines += ["## Gain and forgetting (closed book)", "", *_markdown(*forgetting), ""]
+        lines = ["## Gain and forgetting (closed book)", "", *_markdown(*forgetting), ""]
+        sections.append(("forgetting", lines))
+    lines = []
     for sweep in metrics.get("sweeps", []):
         lines += [f"## Sweep '{sweep['name']}': {sweep['finetune']} by {sweep['key']}", ""]
         lines += [*_markdown(*sweep_rows(sweep)), ""]
+    if lines:
+        sections.append(("sweeps", lines))
     if results.validation and (metrics.get("selected_k") or metrics.get("selected_k_by_arm")):
         every = metrics["cells"] + metrics.get("seed_cells", [])  # seeded models' grids too
         grid = [m for m in every if arm_kind(m["arm"]) == "rag"]
-        lines += [f"## RAG: accuracy by K on '{results.validation}' (* = chosen)", ""]
-        lines += [*_markdown(*_k_grid_rows(grid, results.validation)), ""]
+        lines = [f"## RAG: accuracy by K on '{results.validation}' (* = chosen)", ""]
+        sections.append(
+            ("k_grid", [*lines, *_markdown(*_k_grid_rows(grid, results.validation)), ""])
+        )
     every = metrics["cells"] + metrics.get("seed_cells", [])  # and each seed's own cells
-    lines += ["## Every cell", "", *_detail_lines(every), ""]
-    return "\n".join(lines)
+    sections.append(("cells", ["## Every cell", "", *_detail_lines(every), ""]))
+    return sections
+
+
+def paper_shaped(metrics: dict, costs: dict) -> bool:
+    """Whether the run has the paper's columns: base, +RAG and a fine-tuning."""
+    results = Results(metrics, costs)
+    return {"base", "rag"} <= set(results.columns) and bool(results.finetunes())
 
 
 def _csv(rows: Sequence[dict]) -> str:
