@@ -541,7 +541,8 @@ def verdict_lines(results: Results) -> list[str]:
                 continue
             where = f"**{_name(split)}**, {shots}-shot" + (f" ({_name(model)})" if several else "")
             text = _population(results, model, split, shots, cells)
-            cost = _cost_words(costs.get((model, _best(cells))))
+            tied = len({cell["acc"] for cell in cells.values()}) == 1  # no column to cost
+            cost = "" if tied else _cost_words(costs.get((model, _best(cells))))
             lines.append(f"- {where}: {text}" + (f" Cost: {cost}." if cost else ""))
     return lines
 
