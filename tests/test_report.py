@@ -395,10 +395,14 @@ def test_the_verdict_names_a_best_column_only_where_every_interval_excludes_zero
     }
     lines = verdict_lines(Results(metrics, costs))
     assert lines == [
-        "- **new**, 0-shot: **+RAG** is best, 0.900 [.840–.950], ahead of ft by +0.500 "
-        "[+0.390, +0.610]. Base: 0.250. Oracle: 0.970. Cost: an index built in 2.2 s, 5 ms "
-        "per question scored.",
-        "- **known**, 0-shot: no column is shown best. ft scores highest, 0.830 [.750–.900], "
-        "but its lead over base has an interval that includes 0. Base: 0.800. Cost: 125 s of "
-        "training (3 seeds).",
+        (
+            "- **new**, 0-shot: **+RAG** is best, 0.900 [.840–.950], ahead of ft by +0.500 "
+            "[+0.390, +0.610]. Base: 0.250. Oracle: 0.970. Cost: an index built in 2.2 s, 5 ms "
+            "per question scored."
+        ),
+        (
+            "- **known**, 0-shot: no column is shown best. ft scores highest, 0.830 [.750–.900], "
+            "but its lead over base has an interval that includes 0. Base: 0.800. Cost: 125 s of "
+            "training (3 seeds)."
+        ),
     ]

@@ -627,11 +627,25 @@ def questions_generate(
         int | None, typer.Option(help="At most this many chunks (a seeded sample).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seeds requests, sampling and answer positions.")] = 0,
+    answer_first: Annotated[
+        bool,
+        typer.Option(
+            help="kinject picks each answer (a name, year or number of a sentence) and three "
+            "distractors from the knowledge base; the model only phrases the question, and "
+            "without a model the sentence with its answer blanked is the question. For small "
+            "local models. --keep questions per chunk."
+        ),
+    ] = False,
 ) -> None:
     """Ask a chat model for 4 questions per chunk, keep the 2 most specific, validate, balance.
 
     The API key comes from $OPENAI_API_KEY (or the variable named by api_key_env in --llm).
     Rerun the same command after a kill: finished chunks are not asked again.
+
+    Example (a small local model: kinject picks answers and distractors, the model phrases):
+
+        kinject questions generate kb --out q.jsonl --answer-first \
+            --local-path ~/.cache/kinject/models/gguf-b179c9523d0e6a0f98a3
 
     Example:
 
@@ -646,13 +660,15 @@ def questions_generate(
     from kinject.llm.prompts import load_prompts
 
     options = QuestionOptions(min_chars, per_chunk, keep, min_support, seed)
+    no_model = llm is None and base_url is None and model is None and local_path is None
     report = generate_questions(
         kb_dir,
         out,
-        _chat(llm, base_url, model, local_path),
+        None if answer_first and no_model else _chat(llm, base_url, model, local_path),
         options,
         load_prompts(prompts),
         max_chunks=max_chunks,
+        answer_first=answer_first,
     )
     for line in report.lines():
         typer.echo(line)

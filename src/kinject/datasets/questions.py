@@ -132,6 +132,7 @@ class QuestionReport:
     not_selected: int = 0
     dropped: Counter = field(default_factory=Counter)
     positions: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
+    stems: Counter = field(default_factory=Counter)  # answer-first: how each stem was written
 
     def lines(self) -> list[str]:
         out = [
@@ -144,6 +145,9 @@ class QuestionReport:
         ]
         for reason, n in sorted(self.dropped.items()):
             out.append(f"dropped ({reason}): {n}")
+        if self.stems:
+            how = ", ".join(f"{how} {n}" for how, n in sorted(self.stems.items()))
+            out.append(f"question stems: {how}")
         counts = ", ".join(f"{LETTERS[i]} {n}" for i, n in enumerate(self.positions))
         out.append(f"correct option positions: {counts}")
         return out
@@ -262,6 +266,7 @@ def finish_questions(
         report.generated += result["generated"]
         report.not_selected += result["not_selected"]
         report.dropped.update(result["dropped"])
+        report.stems.update(result.get("stems", {}))
         for question in result["kept"]:
             key = normalise(question["question"])
             if key in seen:
@@ -304,17 +309,25 @@ def balance_positions(rows: list[dict[str, Any]], seed: int) -> None:
 def generate_questions(
     kb_dir: str | Path,
     out: str | Path,
-    chat: ChatModel,
+    chat: ChatModel | None,
     options: QuestionOptions = QuestionOptions(),
     prompts: Prompts | None = None,
     max_chunks: int | None = None,
     show_progress: bool = True,
+    answer_first: bool = False,
 ) -> QuestionReport:
     """Write a multiple-choice task JSONL (``load_mc_jsonl`` format) about ``kb_dir``'s chunks.
 
-    Resumable: each finished chunk is kept in ``OUT.partial.jsonl`` until OUT is written.
+    ``answer_first``: kinject picks each answer and its distractors from the text and the
+    model (``chat``, which may then be None) only phrases the question
+    (:mod:`kinject.datasets.answer_first`).  Resumable: each finished chunk is kept in
+    ``OUT.partial.jsonl`` until OUT is written.
     """
+    from kinject.datasets.answer_first import SpanFinder, answer_first_for_text, span_pools
     from kinject.kb.store import KnowledgeBase
+
+    if chat is None and not answer_first:
+        raise KinjectError("questions need a chat model (--model, --llm or --local-path)")
 
     out = Path(out)
     prompts = prompts or load_prompts()
@@ -331,7 +344,9 @@ def generate_questions(
             f"{kb_dir}: no chunk has at least {options.min_chars} characters (see --min-chars)"
         )
     report.chunks_used = len(eligible)
-    partial = PartialResults(out, _settings(chat, prompts, options))
+    finder = SpanFinder([c.text for c in chunks]) if answer_first else None
+    pools = span_pools([(c.id, c.doc_id, c.text) for c in chunks], finder) if finder else {}
+    partial = PartialResults(out, _settings(chat, prompts, options, answer_first))
     results = []
     with progress_bar("questions", len(eligible), show_progress) as bar:
         for chunk in eligible:
@@ -339,7 +354,13 @@ def generate_questions(
             result = partial.get(chunk.id, sha)
             if result is None:
                 seed = _seed(options.seed, "questions", chunk.id)
-                result = questions_for_text(chat, chunk.text, prompts, options, seed)
+                if answer_first:
+                    unit = (chunk.id, chunk.doc_id, chunk.text)
+                    result = answer_first_for_text(
+                        chat, unit, finder, pools, prompts, options, seed
+                    )
+                else:
+                    result = questions_for_text(chat, chunk.text, prompts, options, seed)
                 partial.add(chunk.id, sha, result)
             else:
                 report.chunks_resumed += 1
@@ -353,8 +374,13 @@ def generate_questions(
     return report
 
 
-def _settings(chat: ChatModel, prompts: Prompts, options: QuestionOptions) -> str:
-    return fingerprint(chat.identity(), prompts.templates, options.__dict__)
+def _settings(
+    chat: ChatModel | None, prompts: Prompts, options: QuestionOptions, answer_first: bool
+) -> str:
+    identity = chat.identity() if chat is not None else "no model"
+    if not answer_first:  # as before answer-first existed: earlier partial files resume
+        return fingerprint(identity, prompts.templates, options.__dict__)
+    return fingerprint(identity, prompts.templates, options.__dict__, "answer-first")
 
 
 def _seed(seed: int, *parts: object) -> int:

@@ -19,6 +19,7 @@ PLACEHOLDERS = {
     "questions": {"text", "n"},
     "select": {"text", "questions", "count", "keep"},
     "paraphrase": {"text", "n"},
+    "question_for_answer": {"sentence", "answer"},
 }
 
 
