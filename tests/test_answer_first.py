@@ -39,12 +39,11 @@ def test_spans_are_years_numbers_and_names_not_ordinary_capitalised_words():
         ("name", "Velmar"),
         ("name", "Greta Holm"),  # the possessive is not part of the name
     ]
-    # times and ranges are not numbers; a lone capitalised first word is not a name, nor is a
-    # capitalised word the texts also write in lower case (North)
+    # times and ranges are neither years nor numbers; a lone capitalised first word is not a name,
+    # nor is a capitalised word the texts also write in lower case (North)
     assert kinds(
         "Oskar sailed at 02:00 in the years 1640–42 to the North of the Isle of Brenna."
     ) == [
-        ("year", "1640"),
         ("name", "Isle of Brenna"),
     ]
     span = finder.spans("The bridge of Velmar was repaired in 1788 by Velmar masons.")[-1]

@@ -505,7 +505,7 @@ def test_a_training_that_ends_above_the_uniform_guess_loss_is_named(world, base_
     assert vocab == len(json.loads((base_model / "tokenizer.json").read_text())["model"]["vocab"])
     assert done["last_epoch_loss"] > 2 * math.log(vocab)
     warning = f"above ln({vocab}) = {math.log(vocab):.2f}, the loss of a uniform guess"
-    assert "warning: run (lr 3): the last epoch's training loss is" in result.stderr
+    assert "warning: run (lr 3): the last epoch's logged training loss is" in result.stderr
     assert warning in result.stderr
     assert json.loads((run / "selection.json").read_text())["warnings"]
 

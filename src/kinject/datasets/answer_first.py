@@ -33,16 +33,16 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from kinject.datasets.questions import QuestionOptions, content_words, normalise
+from kinject.datasets.text import content_words, normalise
 from kinject.llm.client import ChatModel
 from kinject.llm.prompts import Prompts
 
 BLANK = "____"
 KINDS = ("name", "year", "number")
-_YEAR = re.compile(r"(?<![\w.,:–-])(1\d{3}|20\d{2})(?![\w,:])")
+_YEAR = re.compile(r"(?<![\w.,:–—-])(1\d{3}|20\d{2})(?![\w,:–—-])")
 _NUMBER = re.compile(
-    r"(?<![\w.,:–-])(?:\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?)(?![\w,:–-])"
-)  # not a part of a range (1646–47), a time (02:00) or a longer token
+    r"(?<![\w.,:–—-])(?:\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?)(?![\w,:–—-])"
+)  # neither is a part of a range (1646–47, 1187—1241), a time (02:00) or a longer token
 _WORD = re.compile(r"[^\W\d_][\w'’-]*|\S")
 _JOINERS = {"of", "the", "de", "du", "von", "van", "al"}
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"“(])")
@@ -207,10 +207,10 @@ def answer_first_for_text(
     finder: SpanFinder,
     pools: dict[str, dict[str, set[tuple[str, str]]]],
     prompts: Prompts,
-    options: QuestionOptions,
+    keep: int,
     seed: int,
 ) -> dict[str, Any]:
-    """Up to ``options.keep`` questions about ``text``, in the shape of
+    """Up to ``keep`` questions about ``text``, in the shape of
     :func:`kinject.datasets.questions.questions_for_text`'s result, with ``stems`` (how many
     stems the model wrote and how many are cloze, with why the model's failed)."""
     chunk_id, doc_id, text = chunk
@@ -219,7 +219,7 @@ def answer_first_for_text(
     rng.shuffle(candidates)
     kept, used, stems = [], set(), Counter()
     for span in candidates:
-        if len(kept) == options.keep:
+        if len(kept) == keep:
             break
         if span.sentence in used:
             continue

@@ -30,10 +30,10 @@ from kinject.datasets.questions import (
     QuestionOptions,
     QuestionReport,
     finish_questions,
-    normalise,
     questions_for_text,
 )
 from kinject.datasets.resume import PartialResults
+from kinject.datasets.text import normalise
 from kinject.errors import KinjectError
 from kinject.fileio import write_jsonl
 from kinject.llm.client import ChatModel
@@ -198,8 +198,9 @@ def generate_validation(
         )
     )
     chosen = [eligible[i] for i in picked]
-    settings = fingerprint(
-        "validation", chat.identity(), prompts.templates, question_options.__dict__, n_paraphrases
+    used = {name: prompts.templates[name] for name in ("questions", "select", "paraphrase")}
+    settings = fingerprint(  # the templates it uses (the key they gave before there were more)
+        "validation", chat.identity(), used, question_options.__dict__, n_paraphrases
     )
     partial = PartialResults(out, settings)
     report = QuestionReport(chunks_total=len(eligible), chunks_used=len(chosen))

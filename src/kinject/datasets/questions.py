@@ -43,7 +43,9 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field, field_validator
 
 from kinject.cache import fingerprint
+from kinject.datasets.answer_first import SpanFinder, answer_first_for_text, span_pools
 from kinject.datasets.resume import PartialResults
+from kinject.datasets.text import content_words, normalise
 from kinject.errors import KinjectError
 from kinject.fileio import write_jsonl
 from kinject.llm.client import ChatModel
@@ -51,12 +53,6 @@ from kinject.llm.prompts import Prompts, load_prompts
 from kinject.progress import progress_bar
 
 LETTERS = "ABCD"
-_STOP = """a an the of in on at to for from by with and or but as is are was were be been being it
-    its this that these those which who whom whose what when where why how than then there
-    their they them he she his her him we our you your i me my not no into onto over under
-    about after before during between also has have had do does did can could would should
-    will may might must so such very more most other some any each all both only own same"""
-STOP_WORDS = frozenset(_STOP.split())
 _META_OPTION = re.compile(
     r"\b(all|none|neither|both) of (the )?(above|these|them|those)\b|\bboth [a-d] and [a-d]\b"
     r"|\b[a-d] and [a-d] (are|is) correct\b",
@@ -155,21 +151,6 @@ class QuestionReport:
 
 # --------------------------------------------------------------------------------------------
 # Checks
-
-
-def normalise(text: str) -> str:
-    return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
-
-
-def content_words(text: str) -> set[str]:
-    words = set()
-    for word in re.findall(r"[a-z0-9]+", text.lower()):
-        if word in STOP_WORDS:
-            continue
-        if len(word) > 3 and word.endswith("s") and not word.isdigit():
-            word = word[:-1]
-        words.add(word)
-    return words
 
 
 def supported(answer: str, chunk_text: str, min_support: float) -> bool:
@@ -323,7 +304,6 @@ def generate_questions(
     (:mod:`kinject.datasets.answer_first`).  Resumable: each finished chunk is kept in
     ``OUT.partial.jsonl`` until OUT is written.
     """
-    from kinject.datasets.answer_first import SpanFinder, answer_first_for_text, span_pools
     from kinject.kb.store import KnowledgeBase
 
     if chat is None and not answer_first:
@@ -346,7 +326,8 @@ def generate_questions(
     report.chunks_used = len(eligible)
     finder = SpanFinder([c.text for c in chunks]) if answer_first else None
     pools = span_pools([(c.id, c.doc_id, c.text) for c in chunks], finder) if finder else {}
-    partial = PartialResults(out, _settings(chat, prompts, options, answer_first))
+    kb_digest = fingerprint(sorted(c.sha256 for c in chunks)) if answer_first else None
+    partial = PartialResults(out, _settings(chat, prompts, options, kb_digest))
     results = []
     with progress_bar("questions", len(eligible), show_progress) as bar:
         for chunk in eligible:
@@ -357,7 +338,7 @@ def generate_questions(
                 if answer_first:
                     unit = (chunk.id, chunk.doc_id, chunk.text)
                     result = answer_first_for_text(
-                        chat, unit, finder, pools, prompts, options, seed
+                        chat, unit, finder, pools, prompts, options.keep, seed
                     )
                 else:
                     result = questions_for_text(chat, chunk.text, prompts, options, seed)
@@ -375,12 +356,17 @@ def generate_questions(
 
 
 def _settings(
-    chat: ChatModel | None, prompts: Prompts, options: QuestionOptions, answer_first: bool
+    chat: ChatModel | None, prompts: Prompts, options: QuestionOptions, kb_digest: str | None
 ) -> str:
+    """What decides a chunk's result: the model, the templates used and the options; with
+    answer first (``kb_digest``, the knowledge base's chunks: its distractors and common
+    words) ``question_for_answer`` and the knowledge base instead of the question prompts."""
     identity = chat.identity() if chat is not None else "no model"
-    if not answer_first:  # as before answer-first existed: earlier partial files resume
-        return fingerprint(identity, prompts.templates, options.__dict__)
-    return fingerprint(identity, prompts.templates, options.__dict__, "answer-first")
+    if kb_digest is None:  # the key it had before answer-first: earlier partial files resume
+        used = {name: prompts.templates[name] for name in ("questions", "select", "paraphrase")}
+        return fingerprint(identity, used, options.__dict__)
+    used = {"question_for_answer": prompts.templates["question_for_answer"]}
+    return fingerprint(identity, used, options.__dict__, "answer-first", kb_digest)
 
 
 def _seed(seed: int, *parts: object) -> int:

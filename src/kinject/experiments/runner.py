@@ -141,7 +141,9 @@ def run_experiment(
     def warn(line: str) -> None:  # once per run, though every model's evaluation checks
         if warnings and line not in warned:
             warned.add(line)
-            output_console(stderr=True).print(f"warning: {line}", style="yellow", highlight=False)
+            output_console(stderr=True).print(
+                f"warning: {line}", style="yellow", highlight=False, markup=False
+            )
 
     runs: list[ModelRun] = []
     stages = stage_count(config)

@@ -498,14 +498,15 @@ def _select(candidates: list[tuple[float, Path]]) -> dict:
 
 def _loss_warning(folder: Path) -> str | None:
     """A line when the candidate's last epoch trained at a loss above ln(vocabulary), the loss
-    of a uniform guess over every token: whatever it learned, it was not this text."""
+    of a uniform guess over every token: whatever it learned, it was not this text.  The
+    epoch's loss is the mean of its logged steps (every min(10, steps per epoch) steps)."""
     done = json.loads((folder / "done.json").read_text(encoding="utf-8"))
     loss, vocab = done.get("last_epoch_loss"), done.get("vocab_size")
     if loss is None or vocab is None or loss <= math.log(vocab):
         return None
     return (
-        f"{folder.parent.parent.name} (lr {done['learning_rate']:g}): the last epoch's training "
-        f"loss is {loss:.2f}, above ln({vocab}) = {math.log(vocab):.2f}, the loss of a uniform "
+        f"{folder.parent.parent.name} (lr {done['learning_rate']:g}): the last epoch's logged "
+        f"training loss is {loss:.2f}, above ln({vocab}) = {math.log(vocab):.2f}, the loss of a uniform "
         "guess over the vocabulary: the model did not learn this text (a learning rate too "
         "high, or text its tokenizer and pretraining do not fit)"
     )

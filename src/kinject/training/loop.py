@@ -306,6 +306,7 @@ def train(
             f"{description}: resuming from its checkpoint at step {resumed_from} of "
             f"{schedule.steps} ({checkpoint})",
             highlight=False,
+            markup=False,  # a folder named [x] is a folder name
         )
     model.train()
     began, last_save = time.perf_counter() - progress.seconds, time.perf_counter()
