@@ -740,7 +740,7 @@ def _lead_and_rest(run: Run) -> tuple[str, str]:
     """The tables' Markdown in two: what the page opens with (the verdict, and the paper's
     Table 2 beside it when the run has the paper's columns), and the rest."""
     sections = markdown_sections(run.metrics, run.costs)
-    first = {"verdict", "table2"} if paper_shaped(run.metrics, run.costs) else {"verdict"}
+    first = {"verdict", "table2"} if paper_shaped(run.results) else {"verdict"}
     lead = [line for name, lines in sections if name in first for line in lines]
     rest = [line for name, lines in sections if name not in first for line in lines]
     return "\n".join(lead), "\n".join(rest)

@@ -5,8 +5,8 @@ FT, FT+RAG.  Table 2 (current events): a row per (model, task, shots); columns b
 then every fine-tuning closed book and with RAG.  Arms with an instruction follow these, each
 its own column (``rename``, ``+RAG+rename``, ``ft-reg+rename``; in Table 1 ``FT+rename``).
 A figure is accuracy [95% CI]; * marks p < 0.05 and ** p < 0.01 in the exact McNemar test
-against the same model's base column.  Beside them, what each column cost, and above them the verdict: per task, which column is
-best where the intervals say so.
+against the same model's base column.  Beside them, what each column cost, and above them
+the verdict: per task, which column is best where the intervals say so.
 """
 
 from __future__ import annotations
@@ -530,6 +530,12 @@ def verdict_lines(results: Results) -> list[str]:
     lines = []
     several = len(results.base_models) > 1
     costs = column_costs(results)
+    differences = {}  # (model, split, shots, a, b) -> a − b and its interval, both ways round
+    for c in results.metrics["comparisons"]:
+        low, high = c["difference_ci"]
+        where = (c["base_model"], c["split"], c["shots"])
+        differences[(*where, c["a"], c["b"])] = (c["difference"], low, high)
+        differences[(*where, c["b"], c["a"])] = (-c["difference"], -high, -low)
     for model in results.base_models:
         for split, shots in results.rows:
             cells = {
@@ -540,9 +546,14 @@ def verdict_lines(results: Results) -> list[str]:
             if len(cells) < 2:
                 continue
             where = f"**{_name(split)}**, {shots}-shot" + (f" ({_name(model)})" if several else "")
-            text = _population(results, model, split, shots, cells)
-            tied = len({cell["acc"] for cell in cells.values()}) == 1  # no column to cost
-            cost = "" if tied else _cost_words(costs.get((model, _best(cells))))
+            best = _best(cells)
+            leads = {  # a comparison missing (metrics.json edited by hand) separates nothing
+                other: differences.get((model, split, shots, best, other))
+                for other in cells
+                if other != best
+            }
+            text, costed = _population(results, (model, split, shots), cells, best, leads)
+            cost = _cost_words(costs.get((model, costed))) if costed else ""
             lines.append(f"- {where}: {text}" + (f" Cost: {cost}." if cost else ""))
     return lines
 
@@ -552,17 +563,16 @@ def _best(cells: dict[str, dict]) -> str:
     return max(cells, key=lambda column: (cells[column]["acc"], -list(cells).index(column)))
 
 
-def _population(results: Results, model: str, split: str, shots: int, cells: dict) -> str:
-    best = _best(cells)
-    lead = {
-        other: _difference(results, model, split, shots, best, other)
-        for other in cells
-        if other != best
-    }  # a comparison missing (metrics.json edited by hand) separates nothing
-    unseparated = [other for other, lead_ in lead.items() if lead_ is None or lead_[1] <= 0]
+def _population(
+    results: Results, where: tuple[str, str, int], cells: dict, best: str, leads: dict
+) -> tuple[str, str | None]:
+    """The line's words about ``best`` and its ``leads`` over the other columns, and the
+    column whose cost follows them (None when every column ties)."""
+    unseparated = [other for other, lead in leads.items() if lead is None or lead[1] <= 0]
     figure = short_ci(cells[best]["acc"], cells[best]["acc_ci"])
+    costed: str | None = best
     if len({cell["acc"] for cell in cells.values()}) == 1:
-        text = f"every column scores {cells[best]['acc']:.3f}; none is shown best."
+        text, costed = f"every column scores {cells[best]['acc']:.3f}; none is shown best.", None
     elif unseparated:
         names = _names(sorted(unseparated, key=lambda c: -cells[c]["acc"]))
         text = (
@@ -570,33 +580,18 @@ def _population(results: Results, model: str, split: str, shots: int, cells: dic
             f"its lead over {names} has an interval that includes 0."
         )
     else:
-        runner_up = max(lead, key=lambda c: cells[c]["acc"])
-        difference, low, high = lead[runner_up]
+        runner_up = max(leads, key=lambda c: cells[c]["acc"])
+        difference, low, high = leads[runner_up]
         text = (
             f"**{_header(best)}** is best, {figure}, ahead of "
             f"{_header(runner_up)} by {difference:+.3f} [{low:+.3f}, {high:+.3f}]."
         )
     if best != "base" and "base" in cells:
         text += f" Base: {cells['base']['acc']:.3f}."
-    oracle = results.cells.get((model, "oracle", split, shots))
+    oracle = results.cells.get((where[0], "oracle", *where[1:]))
     if oracle is not None:
         text += f" Oracle: {oracle['acc']:.3f}."
-    return text
-
-
-def _difference(
-    results: Results, model: str, split: str, shots: int, a: str, b: str
-) -> tuple[float, float, float] | None:
-    """a − b and its 95% interval, from the run's paired comparison of the two columns."""
-    for c in results.metrics["comparisons"]:
-        if (c["base_model"], c["split"], c["shots"]) != (model, split, shots):
-            continue
-        low, high = c["difference_ci"]
-        if (c["a"], c["b"]) == (a, b):
-            return c["difference"], low, high
-        if (c["a"], c["b"]) == (b, a):
-            return -c["difference"], -high, -low
-    return None
+    return text, costed
 
 
 def _name(text: str) -> str:
@@ -709,9 +704,8 @@ def markdown_sections(metrics: dict, costs: dict) -> list[tuple[str, list[str]]]
     return sections
 
 
-def paper_shaped(metrics: dict, costs: dict) -> bool:
+def paper_shaped(results: Results) -> bool:
     """Whether the run has the paper's columns: base, +RAG and a fine-tuning."""
-    results = Results(metrics, costs)
     return {"base", "rag"} <= set(results.columns) and bool(results.finetunes())
 
 
