@@ -74,17 +74,19 @@ class Span:
         return self.sentence[: self.start] + BLANK + self.sentence[self.end :]
 
 
+def _all_sentences(text: str) -> list[str]:
+    """The text's sentences, whitespace collapsed; a Markdown heading line is not one."""
+    return [
+        sentence
+        for line in text.splitlines()
+        if not line.lstrip().startswith("#")
+        for sentence in _SENTENCE.split(" ".join(line.split()))
+    ]
+
+
 def sentences(text: str) -> list[str]:
-    """The text's sentences of 8 to 40 words, whitespace collapsed; a Markdown heading line
-    is not part of one."""
-    out = []
-    for line in text.splitlines():
-        if line.lstrip().startswith("#"):
-            continue
-        for sentence in _SENTENCE.split(" ".join(line.split())):
-            if 8 <= len(sentence.split()) <= 40:
-                out.append(sentence)
-    return out
+    """The text's sentences of 8 to 40 words: those a question is made of."""
+    return [s for s in _all_sentences(text) if 8 <= len(s.split()) <= 40]
 
 
 class SpanFinder:
@@ -134,19 +136,14 @@ class SpanFinder:
         return [Span("name", sentence[start:end], sentence, start, end)]
 
 
-def span_pools(
-    chunks: list[tuple[str, str, str]], finder: SpanFinder
-) -> dict[str, dict[str, set[tuple[str, str]]]]:
-    """kind -> span text -> the (document id, chunk id) pairs that hold it, from
-    ``(chunk id, document id, text)``."""
-    pools: dict[str, dict[str, set[tuple[str, str]]]] = {kind: {} for kind in KINDS}
-    for chunk_id, doc_id, text in chunks:
-        for line in text.splitlines():
-            if line.lstrip().startswith("#"):
-                continue
-            for sentence in _SENTENCE.split(" ".join(line.split())):
-                for span in finder.spans(sentence):
-                    pools[span.kind].setdefault(span.text, set()).add((doc_id, chunk_id))
+def span_pools(chunks: list[tuple[str, str]], finder: SpanFinder) -> dict[str, dict[str, set[str]]]:
+    """kind -> span text -> the ids of the documents that hold it, from ``(document id,
+    text)`` of every chunk."""
+    pools: dict[str, dict[str, set[str]]] = {kind: {} for kind in KINDS}
+    for doc_id, text in chunks:
+        for sentence in _all_sentences(text):
+            for span in finder.spans(sentence):
+                pools[span.kind].setdefault(span.text, set()).add(doc_id)
     return pools
 
 
@@ -154,7 +151,7 @@ def distractors(
     span: Span,
     doc_id: str,
     chunk_text: str,
-    pools: dict[str, dict[str, set[tuple[str, str]]]],
+    pools: dict[str, dict[str, set[str]]],
     rng: random.Random,
 ) -> list[str] | None:
     """Three spans of the answer's kind that the chunk never uses, or None: from the same
@@ -173,7 +170,7 @@ def distractors(
     def shape(text: str) -> int:
         return len(text.split()) if span.kind == "name" else len(re.sub(r"\D", "", text))
 
-    local = [t for t in pool if any(d == doc_id for d, _ in pools[span.kind][t])]
+    local = [t for t in pool if doc_id in pools[span.kind][t]]
     for narrowed in (
         [t for t in local if shape(t) == shape(span.text)],
         local,
@@ -205,7 +202,7 @@ def answer_first_for_text(
     chat: ChatModel | None,
     chunk: tuple[str, str, str],
     finder: SpanFinder,
-    pools: dict[str, dict[str, set[tuple[str, str]]]],
+    pools: dict[str, dict[str, set[str]]],
     prompts: Prompts,
     keep: int,
     seed: int,

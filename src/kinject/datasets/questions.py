@@ -325,7 +325,7 @@ def generate_questions(
         )
     report.chunks_used = len(eligible)
     finder = SpanFinder([c.text for c in chunks]) if answer_first else None
-    pools = span_pools([(c.id, c.doc_id, c.text) for c in chunks], finder) if finder else {}
+    pools = span_pools([(c.doc_id, c.text) for c in chunks], finder) if finder else {}
     kb_digest = fingerprint(sorted(c.sha256 for c in chunks)) if answer_first else None
     partial = PartialResults(out, _settings(chat, prompts, options, kb_digest))
     results = []
